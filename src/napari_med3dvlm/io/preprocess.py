@@ -1,0 +1,149 @@
+"""The one preprocessing path from a volume to model input, shared by inference, retrieval and
+training (so the model sees at run time exactly what it was trained on).
+
+Med3DVLM was trained on display-windowed 8-bit slices scaled to [0, 1], foreground-cropped and
+trilinearly resized (REFERENCE.md, section 5). So: window (CT) or percentile scaling (MR) to [0, 1],
+min-max, crop to voxels > 0, resize, and add batch and channel axes: (B, 1, D, H, W).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+#: Display windows as (center, width) in HU.
+WINDOW_PRESETS: dict[str, tuple[float, float]] = {
+    "soft tissue": (40.0, 400.0),
+    "lung": (-600.0, 1500.0),
+    "bone": (400.0, 1800.0),
+    "brain": (40.0, 80.0),
+}
+
+#: The published model's input size (D, H, W).
+PUBLISHED_INPUT_SIZE = (128, 256, 256)
+
+
+@dataclass(frozen=True)
+class PreprocessTransform:
+    """What was done to a volume, so model-space results can be mapped back onto the layer."""
+
+    input_shape: tuple[int, int, int]
+    crop_start: tuple[int, int, int]
+    crop_stop: tuple[int, int, int]
+    output_shape: tuple[int, int, int]
+    intensity: str  # "window" or "percentile"
+    low: float
+    high: float
+
+    @property
+    def zoom(self) -> tuple[float, float, float]:
+        """Model voxels per cropped input voxel, per axis."""
+        return tuple(
+            o / (b - a) for o, a, b in zip(self.output_shape, self.crop_start, self.crop_stop)
+        )
+
+    def to_input_index(self, model_index) -> np.ndarray:
+        """Map (z, y, x) model-voxel coordinates (voxel centres) to input-voxel coordinates."""
+        idx = np.asarray(model_index, dtype=float)
+        zoom = np.asarray(self.zoom)
+        return (idx + 0.5) / zoom - 0.5 + np.asarray(self.crop_start)
+
+    def layer_scale_translate(self, scale=(1.0, 1.0, 1.0), translate=(0.0, 0.0, 0.0)):
+        """napari scale/translate that overlays the model input on the original layer."""
+        scale = np.asarray(scale, dtype=float)
+        zoom = np.asarray(self.zoom)
+        new_scale = scale / zoom
+        origin_index = self.to_input_index((0, 0, 0))
+        new_translate = np.asarray(translate, dtype=float) + origin_index * scale
+        return tuple(new_scale), tuple(new_translate)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def intensity_range(
+    data: np.ndarray,
+    modality: str = "CT",
+    window: tuple[float, float] | str | None = None,
+    percentiles: tuple[float, float] = (0.5, 99.5),
+) -> tuple[str, float, float]:
+    """The (low, high) intensities mapped to 0 and 1.
+
+    CT uses a display window (a preset name or (center, width); soft tissue by default). Other
+    modalities have no absolute scale, so robust percentiles of the non-zero voxels are used unless a
+    window is given.
+    """
+    if isinstance(window, str):
+        if window not in WINDOW_PRESETS:
+            raise ValueError(f"unknown window preset {window!r}; choose from {sorted(WINDOW_PRESETS)}")
+        window = WINDOW_PRESETS[window]
+    if window is None and modality.upper() == "CT":
+        window = WINDOW_PRESETS["soft tissue"]
+    if window is not None:
+        center, width = float(window[0]), float(window[1])
+        if width <= 0:
+            raise ValueError(f"window width must be positive, got {width}")
+        return "window", center - width / 2.0, center + width / 2.0
+    sample = data[:: max(1, data.shape[0] // 64)]
+    finite = sample[np.isfinite(sample)]
+    nonzero = finite[finite != 0]
+    values = nonzero if nonzero.size else finite
+    if values.size == 0:
+        return "percentile", 0.0, 1.0
+    low, high = np.percentile(values, percentiles)
+    return "percentile", float(low), float(high)
+
+
+def foreground_box(volume: np.ndarray, threshold: float = 0.0):
+    """Bounding box of voxels above threshold (MONAI CropForeground with margin 0)."""
+    mask = volume > threshold
+    if not mask.any():
+        return (0, 0, 0), tuple(volume.shape)
+    start, stop = [], []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        hit = np.flatnonzero(mask.any(axis=other))
+        start.append(int(hit[0]))
+        stop.append(int(hit[-1]) + 1)
+    return tuple(start), tuple(stop)
+
+
+def preprocess_volume(
+    data: np.ndarray,
+    modality: str = "CT",
+    window: tuple[float, float] | str | None = None,
+    spatial_size: tuple[int, int, int] = PUBLISHED_INPUT_SIZE,
+    crop_foreground: bool = True,
+) -> tuple[torch.Tensor, PreprocessTransform]:
+    """Volume (z, y, x) -> model input (1, 1, D, H, W) float32 in [0, 1], and its transform."""
+    data = np.asarray(data)
+    if data.ndim != 3:
+        raise ValueError(f"expected a 3-D volume (z, y, x), got shape {data.shape}")
+    if min(data.shape) < 2:
+        raise ValueError(f"volume too thin to preprocess: shape {data.shape}")
+    kind, low, high = intensity_range(data, modality, window)
+    scaled = np.nan_to_num(data.astype(np.float32, copy=False), nan=low, posinf=high, neginf=low)
+    scaled = np.clip((scaled - low) / max(high - low, 1e-6), 0.0, 1.0)
+    vmin, vmax = float(scaled.min()), float(scaled.max())
+    scaled = (scaled - vmin) / (vmax - vmin + 1e-8)
+    if crop_foreground:
+        start, stop = foreground_box(scaled)
+    else:
+        start, stop = (0, 0, 0), tuple(scaled.shape)
+    cropped = scaled[start[0] : stop[0], start[1] : stop[1], start[2] : stop[2]]
+    tensor = torch.from_numpy(np.ascontiguousarray(cropped))[None, None]
+    if tuple(cropped.shape) != tuple(spatial_size):
+        tensor = F.interpolate(tensor, size=tuple(spatial_size), mode="trilinear", align_corners=False)
+    transform = PreprocessTransform(
+        input_shape=tuple(int(s) for s in data.shape),
+        crop_start=tuple(start),
+        crop_stop=tuple(stop),
+        output_shape=tuple(int(s) for s in spatial_size),
+        intensity=kind,
+        low=low,
+        high=high,
+    )
+    return tensor.contiguous(), transform
