@@ -1,0 +1,289 @@
+"""DCFormer: the decomposed-convolution 3D image encoder of Med3DVLM.
+
+The encoder is a five-stage convolutional pyramid. Every 3D convolution is split into three 1-D
+convolutions (one per axis) whose outputs are summed, which keeps large receptive fields affordable
+on 128x256x256 CT volumes.
+
+Layout trap
+-----------
+The model takes ``(B, 1, D, H, W)``: the (z, y, x) array order of SimpleITK / our ``Volume.data``
+with a channel axis in front. Internally the network permutes to ``(B, C, H, W, D)`` (depth last)
+and every stage output is flattened depth-major into ``(B, D*H*W, C)`` tokens. Any permutation of a
+128x256x256 volume yields the same token *counts*, so a wrong axis order runs silently and produces
+wrong features; set ``DCFormerConfig.expected_input_size`` to turn that into an error.
+
+State-dict keys (``encoder.s0.0.0.c1.0.weight`` ...) match the published checkpoints without any
+prefix, so ``load_state_dict(strict=True)`` works on the reference weights as they are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+# blocks per stage (s0..s4) and channels per stage, as published with the reference encoder.
+DCFORMER_VARIANTS: Dict[str, Tuple[Tuple[int, ...], Tuple[int, ...]]] = {
+    "nano": ((1, 1, 1, 1, 1), (32, 32, 64, 128, 256)),
+    "naive": ((1, 2, 2, 2, 2), (32, 64, 128, 256, 512)),
+    "tiny": ((1, 2, 3, 3, 2), (64, 96, 192, 384, 768)),
+    "small": ((1, 2, 3, 6, 2), (64, 96, 192, 384, 768)),
+    "base": ((1, 2, 6, 6, 2), (64, 128, 256, 512, 1024)),
+    "large": ((1, 2, 6, 12, 2), (64, 256, 512, 1024, 2048)),
+}
+
+
+@dataclass
+class DCFormerConfig:
+    """Hyper-parameters of a DCFormer; ``variant`` picks the published depth/width table.
+
+    ``expected_input_size`` is an optional (D, H, W) guard: when set, inputs of any other spatial
+    shape are rejected, which catches the silent axis-order mistake described in the module doc.
+    """
+
+    variant: str = "small"
+    in_channels: int = 1
+    kernel_sizes: Tuple[int, int, int, int] = (13, 11, 9, 7)
+    mlp_ratio: int = 4
+    layer_scale_init: float = 1e-6
+    expected_input_size: Optional[Tuple[int, int, int]] = None
+    # Optional overrides of the variant table (rarely needed; kept for custom research variants).
+    blocks: Optional[Tuple[int, ...]] = field(default=None)
+    channels: Optional[Tuple[int, ...]] = field(default=None)
+
+    def __post_init__(self) -> None:
+        if self.variant not in DCFORMER_VARIANTS:
+            raise ValueError(
+                f"unknown DCFormer variant {self.variant!r}; choose one of {sorted(DCFORMER_VARIANTS)}"
+            )
+        default_blocks, default_channels = DCFORMER_VARIANTS[self.variant]
+        self.blocks = tuple(self.blocks) if self.blocks is not None else default_blocks
+        self.channels = tuple(self.channels) if self.channels is not None else default_channels
+        self.kernel_sizes = tuple(self.kernel_sizes)
+        if self.expected_input_size is not None:
+            self.expected_input_size = tuple(int(s) for s in self.expected_input_size)
+        if len(self.blocks) != 5 or len(self.channels) != 5 or len(self.kernel_sizes) != 4:
+            raise ValueError("DCFormer needs 5 stages (blocks, channels) and 4 stage kernel sizes")
+        if self.blocks[0] != 1:
+            # Each stem block downsamples by 4; the reference only ever uses a single one.
+            raise ValueError("DCFormer supports exactly one stem block (blocks[0] == 1)")
+
+    @property
+    def hidden_sizes(self) -> Tuple[int, ...]:
+        return self.channels
+
+    def to_dict(self) -> Dict[str, Any]:
+        out = asdict(self)
+        for key, value in out.items():
+            if isinstance(value, tuple):
+                out[key] = list(value)
+        return out
+
+    @classmethod
+    def from_dict(cls, config: Dict[str, Any]) -> "DCFormerConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in config.items() if k in known})
+
+
+class DecomposedConv3d(nn.Module):
+    """Sum of three axis-wise convolutions (k,1,1), (1,k,1), (1,1,k), each followed by BatchNorm.
+
+    Submodules are named ``c1``/``c2``/``c3`` with ``[0]`` the conv and ``[1]`` the norm, as in the
+    published checkpoints.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        groups: int = 1,
+        norm: bool = True,
+        activation: Optional[nn.Module] = None,
+    ) -> None:
+        super().__init__()
+        pad = kernel_size // 2
+        branches = []
+        for axis in range(3):
+            kernel = [1, 1, 1]
+            padding = [0, 0, 0]
+            kernel[axis] = kernel_size
+            padding[axis] = pad
+            conv = nn.Conv3d(
+                in_channels,
+                out_channels,
+                kernel_size=tuple(kernel),
+                stride=stride,
+                padding=tuple(padding),
+                groups=groups,
+            )
+            branches.append(nn.Sequential(conv, nn.BatchNorm3d(out_channels) if norm else nn.Identity()))
+        self.c1, self.c2, self.c3 = branches
+        self.act = activation if activation is not None else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.c1(x) + self.c2(x) + self.c3(x))
+
+
+class DecomposedStem(nn.Sequential):
+    """Four decomposed convolutions: k=7 / stride 4, then three k=3 / stride 1.
+
+    Reproduced bug: the reference passes ``nn.GELU()`` positionally into the *norm* slot, so every
+    stem conv has BatchNorm and **no activation**. The published weights were trained that way, so
+    adding the GELU here would change their features.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(
+            DecomposedConv3d(in_channels, out_channels, 7, stride=4),
+            DecomposedConv3d(out_channels, out_channels, 3),
+            DecomposedConv3d(out_channels, out_channels, 3),
+            DecomposedConv3d(out_channels, out_channels, 3),
+        )
+
+
+class ChannelMLP(nn.Module):
+    """Channels-last MLP; the extra ``mlp`` level and the dropout slots keep checkpoint indices (0, 3)."""
+
+    def __init__(self, dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, hidden_dim),
+            nn.GELU(),
+            nn.Dropout(0.0),
+            nn.Linear(hidden_dim, dim),
+            nn.Dropout(0.0),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(x)
+
+
+class DCFormerBlock(nn.Module):
+    """ConvNeXt-like residual block: x + scale * MLP(depthwise decomposed conv(x)).
+
+    The first block of a stage downsamples (max-pool /2, then a 1x1x1 projection to the new width).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        downsample: bool,
+        mlp_ratio: int = 4,
+        layer_scale_init: float = 1e-6,
+    ) -> None:
+        super().__init__()
+        self.downsample = downsample
+        if downsample:
+            self.pool = nn.MaxPool3d(kernel_size=3, stride=2, padding=1)
+            self.proj = nn.Conv3d(in_channels, out_channels, kernel_size=1, bias=False)
+        self.dwconv = DecomposedConv3d(out_channels, out_channels, kernel_size, groups=out_channels)
+        self.mlp = ChannelMLP(out_channels, out_channels * mlp_ratio)
+        self.scale = nn.Parameter(torch.full((out_channels,), layer_scale_init))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.downsample:
+            x = self.proj(self.pool(x))
+        update = self.dwconv(x).permute(0, 2, 3, 4, 1)  # channels last for the MLP
+        update = self.scale * self.mlp(update)
+        return x + update.permute(0, 4, 1, 2, 3)
+
+
+class DCFormerStage(nn.Sequential):
+    def __init__(self, in_channels: int, out_channels: int, depth: int, kernel_size: int, config: DCFormerConfig):
+        super().__init__(
+            *[
+                DCFormerBlock(
+                    in_channels if i == 0 else out_channels,
+                    out_channels,
+                    kernel_size,
+                    downsample=i == 0,
+                    mlp_ratio=config.mlp_ratio,
+                    layer_scale_init=config.layer_scale_init,
+                )
+                for i in range(depth)
+            ]
+        )
+
+
+class DCFormerEncoder(nn.Module):
+    """Stem ``s0`` plus stages ``s1``..``s4``; works on the depth-last ``(B, C, H, W, D)`` layout."""
+
+    def __init__(self, config: DCFormerConfig) -> None:
+        super().__init__()
+        blocks, channels = config.blocks, config.channels
+        self.s0 = nn.Sequential(DecomposedStem(config.in_channels, channels[0]))
+        for i in range(1, 5):
+            stage = DCFormerStage(channels[i - 1], channels[i], blocks[i], config.kernel_sizes[i - 1], config)
+            self.add_module(f"s{i}", stage)
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        maps = []
+        for i in range(5):
+            x = getattr(self, f"s{i}")(x)
+            maps.append(x)
+        return maps
+
+
+def feature_map_to_tokens(feature_map: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W, D) -> (B, D*H*W, C), depth-major: token index = d*(H*W) + h*W + w."""
+    batch, channels = feature_map.shape[:2]
+    return feature_map.permute(0, 4, 2, 3, 1).reshape(batch, -1, channels)
+
+
+class DCFormer(nn.Module):
+    """DCFormer image encoder returning the token sequences of all five stages.
+
+    ``forward(images)`` takes ``(B, in_channels, D, H, W)`` and returns a list of five ``(B, N_i, C_i)``
+    tensors (stem, s1..s4). The VLM uses the last two (s3, s4); SigLIP mean-pools the last.
+    """
+
+    def __init__(self, config: Optional[DCFormerConfig] = None, **kwargs: Any) -> None:
+        super().__init__()
+        if config is None:
+            config = DCFormerConfig(**kwargs)
+        elif kwargs:
+            raise TypeError("pass either a DCFormerConfig or keyword arguments, not both")
+        self.config = config
+        self.encoder = DCFormerEncoder(config)
+
+    @property
+    def hidden_sizes(self) -> Tuple[int, ...]:
+        return self.config.channels
+
+    def _check_input(self, images: torch.Tensor) -> None:
+        expected = "(batch, channel=%d, depth, height, width), i.e. (B, C, z, y, x)" % self.config.in_channels
+        if images.ndim != 5:
+            raise ValueError(f"DCFormer expects a 5-D tensor {expected}; got shape {tuple(images.shape)}")
+        if images.shape[1] != self.config.in_channels:
+            raise ValueError(
+                f"DCFormer expects {self.config.in_channels} channel(s) on axis 1 of {expected}; got shape "
+                f"{tuple(images.shape)} (channels-last input? use tensor.movedim(-1, 1))"
+            )
+        size = self.config.expected_input_size
+        if size is not None and tuple(images.shape[2:]) != tuple(size):
+            raise ValueError(
+                f"DCFormer expects spatial size (D, H, W) = {tuple(size)} in layout {expected}; got "
+                f"{tuple(images.shape[2:])}. A permuted volume runs but gives wrong features."
+            )
+
+    def forward(self, images: torch.Tensor) -> List[torch.Tensor]:
+        self._check_input(images)
+        depth_last = images.permute(0, 1, 3, 4, 2)  # (B, C, D, H, W) -> (B, C, H, W, D)
+        return [feature_map_to_tokens(m) for m in self.encoder(depth_last)]
+
+
+def stage_token_counts(input_size: Sequence[int]) -> List[int]:
+    """Tokens per stage for a (D, H, W) input: each axis becomes ceil(n / stride), strides 4, 8, ... 64."""
+    counts = []
+    for stride in (4, 8, 16, 32, 64):
+        n = 1
+        for dim in input_size:
+            n *= -(-int(dim) // stride)
+        counts.append(n)
+    return counts

@@ -1,0 +1,106 @@
+"""DCFormer must reproduce the reference encoder bit-for-bit-ish and refuse mis-shaped volumes."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from napari_med3dvlm.model.dcformer import (
+    DCFormer,
+    DCFormerConfig,
+    feature_map_to_tokens,
+    stage_token_counts,
+)
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+
+# REFERENCE.md section 1: parameter counts of the reference variants.
+REFERENCE_PARAMS = {
+    "nano": 789_216,
+    "naive": 5_851_680,
+    "tiny": 14_657_472,
+    "small": 18_244_800,
+    "base": 33_868_864,
+    "large": 185_125_440,
+}
+
+
+def _split_fixture(name):
+    tensors = load_file(str(FIXTURES / name))
+    weights = {k[len("weights."):]: v for k, v in tensors.items() if k.startswith("weights.")}
+    return tensors, weights
+
+
+def test_nano_fixture_loads_strictly_and_matches_reference_hidden_states():
+    tensors, weights = _split_fixture("dcformer_nano.safetensors")
+    model = DCFormer(DCFormerConfig(variant="nano")).eval()
+    model.load_state_dict(weights, strict=True)
+    with torch.no_grad():
+        hidden_states = model(tensors["input"])
+    assert len(hidden_states) == 5
+    for i, got in enumerate(hidden_states):
+        expected = tensors[f"hidden_states.{i}"]
+        assert got.shape == expected.shape
+        err = (got - expected).abs().max().item()
+        print(f"dcformer nano stage {i}: max abs err {err:.3g}")
+        assert err <= 1e-5
+
+
+@pytest.mark.parametrize("variant", sorted(REFERENCE_PARAMS))
+def test_parameter_count_matches_reference(variant):
+    with torch.device("meta"):
+        model = DCFormer(DCFormerConfig(variant=variant))
+    assert sum(p.numel() for p in model.parameters()) == REFERENCE_PARAMS[variant]
+
+
+def test_token_counts_follow_ceil_division_for_odd_sizes():
+    model = DCFormer(DCFormerConfig(variant="nano")).eval()
+    size = (9, 20, 36)
+    with torch.no_grad():
+        hidden_states = model(torch.rand(2, 1, *size))
+    assert [h.shape[1] for h in hidden_states] == stage_token_counts(size)
+    assert [h.shape[2] for h in hidden_states] == list(model.hidden_sizes)
+    assert all(h.shape[0] == 2 for h in hidden_states)
+    assert stage_token_counts((128, 256, 256))[-2:] == [256, 32]
+
+
+def test_tokens_are_depth_major():
+    # (B, C, H, W, D) map whose value encodes its (h, w, d) position.
+    h, w, d = 2, 3, 4
+    hh, ww, dd = torch.meshgrid(torch.arange(h), torch.arange(w), torch.arange(d), indexing="ij")
+    feature_map = (dd * 100 + hh * 10 + ww).float()[None, None]
+    tokens = feature_map_to_tokens(feature_map)[0, :, 0]
+    expected = torch.tensor([di * 100 + hi * 10 + wi for di in range(d) for hi in range(h) for wi in range(w)])
+    assert torch.equal(tokens, expected.float())
+
+
+@pytest.mark.parametrize(
+    "shape, message",
+    [
+        ((1, 32, 64, 64), "5-D"),  # channel axis missing
+        ((1, 32, 64, 64, 1), "channel"),  # channels-last
+        ((1, 3, 32, 64, 64), "channel"),  # RGB-like input
+    ],
+)
+def test_rejects_wrong_layout_with_clear_error(shape, message):
+    model = DCFormer(DCFormerConfig(variant="nano"))
+    with pytest.raises(ValueError, match=message) as info:
+        model(torch.zeros(shape))
+    assert "depth" in str(info.value)
+
+
+def test_expected_input_size_catches_permuted_volume():
+    model = DCFormer(DCFormerConfig(variant="nano", expected_input_size=(16, 32, 32))).eval()
+    with pytest.raises(ValueError, match="wrong features"):
+        model(torch.zeros(1, 1, 32, 32, 16))
+    assert len(model(torch.zeros(1, 1, 16, 32, 32))) == 5
+
+
+def test_config_round_trips_and_rejects_unknown_variant():
+    config = DCFormerConfig(variant="tiny", expected_input_size=(128, 256, 256))
+    again = DCFormerConfig.from_dict(config.to_dict())
+    assert again == config
+    assert again.channels == (64, 96, 192, 384, 768)
+    with pytest.raises(ValueError, match="variant"):
+        DCFormerConfig(variant="huge")
