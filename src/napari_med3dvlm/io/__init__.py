@@ -1,6 +1,26 @@
-"""Volumes in and out: NIfTI and DICOM reading, display windows, and model preprocessing."""
+"""Volumes in and out: NIfTI and DICOM reading, display windows, and model preprocessing.
 
+Every reader returns `Volume` objects in one display orientation (see `orientation`); every
+consumer of pixels for the model goes through `preprocess_volume`.
+"""
+
+from ._util import VolumeReadError
+from .dicom import SeriesInfo
 from .preprocess import PUBLISHED_INPUT_SIZE, WINDOW_PRESETS, PreprocessTransform, preprocess_volume
+from .reading import list_series, read_volume, read_volumes
 from .volume import Volume
+from .windows import contrast_limits
 
-__all__ = ["PUBLISHED_INPUT_SIZE", "WINDOW_PRESETS", "PreprocessTransform", "Volume", "preprocess_volume"]
+__all__ = [
+    "PUBLISHED_INPUT_SIZE",
+    "WINDOW_PRESETS",
+    "PreprocessTransform",
+    "SeriesInfo",
+    "Volume",
+    "VolumeReadError",
+    "contrast_limits",
+    "list_series",
+    "preprocess_volume",
+    "read_volume",
+    "read_volumes",
+]
