@@ -1,0 +1,300 @@
+"""Loading and saving Med3DVLM checkpoints without ``trust_remote_code``.
+
+Published layout (``MagicXin/Med3DVLM-Qwen-2.5-7B``): ``config.json`` (``model_type: vlm_qwen``),
+``model.safetensors`` or ``model-0000x-of-0000N.safetensors`` + ``model.safetensors.index.json``,
+tokenizer files with ``<im_patch>`` as an added token, optionally ``generation_config.json``.
+Published parameter names map onto ours as::
+
+    model.vision_tower.vision_tower.*  <->  vision_tower.*
+    model.mm_projector.*               <->  mm_projector.*
+    model.* , lm_head.*                <->  language_model.model.* , language_model.lm_head.*
+
+The model is built with empty (meta) weights and the checkpoint tensors are assigned in place, so a 7B
+model is only materialised once, already in the target dtype and on the target device. Pickled
+``.bin`` weights are refused unless ``allow_pickle=True`` (and even then read with
+``weights_only=True``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import torch
+from accelerate import init_empty_weights
+from safetensors import safe_open
+from safetensors.torch import save_file
+from transformers import AutoTokenizer, GenerationConfig
+
+from .configuration import PUBLISHED_MODEL_TYPES, Med3DVLMConfig
+from .vlm import Med3DVLMForCausalLM
+
+SAFE_INDEX = "model.safetensors.index.json"
+SAFE_SINGLE = "model.safetensors"
+EMBEDDED_SOURCES = (None, "", "embedded", "demo")
+DEMO_FOLDER = Path(__file__).resolve().parent.parent / "assets" / "demo"
+
+_TO_OURS = (
+    ("model.vision_tower.vision_tower.", "vision_tower."),
+    ("model.mm_projector.", "mm_projector."),
+    ("", "language_model."),
+)
+
+
+class CheckpointMismatchError(RuntimeError):
+    """The checkpoint's tensors do not match the model built from its config."""
+
+    def __init__(self, missing=(), unexpected=(), mismatched=()):
+        self.missing, self.unexpected, self.mismatched = sorted(missing), sorted(unexpected), sorted(mismatched)
+        lines = ["Checkpoint does not match the model built from its config.json."]
+        if self.missing:
+            lines.append(f"Missing keys ({len(self.missing)}): " + ", ".join(self.missing))
+        if self.unexpected:
+            lines.append(f"Unexpected keys ({len(self.unexpected)}): " + ", ".join(self.unexpected))
+        if self.mismatched:
+            lines.append(f"Shape mismatches ({len(self.mismatched)}): " + ", ".join(self.mismatched))
+        super().__init__("\n".join(lines))
+
+
+class PickleRefusedError(RuntimeError):
+    """Only ``.bin`` (pickle) weights were found and pickles are not loaded by default."""
+
+
+class ModelNotAvailableError(FileNotFoundError):
+    """The requested model cannot be found locally and cannot be downloaded."""
+
+
+# ---------------------------------------------------------------------- names
+def published_to_ours(key: str) -> str:
+    for published, ours in _TO_OURS:
+        if key.startswith(published):
+            return ours + key[len(published) :]
+    raise AssertionError("unreachable")
+
+
+def ours_to_published(key: str) -> str:
+    for published, ours in _TO_OURS:
+        if key.startswith(ours):
+            return published + key[len(ours) :]
+    raise ValueError(f"Parameter {key!r} belongs to no Med3DVLM component.")
+
+
+def published_state_dict(model: Med3DVLMForCausalLM) -> dict[str, torch.Tensor]:
+    """The model's state dict under published names (tied ``lm_head`` left out, as HF does)."""
+    state = {ours_to_published(k): v for k, v in model.state_dict().items()}
+    if _is_tied(model):
+        state.pop("lm_head.weight", None)
+    return state
+
+
+def _is_tied(model: Med3DVLMForCausalLM) -> bool:
+    lm = model.language_model
+    out = lm.get_output_embeddings()
+    return out is not None and out.weight is lm.get_input_embeddings().weight
+
+
+# ---------------------------------------------------------------------- dtype / device
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    if device in (None, "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(device: torch.device, dtype: torch.dtype | str | None = None) -> torch.dtype:
+    """bf16 on CUDA (as the reference demo), fp16 on MPS, fp32 on CPU unless asked otherwise."""
+    if isinstance(dtype, str):
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}.get(dtype) or getattr(
+            torch, dtype
+        )
+    if dtype is not None:
+        return dtype
+    return {"cuda": torch.bfloat16, "mps": torch.float16}.get(device.type, torch.float32)
+
+
+# ---------------------------------------------------------------------- reading tensors
+def weight_files(folder: Path, allow_pickle: bool = False) -> list[Path]:
+    """Safetensors files of a checkpoint folder, single or sharded; ``.bin`` only when allowed."""
+    folder = Path(folder)
+    if (folder / SAFE_INDEX).is_file():
+        index = json.loads((folder / SAFE_INDEX).read_text())
+        return [folder / name for name in sorted(set(index["weight_map"].values()))]
+    if (folder / SAFE_SINGLE).is_file():
+        return [folder / SAFE_SINGLE]
+    pickles = sorted(folder.glob("*.bin"))
+    if pickles and not allow_pickle:
+        raise PickleRefusedError(
+            f"{folder} only has pickled weights ({', '.join(p.name for p in pickles)}). Pickles can run "
+            "arbitrary code, so they are not loaded by default: convert them to safetensors, or pass "
+            "allow_pickle=True if you trust the source."
+        )
+    if pickles:
+        return pickles
+    raise FileNotFoundError(f"No model.safetensors or {SAFE_INDEX} in {folder}.")
+
+
+def iter_checkpoint(files, device: torch.device, dtype: torch.dtype):
+    """Yield (name, tensor) with floating tensors cast to ``dtype`` on ``device``, one at a time."""
+    for path in files:
+        if path.suffix == ".bin":
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            for name, tensor in state.items():
+                yield name, _cast(tensor, device, dtype)
+            continue
+        load_device = str(device) if device.type in ("cpu", "cuda") else "cpu"
+        with safe_open(str(path), framework="pt", device=load_device) as f:
+            for name in f.keys():
+                yield name, _cast(f.get_tensor(name), device, dtype)
+
+
+def _cast(tensor: torch.Tensor, device, dtype) -> torch.Tensor:
+    if tensor.is_floating_point():
+        return tensor.to(device=device, dtype=dtype)
+    return tensor.to(device=device)
+
+
+def assign_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], tied_keys=()) -> None:
+    """Strict load onto a (meta) model, naming every bad key in the error; then re-tie weights."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = set(expected) - set(state) - set(tied_keys)
+    unexpected = set(state) - set(expected)
+    mismatched = [
+        f"{k} (checkpoint {tuple(state[k].shape)}, model {expected[k]})"
+        for k in set(state) & set(expected)
+        if tuple(state[k].shape) != expected[k]
+    ]
+    if missing or unexpected or mismatched:
+        raise CheckpointMismatchError(
+            [_published_or_raw(k) for k in missing], [_published_or_raw(k) for k in unexpected], mismatched
+        )
+    model.load_state_dict(state, strict=False, assign=True)
+
+
+def _published_or_raw(key: str) -> str:
+    try:
+        return ours_to_published(key)
+    except ValueError:
+        return key
+
+
+# ---------------------------------------------------------------------- published checkpoints
+def read_config(folder: Path) -> dict:
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"No config.json in {folder}.")
+    return json.loads(path.read_text())
+
+
+def load_tokenizer(folder: Path, config: Med3DVLMConfig):
+    # Passing the LLM config keeps AutoTokenizer from parsing our unknown model_type in config.json.
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), config=config.text_config)
+    image_id = tokenizer.convert_tokens_to_ids(config.image_token)
+    if image_id is None or image_id == tokenizer.unk_token_id:
+        raise ValueError(f"The tokenizer in {folder} has no {config.image_token!r} token.")
+    config.image_token_id = image_id
+    return tokenizer
+
+
+def load_published(folder, device=None, dtype=None, allow_pickle: bool = False):
+    """(model, tokenizer) from a folder in the published ``vlm_qwen`` layout."""
+    folder = Path(folder)
+    device = resolve_device(device)
+    dtype = resolve_dtype(device, dtype)
+    config = Med3DVLMConfig.from_published_dict(read_config(folder))
+    files = weight_files(folder, allow_pickle)
+    with init_empty_weights():
+        model = Med3DVLMForCausalLM(config)
+    state = {published_to_ours(k): v for k, v in iter_checkpoint(files, device, dtype)}
+    tied = ["language_model.lm_head.weight"] if config.text_config.tie_word_embeddings else []
+    assign_state_dict(model, state, tied_keys=tied)
+    if tied:
+        model.language_model.tie_weights()
+    model.to(device).eval()
+    if (folder / "generation_config.json").is_file():
+        model.language_model.generation_config = GenerationConfig.from_pretrained(str(folder))
+    tokenizer = load_tokenizer(folder, config)
+    return model, tokenizer
+
+
+def save_pretrained(model: Med3DVLMForCausalLM, tokenizer, folder, max_shard_size="5GB") -> Path:
+    """Write ``model`` in the published layout (keys mapped back, sharded with an index if large)."""
+    from huggingface_hub import split_torch_state_dict_into_shards
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in [*folder.glob("model*.safetensors"), folder / SAFE_INDEX]:
+        stale.unlink(missing_ok=True)
+    state = {k: v.detach().contiguous() for k, v in published_state_dict(model).items()}
+    split = split_torch_state_dict_into_shards(state, max_shard_size=max_shard_size)
+    for filename, names in split.filename_to_tensors.items():
+        save_file({n: state[n].cpu() for n in names}, str(folder / filename), metadata={"format": "pt"})
+    if split.is_sharded:
+        index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
+        (folder / SAFE_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    config = model.config.to_published_dict()
+    config["dtype"] = str(next(iter(state.values())).dtype).replace("torch.", "")
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    model.language_model.generation_config.save_pretrained(str(folder))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(folder))
+    return folder
+
+
+# ---------------------------------------------------------------------- one entry point
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def _offline() -> bool:
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def resolve_source(source) -> Path:
+    """A local folder for ``source``: the packaged demo, a folder, or a downloaded hub snapshot."""
+    if source in EMBEDDED_SOURCES:
+        if not (DEMO_FOLDER / "config.json").is_file():
+            raise ModelNotAvailableError(
+                "The embedded demo model has not been trained yet (no assets/demo/config.json). Train it "
+                "with `python -m training.run all --preset demo`, or choose a model folder in Settings."
+            )
+        return DEMO_FOLDER
+    path = Path(source).expanduser()
+    if path.exists():
+        return path
+    if not _HUB_ID.match(str(source)):
+        raise ModelNotAvailableError(f"Model folder {source} does not exist.")
+    if _offline():
+        raise ModelNotAvailableError(
+            f"{source!r} is a Hugging Face Hub id but this session is offline. Download the repository "
+            "yourself (e.g. `huggingface-cli download " + str(source) + " --local-dir DIR`) and set that "
+            "local folder in Settings (or pass it with --model)."
+        )
+    from huggingface_hub import snapshot_download
+
+    # Only data: no remote code, no pickles.
+    patterns = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.md"]
+    return Path(snapshot_download(str(source), allow_patterns=patterns))
+
+
+def load_vlm(source=None, device="cpu", dtype=None, allow_pickle: bool = False):
+    """(model, tokenizer) for a published folder, an embedded-format folder, a hub id or the demo.
+
+    ``source`` None / ``"embedded"`` loads the packaged demo model. The folder format is detected
+    from its ``config.json``: ``base_language_model`` means the embedded own-weights format.
+    """
+    folder = resolve_source(source)
+    config = read_config(folder)
+    if config.get("base_language_model"):
+        from .embedded import load_embedded
+
+        return load_embedded(folder, device=device, dtype=dtype)
+    if config.get("model_type") in PUBLISHED_MODEL_TYPES:
+        return load_published(folder, device=device, dtype=dtype, allow_pickle=allow_pickle)
+    raise ValueError(
+        f"{folder} is not a Med3DVLM model folder (config.json model_type {config.get('model_type')!r}; "
+        f"expected one of {sorted(PUBLISHED_MODEL_TYPES)} or an embedded demo folder)."
+    )
