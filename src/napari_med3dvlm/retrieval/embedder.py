@@ -1,0 +1,106 @@
+"""What the index needs from a model: unit vectors for volumes and for texts in one shared space.
+
+The index and search code only see the small ``Embedder`` protocol, so they run the same with the
+SigLIP dual encoder, a model on another device, or a counting stand-in in tests.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Protocol, Sequence, runtime_checkable
+
+import numpy as np
+import torch
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    #: Stored with every row: vectors from different models never mix in one search.
+    model_id: str
+    #: The (D, H, W) model input size handed to ``preprocess_volume``.
+    spatial_size: tuple[int, int, int]
+    #: The display window for preprocessing (None: the modality default, as in inference).
+    window: object
+
+    def embed_volumes(self, images: torch.Tensor) -> np.ndarray:
+        """(B, 1, D, H, W) preprocessed volumes -> (B, E) float32 unit vectors."""
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Texts (queries or whole reports) -> (B, E) float32 unit vectors."""
+
+
+def _unit(vectors: torch.Tensor) -> np.ndarray:
+    array = vectors.detach().float().cpu().numpy()
+    norms = np.linalg.norm(array, axis=1, keepdims=True)
+    return (array / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+class SigLIPEmbedder:
+    """Wraps a SigLIP dual encoder (``encode_image`` / ``encode_text``) and its tokenizer."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer,
+        model_id: str,
+        spatial_size: Sequence[int],
+        window=None,
+        max_length: int = 512,
+        device: str | torch.device | None = None,
+    ):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.model_id = model_id
+        self.spatial_size = tuple(int(s) for s in spatial_size)
+        self.window = window
+        self.max_length = max_length
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        # One model shared by GUI workers and a CLI run: forward passes must not interleave.
+        self._lock = threading.Lock()
+
+    @torch.inference_mode()
+    def embed_volumes(self, images: torch.Tensor) -> np.ndarray:
+        with self._lock:
+            dtype = next(self.model.parameters()).dtype
+            return _unit(self.model.encode_image(images.to(self.device, dtype)))
+
+    @torch.inference_mode()
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        batch = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        with self._lock:
+            out = self.model.encode_text(
+                batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
+            )
+            return _unit(out)
+
+    @classmethod
+    def from_source(cls, source: str = "embedded", device: str | None = None, window=None) -> "SigLIPEmbedder":
+        """The SigLIP part of a model folder (or the embedded demo model)."""
+        from napari_med3dvlm.model import load_siglip
+
+        loaded = load_siglip(source)
+        model, tokenizer = loaded if isinstance(loaded, tuple) else (loaded, getattr(loaded, "tokenizer", None))
+        if tokenizer is None:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(str(source))
+        if device is not None:
+            model = model.to(device)
+        spatial_size = _model_input_size(model)
+        model_id = getattr(model, "model_id", None) or f"siglip:{source}"
+        return cls(model, tokenizer, model_id=model_id, spatial_size=spatial_size, window=window, device=device)
+
+
+def _model_input_size(model) -> tuple[int, int, int]:
+    config = getattr(model, "config", None)
+    for name in ("input_size", "image_size", "spatial_size"):
+        value = getattr(config, name, None) if config is not None else None
+        if value is not None and len(value) == 3:
+            # The reference config stores [W, H, D] (input_size=[256, 256, 128]); the model input is (D, H, W).
+            value = tuple(int(v) for v in value)
+            return value if name != "input_size" else value[::-1]
+    from napari_med3dvlm.io import PUBLISHED_INPUT_SIZE
+
+    return PUBLISHED_INPUT_SIZE

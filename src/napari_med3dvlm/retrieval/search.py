@@ -1,0 +1,36 @@
+"""Queries: text, a whole report, or a volume (say, the layer on screen) -> the most similar volumes."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from napari_med3dvlm.io import preprocess_volume
+
+from .embedder import Embedder
+from .store import SearchHit, VolumeIndex
+
+
+def _check_model(index: VolumeIndex, embedder: Embedder) -> None:
+    if index.model_id is not None and index.model_id != embedder.model_id:
+        raise ValueError(
+            f"this index was built with model {index.model_id!r}, not {embedder.model_id!r}: "
+            "re-index the folders with the current model"
+        )
+
+
+def search_text(index: VolumeIndex, embedder: Embedder, text: str, k: int = 10) -> list[SearchHit]:
+    """Text -> images through the SigLIP text tower; a full report works as well as a phrase."""
+    text = (text or "").strip()
+    if not text:
+        raise ValueError("empty query")
+    _check_model(index, embedder)
+    return index.search(embedder.embed_texts([text])[0], k=k)
+
+
+def search_volume(
+    index: VolumeIndex, embedder: Embedder, data: np.ndarray, modality: str = "CT", k: int = 10
+) -> list[SearchHit]:
+    """Image -> images: the query volume goes through the same preprocessing as indexed volumes."""
+    _check_model(index, embedder)
+    image, _ = preprocess_volume(np.asarray(data), modality, embedder.window, embedder.spatial_size)
+    return index.search(embedder.embed_volumes(image)[0], k=k)
