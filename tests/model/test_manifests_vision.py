@@ -60,3 +60,33 @@ def test_vlm_checkpoint_vision_keys_are_prefixed_copies_of_ours():
         k: v["shape"] for k, v in published.items() if k.startswith(("model.vision_tower.", "model.mm_projector."))
     }
     assert ours == theirs
+
+
+def test_dec_clip_non_text_keys_match_published_siglip_layout():
+    from transformers import DistilBertConfig
+
+    from napari_med3dvlm.model.siglip import SigLIPConfig, SigLIPModel
+
+    manifest = _manifest("manifest_dec_clip.json")
+    config = SigLIPConfig.from_dict(manifest["config_to_dict"])
+    small_text = DistilBertConfig(vocab_size=100, dim=768, n_layers=1, n_heads=12, hidden_dim=64)
+    config.text_config = small_text.to_dict()
+    with torch.device("meta"):
+        model = SigLIPModel(config)
+    ours = {k: v for k, v in _shapes(model).items() if not k.startswith("language_encoder.")}
+    assert ours == manifest["state_dict_non_text_encoder"]
+    assert model.config.t_prime == manifest["init_values"]["t_prime"]
+    assert model.config.hidden_size == 768
+
+
+def test_dec_clip_default_text_encoder_has_published_key_layout():
+    from napari_med3dvlm.model.siglip import SigLIPConfig, SigLIPModel
+
+    manifest = _manifest("manifest_dec_clip.json")
+    with torch.device("meta"):
+        model = SigLIPModel(SigLIPConfig.from_dict(manifest["config_to_dict"]))
+    keys = set(model.state_dict())
+    text_keys = {k for k in keys if k.startswith("language_encoder.")}
+    assert len(keys) == manifest["num_state_dict_entries"]
+    assert len(text_keys) == manifest["num_language_encoder_entries"]
+    assert {k for k in manifest["language_encoder_key_examples"] if k != "..."} <= text_keys
