@@ -153,9 +153,12 @@ def iter_checkpoint(files, device: torch.device, dtype: torch.dtype):
 
 
 def _cast(tensor: torch.Tensor, device, dtype) -> torch.Tensor:
-    if tensor.is_floating_point():
-        return tensor.to(device=device, dtype=dtype)
-    return tensor.to(device=device)
+    out = tensor.to(device=device, dtype=dtype) if tensor.is_floating_point() else tensor.to(device=device)
+    if out.data_ptr() == tensor.data_ptr():
+        # Re-allocate with torch's aligned allocator: CPU kernels pick different (and not
+        # bit-identical) code paths for the oddly aligned buffers safetensors hands out.
+        out = out.clone()
+    return out
 
 
 def assign_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], tied_keys=()) -> None:
