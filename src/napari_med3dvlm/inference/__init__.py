@@ -1,0 +1,28 @@
+"""Running Med3DVLM: model loading, image-feature caching, prompts and streaming generation.
+
+Everything here is GUI-free, so the napari docks and the command line share one code path.
+"""
+
+from .engine import InferenceEngine, ModelUnavailableError, get_engine, set_engine
+from .export import DISCLAIMER, ReportRecord, VolumeInfo
+from .features import EncodedImage, volume_signature
+from .settings import InferenceSettings, load_settings, save_settings
+from .tasks import Conversation, VolumeInput, stream_report
+
+__all__ = [
+    "DISCLAIMER",
+    "Conversation",
+    "EncodedImage",
+    "InferenceEngine",
+    "InferenceSettings",
+    "ModelUnavailableError",
+    "ReportRecord",
+    "VolumeInfo",
+    "VolumeInput",
+    "get_engine",
+    "load_settings",
+    "save_settings",
+    "set_engine",
+    "stream_report",
+    "volume_signature",
+]

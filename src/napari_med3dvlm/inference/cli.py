@@ -1,0 +1,145 @@
+"""``napari-med3dvlm report`` and ``napari-med3dvlm ask``: the Report and Chat docks, headless.
+
+Both go through the shared engine and the same task generators as the docks, so a report written
+here is the one the Report dock would show for the same volume and settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .engine import InferenceEngine, ModelUnavailableError, get_engine
+from .settings import DEVICES, DTYPES
+from .tasks import Conversation, VolumeInput, stream_report
+
+
+def register(subparsers) -> None:
+    report = subparsers.add_parser(
+        "report",
+        help="write a Markdown and JSON report for each volume",
+        description="Generate a findings report for each volume (NIfTI file, DICOM file or folder).",
+    )
+    report.add_argument("paths", nargs="+", metavar="PATH", help="NIfTI files, DICOM files or folders")
+    report.add_argument("--out", required=True, type=Path, help="folder for the .md and .json reports")
+    _add_common(report)
+    report.set_defaults(func=run_report)
+
+    ask = subparsers.add_parser(
+        "ask",
+        help="answer a question about a volume",
+        description="Ask a question about a volume; the answer streams to standard output.",
+    )
+    ask.add_argument("path", metavar="PATH", help="a NIfTI file, DICOM file or folder")
+    ask.add_argument("question", help="the question, in quotes")
+    ask.add_argument(
+        "--choices", nargs=4, metavar=("A", "B", "C", "D"), help="answer options: a closed question"
+    )
+    _add_common(ask)
+    ask.set_defaults(func=run_ask)
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model and generation (default: the saved settings)")
+    group.add_argument("--model", help="'embedded', a local model folder, or a hub id")
+    group.add_argument("--device", choices=DEVICES)
+    group.add_argument("--dtype", choices=DTYPES)
+    group.add_argument("--max-new-tokens", type=int)
+    group.add_argument("--temperature", type=float, help="0 = greedy (deterministic)")
+    group.add_argument(
+        "--window", help="CT display window for the model: a preset name or CENTER,WIDTH (default: soft tissue)"
+    )
+    group.add_argument("--series", type=int, help="only this series (0-based) of a multi-series folder")
+
+
+def engine_from_args(args) -> InferenceEngine:
+    """The shared engine with the command-line overrides applied (not saved)."""
+    engine = get_engine()
+    overrides = {
+        "model_source": args.model,
+        "device": args.device,
+        "dtype": args.dtype,
+        "max_new_tokens": args.max_new_tokens,
+        "temperature": args.temperature,
+    }
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if overrides:
+        engine.update_settings(engine.settings.updated(**overrides))
+    return engine
+
+
+def parse_window(text: str | None):
+    if text is None:
+        return None
+    if "," in text:
+        center, width = (float(v) for v in text.split(",", 1))
+        return (center, width)
+    return text
+
+
+def load_volumes(path, series: int | None = None) -> list[VolumeInput]:
+    """Volumes at ``path`` as engine inputs (every series of a DICOM folder unless one is picked)."""
+    from napari_med3dvlm.io import read_volumes
+
+    volumes = read_volumes(path)
+    if series is not None:
+        if not 0 <= series < len(volumes):
+            raise SystemExit(f"--series {series} is out of range: {path} has {len(volumes)} series")
+        volumes = [volumes[series]]
+    return [
+        VolumeInput(data=v.data, modality=v.modality, window=v.window, spacing=v.spacing) for v in volumes
+    ]
+
+
+def _with_window(volume: VolumeInput, window) -> VolumeInput:
+    if window is not None:
+        volume.window = window
+    return volume
+
+
+def run_report(args) -> int:
+    engine = engine_from_args(args)
+    window = parse_window(args.window)
+    count = 0
+    try:
+        for number, path in enumerate(args.paths, start=1):
+            for index, volume in enumerate(load_volumes(path, args.series)):
+                volume = _with_window(volume, window)
+                stream = stream_report(engine, volume)
+                record = _drain(stream)
+                stem = f"report-{number:02d}" + (f"-{index + 1:02d}" if index else "")
+                md, js = record.write(args.out, stem)
+                count += 1
+                print(f"input {number} series {index + 1}: {md.name}, {js.name} ({record.duration_s:.1f} s)")
+    except ModelUnavailableError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"{count} report(s) written to {args.out}")
+    return 0
+
+
+def run_ask(args) -> int:
+    engine = engine_from_args(args)
+    volumes = load_volumes(args.path, args.series)
+    if len(volumes) > 1:
+        print(f"note: {len(volumes)} series found, using the first (pick one with --series)", file=sys.stderr)
+    volume = _with_window(volumes[0], parse_window(args.window))
+    try:
+        for piece in Conversation().stream_answer(engine, volume, args.question, args.choices):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    except ModelUnavailableError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    sys.stdout.write("\n")
+    return 0
+
+
+def _drain(generator):
+    """Run a task generator to the end and return its result."""
+    while True:
+        try:
+            next(generator)
+        except StopIteration as stop:
+            return stop.value

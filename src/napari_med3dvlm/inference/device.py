@@ -1,0 +1,70 @@
+"""Where the model runs and in which precision.
+
+bf16 on CUDA halves memory (the published 7B model needs ~15 GB instead of ~31 GB); on CPU fp32 is
+the safe default. On CPU one core is left free so the napari event loop stays responsive while the
+model generates.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def pick_device(preference: str = "auto") -> torch.device:
+    """``auto`` prefers CUDA, then Apple MPS, then CPU; an explicit choice must be available."""
+    if preference == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if preference == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was requested but no CUDA GPU is available; set Device to 'auto' or 'cpu'")
+    if preference == "mps" and not mps_available():
+        raise RuntimeError("device 'mps' was requested but Apple MPS is not available; set Device to 'auto' or 'cpu'")
+    return torch.device(preference)
+
+
+def pick_dtype(device: torch.device, preference: str = "auto") -> torch.dtype:
+    if preference != "auto":
+        return _DTYPES[preference]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "mps":
+        return torch.float16
+    return torch.float32
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def configure_cpu_threads(device: torch.device, reserve: int = 1) -> int:
+    """Use all cores but ``reserve`` for torch on CPU; returns the thread count set."""
+    if device.type != "cpu":
+        return torch.get_num_threads()
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cores = os.cpu_count() or 1
+    threads = max(1, cores - reserve)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return threads
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    if isinstance(err, torch.OutOfMemoryError if hasattr(torch, "OutOfMemoryError") else MemoryError):
+        return True
+    if isinstance(err, MemoryError):
+        return True
+    return isinstance(err, RuntimeError) and "out of memory" in str(err).lower()

@@ -1,0 +1,330 @@
+"""The inference engine: one model per process, shared by every dock and the command line.
+
+Loading a VLM takes seconds to minutes and gigabytes, so it happens once (lazily, on the first
+request) and the Report, Chat and CLI paths all reuse it. Generation runs in a background thread
+and streams text pieces, and a cancel event stops it at the next token.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import re
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+from napari_med3dvlm.io import preprocess_volume
+
+from .device import configure_cpu_threads, dtype_name, is_out_of_memory, pick_device, pick_dtype
+from .features import EncodedImage, FeatureCache, volume_signature
+from .settings import EMBEDDED, InferenceSettings, load_settings
+
+logger = logging.getLogger(__name__)
+
+#: ``loader(source, device, dtype) -> (model, tokenizer)``; defaults to ``napari_med3dvlm.model.load_vlm``.
+Loader = Callable[[str, torch.device, torch.dtype], tuple]
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_STREAM_POLL_S = 0.05
+
+
+class ModelUnavailableError(RuntimeError):
+    """The model could not be loaded or run; the message tells the user which setting to change."""
+
+
+def _default_loader(source: str, device: torch.device, dtype: torch.dtype):
+    from napari_med3dvlm.model import load_vlm
+
+    return load_vlm(source, device=device, dtype=dtype)
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def source_kind(source: str) -> str:
+    """``"embedded"``, ``"folder"`` or ``"hub"`` (a ``owner/name`` id that is not a local folder)."""
+    if source == EMBEDDED:
+        return "embedded"
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return "folder"
+    if _HUB_ID.match(source) and not source.startswith((".", "~", "/")):
+        return "hub"
+    return "folder"
+
+
+def display_model_id(source: str) -> str:
+    """A model name for exports and titles: never a full local path (it may name a user)."""
+    kind = source_kind(source)
+    if kind == "folder":
+        return "local:" + Path(source).expanduser().name
+    return source
+
+
+class _CancelCriteria(StoppingCriteria):
+    """Ends generation at the next token once the event is set (the Stop button)."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs):
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+class InferenceEngine:
+    """Loads the model on first use, caches image features, and streams generated text."""
+
+    def __init__(
+        self,
+        settings: InferenceSettings | None = None,
+        loader: Loader | None = None,
+        cache_size: int = 8,
+    ):
+        self._settings = settings or load_settings()
+        self._loader = loader or _default_loader
+        self._model = None
+        self._tokenizer = None
+        self._loaded_key = None
+        self._load_lock = threading.RLock()
+        self._generate_lock = threading.Lock()
+        self.features = FeatureCache(cache_size)
+
+    # -- settings and loading -------------------------------------------------------------------
+
+    @property
+    def settings(self) -> InferenceSettings:
+        return self._settings
+
+    def update_settings(self, settings: InferenceSettings) -> None:
+        """Apply new settings; the model is reloaded lazily only if source, device or dtype changed."""
+        old = self._settings
+        self._settings = settings
+        if (old.model_source, old.device, old.dtype) != (settings.model_source, settings.device, settings.dtype):
+            self.unload()
+
+    @property
+    def model_id(self) -> str:
+        return display_model_id(self._settings.model_source)
+
+    @property
+    def is_loaded(self) -> bool:
+        return self._model is not None
+
+    def unload(self) -> None:
+        with self._load_lock:
+            self._model = self._tokenizer = self._loaded_key = None
+            self.features.clear()
+
+    def load(self):
+        """The (model, tokenizer) pair, loading it on first call; thread-safe."""
+        with self._load_lock:
+            s = self._settings
+            key = (s.model_source, s.device, s.dtype)
+            if self._model is not None and self._loaded_key == key:
+                return self._model, self._tokenizer
+            self.unload()
+            device = self._device_or_raise(s.device)
+            dtype = pick_dtype(device, s.dtype)
+            configure_cpu_threads(device)
+            source = s.model_source
+            kind = source_kind(source)
+            if kind == "folder" and not Path(source).expanduser().is_dir():
+                raise ModelUnavailableError(
+                    f"Model folder '{source}' does not exist. In Settings > Model source, choose "
+                    "'embedded' or an existing folder."
+                )
+            if kind == "folder":
+                source = str(Path(source).expanduser())
+            logger.info("loading model %s on %s (%s)", display_model_id(source), device, dtype_name(dtype))
+            try:
+                model, tokenizer = self._loader(source, device, dtype)
+            except ModelUnavailableError:
+                raise
+            except Exception as err:  # noqa: BLE001 - every failure becomes a message the user can act on
+                raise self._load_error(source, kind, device, dtype, err) from err
+            model.eval()
+            self._model, self._tokenizer, self._loaded_key = model, tokenizer, key
+            return model, tokenizer
+
+    @staticmethod
+    def _device_or_raise(preference: str) -> torch.device:
+        try:
+            return pick_device(preference)
+        except RuntimeError as err:
+            raise ModelUnavailableError(str(err)) from err
+
+    @staticmethod
+    def _load_error(source, kind, device, dtype, err) -> ModelUnavailableError:
+        if is_out_of_memory(err):
+            hint = "set Settings > Dtype to 'bfloat16'" if dtype == torch.float32 else "set Settings > Device to 'cpu'"
+            return ModelUnavailableError(
+                f"The model does not fit in {device.type.upper()} memory as {dtype_name(dtype)}; {hint}, "
+                "or choose a smaller model."
+            )
+        if type(err).__name__ == "ModelNotAvailableError":  # the loader's message already says what to do
+            return ModelUnavailableError(str(err))
+        if kind == "hub" and (hub_offline() or isinstance(err, OSError)):
+            return ModelUnavailableError(
+                f"Model '{source}' is a hub id that is not in the local cache, and downloads are off "
+                "(offline mode or no network). Download it where the hub is reachable, or set "
+                "Settings > Model source to 'embedded' or a local folder."
+            )
+        return ModelUnavailableError(f"Could not load model '{display_model_id(source)}': {err}")
+
+    # -- images ---------------------------------------------------------------------------------
+
+    @property
+    def proj_out_num(self) -> int:
+        model, _ = self.load()
+        return int(model.config.proj_out_num)
+
+    @property
+    def image_size(self) -> tuple[int, int, int]:
+        model, _ = self.load()
+        return tuple(int(s) for s in model.config.image_size)
+
+    def signature(self, data, modality: str = "CT", window=None) -> str:
+        return volume_signature(data, window, model_id=self._settings.model_source, modality=modality)
+
+    def encode(self, data, modality: str = "CT", window=None) -> EncodedImage:
+        """Features of a (z, y, x) volume, from the cache when this volume was encoded before."""
+        key = self.signature(data, modality, window)
+        cached = self.features.get(key)
+        if cached is not None:
+            return cached
+        model, _ = self.load()
+        tensor, transform = preprocess_volume(data, modality=modality, window=window, spatial_size=self.image_size)
+        param = next(model.parameters())
+        try:
+            with torch.inference_mode():
+                features = model.encode_images(tensor.to(device=param.device, dtype=param.dtype))
+        except Exception as err:  # noqa: BLE001
+            if is_out_of_memory(err):
+                raise ModelUnavailableError(
+                    "Encoding the volume ran out of memory; set Settings > Device to 'cpu' or Dtype to 'bfloat16'."
+                ) from err
+            raise
+        item = EncodedImage(features=features, transform=transform, signature=key)
+        self.features.put(item)
+        return item
+
+    # -- text -----------------------------------------------------------------------------------
+
+    def count_tokens(self, text: str) -> int:
+        _, tokenizer = self.load()
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    @property
+    def context_length(self) -> int:
+        """Usable prompt+answer length: the tokenizer's limit when set, else the model's."""
+        model, tokenizer = self.load()
+        limits = [getattr(model.config, "max_position_embeddings", None)]
+        text_config = getattr(model.config, "text_config", None)
+        if text_config is not None:
+            limits.append(getattr(text_config, "max_position_embeddings", None))
+        limit = getattr(tokenizer, "model_max_length", None)
+        if limit and limit < 1_000_000:
+            limits.append(limit)
+        limits = [int(v) for v in limits if v]
+        return min(limits) if limits else 2048
+
+    def stream(
+        self,
+        prompt: str,
+        image_features: torch.Tensor | EncodedImage,
+        settings: InferenceSettings | None = None,
+        cancel_event: threading.Event | None = None,
+    ) -> Iterator[str]:
+        """Yield text pieces as they are generated; stops early once ``cancel_event`` is set.
+
+        Generation runs in its own thread so the caller (a napari worker or the CLI) only waits on
+        a queue. Closing the iterator early also stops the generation.
+        """
+        settings = settings or self._settings
+        cancel_event = cancel_event or threading.Event()
+        if isinstance(image_features, EncodedImage):
+            image_features = image_features.features
+        model, tokenizer = self.load()
+        inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+        device = next(model.parameters()).device
+        streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=_STREAM_POLL_S)
+        eos = tokenizer.eos_token_id
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+        kwargs = dict(
+            image_features=image_features,
+            input_ids=inputs["input_ids"].to(device),
+            attention_mask=inputs["attention_mask"].to(device),
+            streamer=streamer,
+            stopping_criteria=StoppingCriteriaList([_CancelCriteria(cancel_event)]),
+            eos_token_id=eos,
+            pad_token_id=pad,
+            **settings.generation_kwargs(),
+        )
+        failure: list[BaseException] = []
+
+        def run():
+            try:
+                with self._generate_lock, torch.inference_mode():
+                    if settings.temperature > 0:
+                        torch.manual_seed(settings.seed)
+                    model.generate(**kwargs)
+            except BaseException as err:  # noqa: BLE001 - re-raised in the consuming thread
+                failure.append(err)
+                streamer.end()
+
+        thread = threading.Thread(target=run, name="med3dvlm-generate", daemon=True)
+        thread.start()
+        try:
+            while True:
+                try:
+                    piece = next(streamer)
+                except StopIteration:
+                    break
+                except queue.Empty:
+                    if not thread.is_alive() and streamer.text_queue.empty():
+                        break
+                    continue
+                if piece:
+                    yield piece
+        finally:
+            if thread.is_alive():
+                cancel_event.set()
+            thread.join()
+        if failure:
+            err = failure[0]
+            if is_out_of_memory(err):
+                raise ModelUnavailableError(
+                    "Generation ran out of memory; lower Settings > Max new tokens, or set Dtype to "
+                    "'bfloat16' or Device to 'cpu'."
+                ) from err
+            raise err
+
+    def generate(self, prompt, image_features, settings=None, cancel_event=None) -> str:
+        return "".join(self.stream(prompt, image_features, settings, cancel_event))
+
+
+_engine: InferenceEngine | None = None
+_engine_lock = threading.Lock()
+
+
+def get_engine() -> InferenceEngine:
+    """The process-wide engine (created with the saved settings on first call)."""
+    global _engine
+    with _engine_lock:
+        if _engine is None:
+            _engine = InferenceEngine()
+        return _engine
+
+
+def set_engine(engine: InferenceEngine | None) -> InferenceEngine | None:
+    """Replace the shared engine (tests, embedding apps); returns the previous one."""
+    global _engine
+    with _engine_lock:
+        previous, _engine = _engine, engine
+        return previous

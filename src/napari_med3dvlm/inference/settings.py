@@ -1,0 +1,103 @@
+"""User settings for inference, shared by the docks and the command line.
+
+Persisted as JSON so a choice made in the Settings dock (say a local model folder) is what the next
+napari session and the next `napari-med3dvlm report` run use. ``NAPARI_MED3DVLM_CONFIG_DIR``
+overrides the folder (tests, shared machines).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+import platformdirs
+
+CONFIG_DIR_ENV = "NAPARI_MED3DVLM_CONFIG_DIR"
+SETTINGS_FILE = "settings.json"
+
+#: The model packaged with the plugin.
+EMBEDDED = "embedded"
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass
+class InferenceSettings:
+    """Which model to run where, and how to sample from it."""
+
+    model_source: str = EMBEDDED  # "embedded", a local folder, or a hub id
+    device: str = "auto"
+    dtype: str = "auto"
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0 = greedy: the same volume gives the same report
+    top_p: float = 0.9
+    seed: int = 42
+
+    def __post_init__(self):
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        self.max_new_tokens = int(self.max_new_tokens)
+        if self.max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be at least 1")
+        self.temperature = float(self.temperature)
+        if self.temperature < 0:
+            raise ValueError("temperature must be >= 0")
+        self.top_p = float(self.top_p)
+        self.model_source = str(self.model_source).strip() or EMBEDDED
+
+    def generation_kwargs(self) -> dict:
+        """Keyword arguments for ``generate`` (sampling only when temperature > 0)."""
+        kwargs = {"max_new_tokens": self.max_new_tokens}
+        if self.temperature > 0:
+            kwargs.update(do_sample=True, temperature=self.temperature, top_p=self.top_p)
+        else:
+            kwargs.update(do_sample=False)
+        return kwargs
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> InferenceSettings:
+        """Ignore unknown keys so settings written by a newer version still load."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    def updated(self, **changes) -> InferenceSettings:
+        return replace(self, **changes)
+
+
+def config_dir(path: str | os.PathLike | None = None) -> Path:
+    if path is not None:
+        return Path(path)
+    override = os.environ.get(CONFIG_DIR_ENV)
+    if override:
+        return Path(override)
+    return Path(platformdirs.user_config_dir("napari-med3dvlm"))
+
+
+def settings_path(path: str | os.PathLike | None = None) -> Path:
+    return config_dir(path) / SETTINGS_FILE
+
+
+def load_settings(path: str | os.PathLike | None = None) -> InferenceSettings:
+    """Saved settings, or defaults when none were saved (or the file is unreadable)."""
+    file = settings_path(path)
+    try:
+        values = json.loads(file.read_text(encoding="utf-8"))
+        return InferenceSettings.from_dict(values)
+    except (OSError, ValueError, TypeError):
+        return InferenceSettings()
+
+
+def save_settings(settings: InferenceSettings, path: str | os.PathLike | None = None) -> Path:
+    file = settings_path(path)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = file.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(settings.to_dict(), indent=2), encoding="utf-8")
+    tmp.replace(file)
+    return file

@@ -1,0 +1,117 @@
+"""Reports and conversations about one volume, as streaming generators.
+
+Each task yields text pieces and *returns* its result, which maps directly onto napari's generator
+workers (``yielded`` for tokens, ``returned`` for the result) and onto a CLI loop that prints as it
+goes. The docks and the command line share these, so they produce the same text for the same input.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import prompts
+from .engine import InferenceEngine
+from .export import ReportRecord, VolumeInfo
+from .settings import InferenceSettings
+
+
+@dataclass
+class VolumeInput:
+    """What the engine needs to know about a volume; the data stays in the caller's array."""
+
+    data: np.ndarray
+    modality: str = "CT"
+    window: tuple[float, float] | str | None = None
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+    def info(self, signature: str = "") -> VolumeInfo:
+        return VolumeInfo(
+            shape=tuple(int(s) for s in self.data.shape),
+            spacing=tuple(float(s) for s in self.spacing),
+            modality=self.modality,
+            window=self.window,
+            signature=signature,
+        )
+
+
+def stream_report(
+    engine: InferenceEngine,
+    volume: VolumeInput,
+    settings: InferenceSettings | None = None,
+    cancel_event: threading.Event | None = None,
+    template: str | None = None,
+) -> Generator[str, None, ReportRecord]:
+    """Yield the report as it is generated; return the full record (partial if stopped)."""
+    settings = settings or engine.settings
+    cancel_event = cancel_event or threading.Event()
+    started = time.time()
+    encoded = engine.encode(volume.data, volume.modality, volume.window)
+    request = prompts.report_text(template)
+    prompt = prompts.image_prefix(engine.proj_out_num) + request
+    pieces = []
+    for piece in engine.stream(prompt, encoded, settings, cancel_event):
+        pieces.append(piece)
+        yield piece
+    return ReportRecord(
+        text="".join(pieces).strip(),
+        request=request,
+        model_id=engine.model_id,
+        settings=settings.to_dict(),
+        preprocessing=encoded.transform.to_dict(),
+        volume=volume.info(encoded.signature),
+        started=started,
+        duration_s=time.time() - started,
+        stopped=cancel_event.is_set(),
+    )
+
+
+@dataclass
+class Conversation:
+    """A multi-turn question-and-answer session about one volume."""
+
+    turns: list[prompts.Turn] = field(default_factory=list)
+
+    def clear(self) -> None:
+        self.turns.clear()
+
+    def prompt(self, engine: InferenceEngine, question: str, choices: Sequence[str] | None = None) -> str:
+        text, _ = prompts.chat_prompt(
+            engine.proj_out_num,
+            self.turns,
+            question,
+            choices,
+            count_tokens=engine.count_tokens,
+            max_tokens=engine.context_length,
+            reserve=engine.settings.max_new_tokens,
+        )
+        return text
+
+    def stream_answer(
+        self,
+        engine: InferenceEngine,
+        volume: VolumeInput,
+        question: str,
+        choices: Sequence[str] | None = None,
+        settings: InferenceSettings | None = None,
+        cancel_event: threading.Event | None = None,
+    ) -> Generator[str, None, str]:
+        """Yield the answer as it is generated; the turn (even a stopped one) joins the history."""
+        question = question.strip()
+        if not question:
+            raise ValueError("the question is empty")
+        choices = tuple(c.strip() for c in choices) if choices else None
+        encoded = engine.encode(volume.data, volume.modality, volume.window)
+        prompt = self.prompt(engine, question, choices)
+        pieces = []
+        try:
+            for piece in engine.stream(prompt, encoded, settings, cancel_event):
+                pieces.append(piece)
+                yield piece
+        finally:
+            self.turns.append(prompts.Turn(question, "".join(pieces).strip(), choices))
+        return self.turns[-1].answer

@@ -1,0 +1,100 @@
+import threading
+import time
+
+import pytest
+import torch
+
+from napari_med3dvlm.inference import InferenceEngine, InferenceSettings, ModelUnavailableError
+from napari_med3dvlm.inference.prompts import report_prompt
+from napari_med3dvlm.inference.tasks import Conversation, VolumeInput, stream_report
+
+
+def slow_down(engine, seconds=0.01):
+    """Make every decoding step take at least ``seconds`` so a stop can land mid-generation."""
+    model, _ = engine.load()
+    return model.language_model.register_forward_pre_hook(lambda *args: time.sleep(seconds))
+
+
+def test_model_is_loaded_once_and_shared(engine):
+    first = engine.load()
+    assert engine.load()[0] is first[0]
+    assert engine.proj_out_num == 12 and engine.image_size == (32, 64, 64)
+
+
+def test_features_are_encoded_once_per_volume_and_window(engine, ct_volume):
+    first = engine.encode(ct_volume)
+    assert first.features.shape == (1, 12, 32)
+    assert engine.encode(ct_volume.copy()) is first  # same content, same features
+    lung = engine.encode(ct_volume, window="lung")
+    assert lung.signature != first.signature
+    changed = ct_volume.copy()
+    changed[::2, ::2, ::2] += 100
+    assert engine.encode(changed).signature != first.signature
+    assert len(engine.features) == 3
+
+
+def test_stream_yields_text_and_matches_generate(engine, ct_volume):
+    encoded = engine.encode(ct_volume)
+    prompt = report_prompt(engine.proj_out_num)
+    pieces = list(engine.stream(prompt, encoded))
+    assert len(pieces) > 1 and "".join(pieces).strip()
+    assert engine.generate(prompt, encoded) == "".join(pieces)  # greedy: reproducible
+
+
+def test_cancel_stops_promptly_and_keeps_partial_text(engine, ct_volume):
+    hook = slow_down(engine)
+    try:
+        cancel = threading.Event()
+        settings = engine.settings.updated(max_new_tokens=200)
+        stream = stream_report(engine, VolumeInput(ct_volume), settings, cancel)
+        pieces = [next(stream), next(stream)]
+        cancel.set()
+        start = time.perf_counter()
+        try:
+            while True:
+                pieces.append(next(stream))
+        except StopIteration as stop:
+            record = stop.value
+        assert time.perf_counter() - start < 0.5
+    finally:
+        hook.remove()
+    assert record.stopped and record.text == "".join(pieces).strip() and record.text
+    assert len(engine.load()[1](record.text)["input_ids"]) < 150
+
+
+def test_conversation_carries_history_into_the_next_prompt(engine, ct_volume):
+    chat = Conversation()
+    volume = VolumeInput(ct_volume)
+    first = "".join(chat.stream_answer(engine, volume, "Which organ is largest?"))
+    second = "".join(chat.stream_answer(engine, volume, "Is there a cyst?", ["yes", "no", "maybe", "unclear"]))
+    assert [t.question for t in chat.turns] == ["Which organ is largest?", "Is there a cyst?"]
+    assert chat.turns[0].answer == first.strip() and chat.turns[1].answer == second.strip()
+    prompt = chat.prompt(engine, "And the liver?")
+    assert " Which organ is largest?" in prompt and "Choices: A. yes B. no C. maybe D. unclear" in prompt
+
+
+def test_missing_folder_and_offline_hub_id_say_which_setting_to_change(config_dir, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelUnavailableError, match="Model source"):
+        InferenceEngine(InferenceSettings(model_source=str(config_dir / "nowhere"))).load()
+    with pytest.raises(ModelUnavailableError, match="Settings") as info:
+        InferenceEngine(InferenceSettings(model_source="someone/some-model")).load()
+    assert "offline" in str(info.value)
+
+
+def test_out_of_memory_while_loading_suggests_a_smaller_dtype(tiny_model_dir):
+    def loader(source, device, dtype):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 30 GiB")
+
+    engine = InferenceEngine(InferenceSettings(model_source=str(tiny_model_dir), device="cpu"), loader=loader)
+    with pytest.raises(ModelUnavailableError, match="does not fit.*bfloat16"):
+        engine.load()
+
+
+def test_changing_the_model_source_reloads(engine, tiny_model_dir):
+    model, _ = engine.load()
+    engine.update_settings(engine.settings.updated(max_new_tokens=5))
+    assert engine.load()[0] is model  # generation settings do not reload
+    engine.update_settings(engine.settings.updated(dtype="bfloat16"))
+    assert not engine.is_loaded
+    assert next(engine.load()[0].parameters()).dtype == torch.bfloat16
