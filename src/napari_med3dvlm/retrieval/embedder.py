@@ -7,6 +7,7 @@ SigLIP dual encoder, a model on another device, or a counting stand-in in tests.
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
@@ -77,20 +78,32 @@ class SigLIPEmbedder:
 
     @classmethod
     def from_source(cls, source: str = "embedded", device: str | None = None, window=None) -> "SigLIPEmbedder":
-        """The SigLIP part of a model folder (or the embedded demo model)."""
+        """The SigLIP part of a model folder, a hub id or the embedded demo model."""
         from napari_med3dvlm.model import load_siglip
 
-        loaded = load_siglip(source)
+        loaded = load_siglip(source, device=device or "cpu")
         model, tokenizer = loaded if isinstance(loaded, tuple) else (loaded, getattr(loaded, "tokenizer", None))
-        if tokenizer is None:
-            from transformers import AutoTokenizer
+        return cls(
+            model,
+            tokenizer,
+            model_id=model_fingerprint(source),
+            spatial_size=_model_input_size(model),
+            window=window,
+            device=device,
+        )
 
-            tokenizer = AutoTokenizer.from_pretrained(str(source))
-        if device is not None:
-            model = model.to(device)
-        spatial_size = _model_input_size(model)
-        model_id = getattr(model, "model_id", None) or f"siglip:{source}"
-        return cls(model, tokenizer, model_id=model_id, spatial_size=spatial_size, window=window, device=device)
+
+def model_fingerprint(source: str) -> str:
+    """A model id that changes when the weights change (a retrained demo keeps its name, not its
+    vectors), without naming local folders (they may carry a user name)."""
+    from napari_med3dvlm.inference.engine import display_model_id
+    from napari_med3dvlm.model.loading import resolve_source
+
+    from .sources import content_hash
+
+    folder = resolve_source(source)
+    files = sorted(p for p in Path(folder).rglob("*") if p.suffix in (".json", ".safetensors"))
+    return f"{display_model_id(str(source))}@{content_hash(files)[:12]}"
 
 
 def _model_input_size(model) -> tuple[int, int, int]:
@@ -104,3 +117,25 @@ def _model_input_size(model) -> tuple[int, int, int]:
     from napari_med3dvlm.io import PUBLISHED_INPUT_SIZE
 
     return PUBLISHED_INPUT_SIZE
+
+
+_cache: dict[tuple, SigLIPEmbedder] = {}
+_cache_lock = threading.Lock()
+
+
+def get_embedder(source: str | None = None, device: str | None = None) -> SigLIPEmbedder:
+    """One loaded SigLIP per (source, device) for the whole process: the dock and a CLI run in the
+    same interpreter share it. ``source`` None: the model chosen in Settings."""
+    if source is None or device is None:
+        from napari_med3dvlm.inference.device import pick_device
+        from napari_med3dvlm.inference.settings import load_settings
+
+        settings = load_settings()
+        source = source or settings.model_source
+        device = device or str(pick_device(settings.device))
+    key = (str(source), str(device))
+    with _cache_lock:
+        if key not in _cache:
+            _cache.clear()  # one model at a time: they are hundreds of MB
+            _cache[key] = SigLIPEmbedder.from_source(source, device=device)
+        return _cache[key]

@@ -1,0 +1,118 @@
+"""``napari-med3dvlm index`` and ``napari-med3dvlm search``: the Retrieval dock, headless."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    index = subparsers.add_parser(
+        "index",
+        help="add or refresh a folder of volumes in a retrieval index",
+        description=(
+            "Embed every NIfTI file and DICOM series under DIR into the index at --db. Unchanged volumes "
+            "are skipped, changed ones re-embedded, deleted ones removed. Safe to interrupt and re-run."
+        ),
+    )
+    index.add_argument("folder", metavar="DIR", type=Path, help="folder tree of NIfTI files and DICOM series")
+    index.add_argument("--db", required=True, type=Path, help="index folder (created if missing)")
+    index.add_argument("--batch-size", type=int, default=4, help="volumes per encoder batch and per commit")
+    _add_model(index)
+    index.set_defaults(func=run_index)
+
+    search = subparsers.add_parser(
+        "search",
+        help="find the volumes that best match a text, a report or a volume",
+        description="Search an index by text (default), by a report file (--report) or by a volume (--volume).",
+    )
+    search.add_argument("text", nargs="?", help="the query, in quotes")
+    search.add_argument("--db", required=True, type=Path, help="index folder")
+    search.add_argument("-k", type=int, default=10, help="number of results (default 10)")
+    search.add_argument("--report", type=Path, help="use a report text file as the query")
+    search.add_argument("--volume", type=Path, help="use a volume (NIfTI file or DICOM folder) as the query")
+    search.add_argument("--json", action="store_true", help="print results as JSON lines")
+    _add_model(search)
+    search.set_defaults(func=run_search)
+
+
+def _add_model(parser) -> None:
+    group = parser.add_argument_group("model (default: the saved settings)")
+    group.add_argument("--model", help="'embedded', a local model folder, or a hub id")
+    group.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"))
+
+
+def _embedder(args):
+    from napari_med3dvlm.inference.device import pick_device
+
+    from .embedder import get_embedder
+
+    device = None if args.device is None else str(pick_device(args.device))
+    return get_embedder(args.model, device)
+
+
+def run_index(args) -> int:
+    from .indexer import index_folder
+    from .store import VolumeIndex
+
+    if args.batch_size < 1:
+        print("--batch-size must be at least 1", file=sys.stderr)
+        return 2
+    embedder = _embedder(args)
+    cancel = threading.Event()
+
+    def progress(done: int, total: int, message: str) -> None:
+        print(f"\r[{done}/{total}] {message[:60]:<60}", end="", file=sys.stderr, flush=True)
+
+    try:
+        report = index_folder(
+            VolumeIndex(args.db), args.folder, embedder, batch_size=args.batch_size, progress=progress, cancel=cancel
+        )
+    except KeyboardInterrupt:
+        cancel.set()
+        print("\ninterrupted: finished batches are kept; run the same command again to resume", file=sys.stderr)
+        return 130
+    print(file=sys.stderr)
+    for path, error in report.failed:
+        print(f"failed: {path}: {error}", file=sys.stderr)
+    print(report.summary())
+    return 1 if report.failed and not report.embedded and not report.unchanged else 0
+
+
+def run_search(args) -> int:
+    from .search import search_text, search_volume
+    from .store import VolumeIndex
+
+    chosen = [q for q in (args.text, args.report, args.volume) if q]
+    if len(chosen) != 1:
+        print("give exactly one query: TEXT, --report FILE or --volume PATH", file=sys.stderr)
+        return 2
+    if not args.db.exists():
+        print(f"no index at {args.db}; build one with `napari-med3dvlm index DIR --db {args.db}`", file=sys.stderr)
+        return 2
+    index = VolumeIndex(args.db)
+    embedder = _embedder(args)
+    if args.volume:
+        from napari_med3dvlm.io import read_volume
+
+        volume = read_volume(args.volume)
+        hits = search_volume(index, embedder, volume.data, volume.modality, k=args.k)
+    else:
+        text = args.report.read_text(encoding="utf-8") if args.report else args.text
+        hits = search_text(index, embedder, text, k=args.k)
+    for rank, hit in enumerate(hits, start=1):
+        if args.json:
+            record = {
+                "rank": rank,
+                "score": round(hit.score, 4),
+                "path": str(hit.path),
+                "description": hit.description,
+                "modality": hit.modality,
+                "shape": list(hit.shape),
+            }
+            print(json.dumps(record))
+        else:
+            print(f"{rank:>3}  {hit.score:+.3f}  {hit.path}  {hit.description}")
+    return 0
