@@ -27,7 +27,8 @@ def sample_slices(array: np.ndarray, count: int = 8) -> np.ndarray:
     if n <= count:
         return np.asarray(array)
     index = np.unique(np.linspace(0, n - 1, count).round().astype(int))
-    return np.take(array, index, axis=axis)
+    # Basic indexing per slice: np.take would first make the whole (strided) array contiguous.
+    return np.stack([array[_along(axis, i)] for i in index], axis=axis)
 
 
 def count_nans(array: np.ndarray) -> int:
@@ -35,4 +36,8 @@ def count_nans(array: np.ndarray) -> int:
     if not np.issubdtype(array.dtype, np.floating):
         return 0
     axis = int(np.argmax(np.abs(array.strides)))
-    return int(sum(np.isnan(np.take(array, i, axis=axis)).sum() for i in range(array.shape[axis])))
+    return int(sum(np.isnan(array[_along(axis, i)]).sum() for i in range(array.shape[axis])))
+
+
+def _along(axis: int, index: int) -> tuple:
+    return (slice(None),) * axis + (int(index),)

@@ -7,6 +7,7 @@ are decompressed once, straight into the array we hand out. Reorientation is a v
 
 from __future__ import annotations
 
+import gzip
 import re
 import warnings
 from pathlib import Path
@@ -52,6 +53,27 @@ def guess_modality(data: np.ndarray, description: str = "") -> str:
     return "MR"
 
 
+def _read_gzipped_data(path: Path, proxy, chunk: int = 1 << 22) -> np.ndarray:
+    """Decompress the voxel block straight into its final array, a chunk at a time.
+
+    Reading it in one go (what nibabel does for .gz) briefly holds the decompressed bytes twice.
+    """
+    out = np.empty(proxy.shape, dtype=proxy.dtype, order=proxy.order)
+    target = memoryview(out.reshape(-1, order=proxy.order)).cast("B")
+    with gzip.open(path, "rb") as handle:
+        handle.seek(int(proxy.offset))
+        done = 0
+        while done < target.nbytes:
+            count = handle.readinto(target[done : done + chunk])
+            if not count:
+                raise OSError(f"data block ends after {done} of {target.nbytes} bytes")
+            done += count
+    slope, inter = float(proxy.slope), float(proxy.inter)
+    if slope != 1.0 or inter != 0.0:
+        out = out * np.float32(slope) + np.float32(inter)  # scaled data: one float copy
+    return out
+
+
 def read_nifti(path) -> Volume:
     """Read a 3-D NIfTI image into display orientation (see `orientation`)."""
     path = Path(path)
@@ -68,7 +90,10 @@ def read_nifti(path) -> Volume:
             "split 4-D series into 3-D files first"
         )
     try:
-        array = np.asanyarray(image.dataobj)
+        if str(path).lower().endswith(".gz"):
+            array = _read_gzipped_data(path, image.dataobj)
+        else:
+            array = np.asanyarray(image.dataobj)
     except Exception as err:  # truncated or corrupt data block
         raise VolumeReadError(f"{path.name}: image data could not be read ({err})") from err
     array = array.reshape(shape) if array.shape != shape else array
