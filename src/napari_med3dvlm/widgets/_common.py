@@ -1,0 +1,208 @@
+"""Pieces every dock shares: picking an image layer, turning it into engine input, and running a
+streaming task off the GUI thread with a Stop button that works.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import numpy as np
+from napari.layers import Image
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error
+from qtpy.QtCore import QObject, Signal
+from qtpy.QtWidgets import QComboBox, QHBoxLayout, QLabel, QProgressBar, QWidget
+
+from napari_med3dvlm.inference import VolumeInput
+
+#: Layer metadata key where the Volume dock stores the window the model should use.
+MODEL_WINDOW_KEY = "med3dvlm_window"
+#: Layer metadata key marking a "what the model sees" overlay (value: the source layer's key).
+MODEL_INPUT_KEY = "med3dvlm_model_input"
+
+
+def is_volume_layer(layer) -> bool:
+    """3D grey-level image layers, except our own model-input overlays (already preprocessed)."""
+    if not isinstance(layer, Image) or layer.ndim != 3 or layer.rgb:
+        return False
+    return MODEL_INPUT_KEY not in (layer.metadata or {})
+
+
+def layer_array(layer) -> np.ndarray:
+    """Full-resolution data (level 0 of a multiscale layer)."""
+    return layer.data[0] if layer.multiscale else layer.data
+
+
+def layer_modality(layer) -> str:
+    meta = layer.metadata or {}
+    modality = meta.get("modality") or getattr(meta.get("volume"), "modality", None)
+    return str(modality or "CT")
+
+
+def layer_window(layer):
+    """The window the model sees: the Volume dock's choice, else the file's, else the default."""
+    meta = layer.metadata or {}
+    if meta.get(MODEL_WINDOW_KEY) is not None:
+        return meta[MODEL_WINDOW_KEY]
+    window = meta.get("window")
+    if window is not None and not isinstance(window, str):
+        return tuple(float(v) for v in window)
+    return None
+
+
+def volume_input(layer) -> VolumeInput:
+    return VolumeInput(
+        data=layer_array(layer),
+        modality=layer_modality(layer),
+        window=layer_window(layer),
+        spacing=tuple(float(s) for s in layer.scale[-3:]),
+    )
+
+
+def layer_key(layer) -> str:
+    """A stable per-layer key (survives renames) for per-layer state such as conversations."""
+    return str(getattr(layer, "unique_id", id(layer)))
+
+
+class LayerPicker(QComboBox):
+    """A combo box of the viewer's 3D image layers that follows layers being added, removed and
+    renamed, and keeps the current choice when it can."""
+
+    layer_changed = Signal(object)  # the Image layer, or None
+
+    def __init__(self, viewer, parent=None, exclude: Callable | None = None):
+        super().__init__(parent)
+        self.viewer = viewer
+        self._exclude = exclude or (lambda layer: False)
+        self.setToolTip("The image layer to work on")
+        self.currentIndexChanged.connect(lambda _: self.layer_changed.emit(self.layer()))
+        events = viewer.layers.events
+        events.inserted.connect(self.refresh)
+        events.removed.connect(self.refresh)
+        events.reordered.connect(self.refresh)
+        self.refresh()
+
+    def layers(self) -> list:
+        return [layer for layer in self.viewer.layers if is_volume_layer(layer) and not self._exclude(layer)]
+
+    def refresh(self, event=None) -> None:
+        current = self.layer()
+        layers = self.layers()
+        self.blockSignals(True)
+        self.clear()
+        for layer in layers:
+            self.addItem(layer.name, layer)
+            layer.events.name.disconnect(self._renamed)
+            layer.events.name.connect(self._renamed)
+        index = layers.index(current) if current in layers else (len(layers) - 1 if layers else -1)
+        self.setCurrentIndex(index)
+        self.blockSignals(False)
+        if self.layer() is not current:
+            self.layer_changed.emit(self.layer())
+
+    def _renamed(self, event=None) -> None:
+        for i in range(self.count()):
+            self.setItemText(i, self.itemData(i).name)
+
+    def layer(self):
+        return self.currentData() if self.currentIndex() >= 0 else None
+
+    def set_layer(self, layer) -> None:
+        for i in range(self.count()):
+            if self.itemData(i) is layer:
+                self.setCurrentIndex(i)
+                return
+
+
+class BusyIndicator(QWidget):
+    """A status line with an indeterminate progress bar, shown while a task runs."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.label = QLabel("")
+        self.label.setWordWrap(True)
+        self.bar = QProgressBar()
+        self.bar.setRange(0, 0)
+        self.bar.setMaximumWidth(90)
+        self.bar.setMaximumHeight(12)
+        self.bar.setTextVisible(False)
+        self.bar.hide()
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.label, 1)
+        layout.addWidget(self.bar)
+
+    def busy(self, text: str) -> None:
+        self.label.setText(text)
+        self.bar.show()
+
+    def idle(self, text: str = "") -> None:
+        self.label.setText(text)
+        self.bar.hide()
+
+
+class StreamRunner(QObject):
+    """Runs a task generator (``yield`` text pieces, ``return`` a result) in a napari worker.
+
+    Stop sets a cancel event that the engine checks after every token, so the partial text stays
+    and the task still returns its result. Errors become napari notifications, never exceptions
+    in the event loop.
+    """
+
+    piece = Signal(str)
+    done = Signal(object)  # the task's return value, once the runner is idle again
+    failed = Signal(str)
+    running_changed = Signal(bool)
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.worker = None
+        self.cancel_event: threading.Event | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    def start(self, task: Callable, *args, **kwargs) -> None:
+        """``task(*args, cancel_event=..., **kwargs)`` must be a generator function."""
+        if self.running:
+            raise RuntimeError("a task is already running")
+        self.cancel_event = threading.Event()
+        self._result = self._no_result = object()
+        worker = create_worker(task, *args, cancel_event=self.cancel_event, _start_thread=False, **kwargs)
+        worker.yielded.connect(self.piece.emit)
+        worker.returned.connect(self._on_returned)
+        worker.errored.connect(self._on_error)
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        self.running_changed.emit(True)
+        worker.start()
+
+    def stop(self) -> None:
+        if self.cancel_event is not None:
+            self.cancel_event.set()
+
+    def _on_error(self, err: BaseException) -> None:
+        message = str(err) or type(err).__name__
+        show_error(message)
+        self.failed.emit(message)
+
+    def _on_returned(self, result) -> None:
+        self._result = result
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        self.running_changed.emit(False)
+        if self._result is not self._no_result:
+            self.done.emit(self._result)
+
+    def wait(self, timeout_ms: int = 10_000) -> None:
+        """Block until the task ends (headless use); processes Qt events meanwhile."""
+        from qtpy.QtCore import QCoreApplication, QElapsedTimer
+
+        timer = QElapsedTimer()
+        timer.start()
+        while self.running and timer.elapsed() < timeout_ms:
+            QCoreApplication.processEvents()
+            threading.Event().wait(0.005)

@@ -1,0 +1,162 @@
+"""The Chat dock: ask questions about an image layer, open-ended or multiple choice, with the
+conversation kept per layer so switching layers switches conversations."""
+
+from __future__ import annotations
+
+import html
+
+from qtpy.QtGui import QTextCharFormat
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QTextBrowser,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_med3dvlm.inference import Conversation, get_engine
+from napari_med3dvlm.inference.prompts import CHOICE_LETTERS
+
+from ._common import BusyIndicator, LayerPicker, StreamRunner, layer_key, volume_input
+
+_USER_COLOR = "#7fb4ff"
+_MODEL_COLOR = "#9be39b"
+
+
+class ChatWidget(QWidget):
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.conversations: dict[str, Conversation] = {}
+        self.runner = StreamRunner(self)
+
+        self.layer_picker = LayerPicker(napari_viewer, self)
+        self.view = QTextBrowser()
+        self.view.setPlaceholderText("Ask a question about the selected layer.")
+        self.input = QLineEdit()
+        self.input.setPlaceholderText("Question (Enter sends)")
+        self.send_button = QPushButton("Send")
+        self.stop_button = QPushButton("Stop")
+        self.clear_button = QPushButton("Clear")
+        self.closed_mode = QCheckBox("Multiple choice (A–D)")
+        self.closed_mode.setToolTip("Ask a closed question: the model answers with one of the choices")
+        self.choice_inputs = [QLineEdit() for _ in CHOICE_LETTERS]
+        self.choices_box = QWidget()
+        form = QFormLayout(self.choices_box)
+        form.setContentsMargins(0, 0, 0, 0)
+        for letter, edit in zip(CHOICE_LETTERS, self.choice_inputs):
+            edit.returnPressed.connect(self.send)
+            form.addRow(f"{letter}.", edit)
+        self.choices_box.setVisible(False)
+        self.status = BusyIndicator()
+
+        row = QHBoxLayout()
+        row.addWidget(QLabel("Layer"))
+        row.addWidget(self.layer_picker, 1)
+        ask_row = QHBoxLayout()
+        ask_row.addWidget(self.input, 1)
+        ask_row.addWidget(self.send_button)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.closed_mode, 1)
+        buttons.addWidget(self.stop_button)
+        buttons.addWidget(self.clear_button)
+        layout = QVBoxLayout(self)
+        layout.addLayout(row)
+        layout.addWidget(self.view, 1)
+        layout.addLayout(ask_row)
+        layout.addWidget(self.choices_box)
+        layout.addLayout(buttons)
+        layout.addWidget(self.status)
+
+        self.input.returnPressed.connect(self.send)
+        self.send_button.clicked.connect(self.send)
+        self.stop_button.clicked.connect(self.runner.stop)
+        self.clear_button.clicked.connect(self.clear)
+        self.closed_mode.toggled.connect(self.choices_box.setVisible)
+        self.layer_picker.layer_changed.connect(lambda _: self._render())
+        self.runner.piece.connect(self._append)
+        self.runner.done.connect(lambda _: self.status.idle(""))
+        self.runner.failed.connect(lambda message: self.status.idle(f"Error: {message}"))
+        self.runner.running_changed.connect(self._running_changed)
+        self._running_changed(False)
+
+    def conversation(self, layer=None) -> Conversation | None:
+        layer = layer or self.layer_picker.layer()
+        if layer is None:
+            return None
+        return self.conversations.setdefault(layer_key(layer), Conversation())
+
+    def choices(self) -> tuple[str, ...] | None:
+        if not self.closed_mode.isChecked():
+            return None
+        return tuple(edit.text().strip() for edit in self.choice_inputs)
+
+    def send(self, question: str | None = None) -> bool:
+        """Ask ``question`` (default: the input box) about the selected layer; False if not sent."""
+        question = (question if isinstance(question, str) else self.input.text()).strip()
+        layer = self.layer_picker.layer()
+        if not question or layer is None or self.runner.running:
+            return False
+        choices = self.choices()
+        if choices is not None and not all(choices):
+            self.status.idle("Fill in all four choices, or untick multiple choice.")
+            return False
+        conversation = self.conversation(layer)
+        self.input.clear()
+        self._append_message("You", question, _USER_COLOR, choices)
+        self._start_model_message()
+        self.status.busy("Thinking…")
+        self.runner.start(conversation.stream_answer, get_engine(), volume_input(layer), question, choices)
+        return True
+
+    def stop(self) -> None:
+        self.runner.stop()
+
+    def clear(self) -> None:
+        conversation = self.conversation()
+        if conversation is not None and not self.runner.running:
+            conversation.clear()
+            self._render()
+
+    # -- view -------------------------------------------------------------------------------------
+
+    def _render(self) -> None:
+        self.view.clear()
+        conversation = self.conversation()
+        for turn in conversation.turns if conversation else []:
+            self._append_message("You", turn.question, _USER_COLOR, turn.choices)
+            self._append_message("Model", turn.answer, _MODEL_COLOR)
+
+    def _append_message(self, who: str, text: str, color: str, choices=None) -> None:
+        body = html.escape(text)
+        if choices:
+            listed = " ".join(f"<b>{l}.</b> {html.escape(c)}" for l, c in zip(CHOICE_LETTERS, choices))
+            body += f"<br><span style='color:#b0b0b0'>{listed}</span>"
+        self.view.append(f"<p><b style='color:{color}'>{who}:</b> {body}</p>")
+
+    def _start_model_message(self) -> None:
+        self.view.append(f"<p><b style='color:{_MODEL_COLOR}'>Model:</b> </p>")
+
+    def _append(self, piece: str) -> None:
+        self.status.busy("Answering…")
+        cursor = self.view.textCursor()
+        cursor.movePosition(cursor.MoveOperation.End)
+        cursor.insertText(piece, QTextCharFormat())
+        self.view.ensureCursorVisible()
+
+    def transcript(self) -> str:
+        return self.view.toPlainText()
+
+    def _running_changed(self, running: bool) -> None:
+        self.send_button.setEnabled(not running)
+        self.stop_button.setEnabled(running)
+        self.clear_button.setEnabled(not running)
+        self.layer_picker.setEnabled(not running)
+
+    def closeEvent(self, event) -> None:
+        self.runner.stop()
+        super().closeEvent(event)

@@ -1,0 +1,127 @@
+"""The Report dock: generate a findings report for an image layer, watch it stream in, stop it,
+copy it, and export it as Markdown and JSON."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from napari.utils.notifications import show_info
+from qtpy.QtGui import QGuiApplication
+from qtpy.QtWidgets import (
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QPlainTextEdit,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_med3dvlm.inference import DISCLAIMER, ReportRecord, get_engine, stream_report
+
+from ._common import BusyIndicator, LayerPicker, StreamRunner, volume_input
+
+
+class ReportWidget(QWidget):
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.record: ReportRecord | None = None
+        self.runner = StreamRunner(self)
+
+        self.layer_picker = LayerPicker(napari_viewer, self)
+        self.generate_button = QPushButton("Generate")
+        self.generate_button.setToolTip("Write a findings report for the selected layer")
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setToolTip("Stop after the current word; the text so far is kept")
+        self.copy_button = QPushButton("Copy")
+        self.export_button = QPushButton("Export…")
+        self.export_button.setToolTip("Save the report as Markdown and JSON")
+        self.text = QPlainTextEdit()
+        self.text.setReadOnly(True)
+        self.text.setPlaceholderText("Pick a layer and press Generate.")
+        self.status = BusyIndicator()
+        disclaimer = QLabel(DISCLAIMER)
+        disclaimer.setWordWrap(True)
+        disclaimer.setStyleSheet("font-size: 10px; color: #b0b0b0;")
+
+        row = QHBoxLayout()
+        row.addWidget(QLabel("Layer"))
+        row.addWidget(self.layer_picker, 1)
+        buttons = QHBoxLayout()
+        for button in (self.generate_button, self.stop_button, self.copy_button, self.export_button):
+            buttons.addWidget(button)
+        layout = QVBoxLayout(self)
+        layout.addLayout(row)
+        layout.addLayout(buttons)
+        layout.addWidget(self.text, 1)
+        layout.addWidget(self.status)
+        layout.addWidget(disclaimer)
+
+        self.generate_button.clicked.connect(self.generate)
+        self.stop_button.clicked.connect(self.runner.stop)
+        self.copy_button.clicked.connect(self.copy)
+        self.export_button.clicked.connect(self._export_dialog)
+        self.layer_picker.layer_changed.connect(lambda _: self._update_buttons())
+        self.runner.piece.connect(self._append)
+        self.runner.done.connect(self._done)
+        self.runner.failed.connect(lambda message: self.status.idle(f"Error: {message}"))
+        self.runner.running_changed.connect(lambda _: self._update_buttons())
+        self._update_buttons()
+
+    def generate(self) -> None:
+        layer = self.layer_picker.layer()
+        if layer is None or self.runner.running:
+            return
+        self.record = None
+        self.text.clear()
+        self.status.busy("Loading the model and encoding the volume…")
+        self._first_piece = True
+        self.runner.start(stream_report, get_engine(), volume_input(layer))
+
+    def stop(self) -> None:
+        self.runner.stop()
+
+    def _append(self, piece: str) -> None:
+        if self._first_piece:
+            self.status.busy("Generating…")
+            self._first_piece = False
+        cursor = self.text.textCursor()
+        cursor.movePosition(cursor.MoveOperation.End)
+        cursor.insertText(piece)
+        self.text.setTextCursor(cursor)
+
+    def _done(self, record: ReportRecord) -> None:
+        self.record = record
+        self.text.setPlainText(record.text)
+        state = "Stopped" if record.stopped else "Done"
+        self.status.idle(f"{state} in {record.duration_s:.1f} s · {record.model_id}")
+        self._update_buttons()
+
+    def copy(self) -> None:
+        QGuiApplication.clipboard().setText(self.text.toPlainText())
+
+    def export(self, path) -> tuple[Path, Path]:
+        """Write ``<path>.md`` and ``<path>.json`` (any suffix on ``path`` is replaced)."""
+        if self.record is None:
+            raise RuntimeError("there is no finished report to export")
+        path = Path(path)
+        stem = path.name.removesuffix(".json").removesuffix(".md")
+        return self.record.write(path.parent, stem)
+
+    def _export_dialog(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Export report", "report.md", "Markdown (*.md)")
+        if path:
+            md, js = self.export(path)
+            show_info(f"Report saved as {md.name} and {js.name}")
+
+    def _update_buttons(self) -> None:
+        running = self.runner.running
+        self.generate_button.setEnabled(not running and self.layer_picker.layer() is not None)
+        self.stop_button.setEnabled(running)
+        self.copy_button.setEnabled(not running)
+        self.export_button.setEnabled(not running and self.record is not None)
+
+    def closeEvent(self, event) -> None:
+        self.runner.stop()
+        super().closeEvent(event)

@@ -1,0 +1,129 @@
+"""The Settings dock: which model, where it runs, and how it samples. Saved to the user's config
+folder so the docks and the command line agree across sessions."""
+
+from __future__ import annotations
+
+from qtpy.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_med3dvlm.inference import InferenceSettings, get_engine, save_settings
+from napari_med3dvlm.inference.settings import DEVICES, DTYPES, EMBEDDED
+
+_SOURCES = (("Embedded demo model", "embedded"), ("Local folder", "folder"), ("Hub id (cached)", "hub"))
+
+
+class SettingsWidget(QWidget):
+    def __init__(self, napari_viewer=None, parent=None, config_dir=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.config_dir = config_dir
+
+        self.source_kind = QComboBox()
+        for label, kind in _SOURCES:
+            self.source_kind.addItem(label, kind)
+        self.source_path = QLineEdit()
+        self.source_path.setPlaceholderText("folder with config.json, or owner/name")
+        self.browse_button = QPushButton("Browse…")
+        self.device = QComboBox()
+        self.device.addItems(DEVICES)
+        self.dtype = QComboBox()
+        self.dtype.addItems(DTYPES)
+        self.max_new_tokens = QSpinBox()
+        self.max_new_tokens.setRange(1, 4096)
+        self.temperature = QDoubleSpinBox()
+        self.temperature.setRange(0.0, 2.0)
+        self.temperature.setSingleStep(0.1)
+        self.temperature.setToolTip("0 = greedy: the same volume always gives the same text")
+        self.apply_button = QPushButton("Apply and save")
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+
+        source_row = QHBoxLayout()
+        source_row.addWidget(self.source_path, 1)
+        source_row.addWidget(self.browse_button)
+        form = QFormLayout()
+        form.addRow("Model source", self.source_kind)
+        form.addRow("", source_row)
+        form.addRow("Device", self.device)
+        form.addRow("Dtype", self.dtype)
+        form.addRow("Max new tokens", self.max_new_tokens)
+        form.addRow("Temperature", self.temperature)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.apply_button)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+
+        self.source_kind.currentIndexChanged.connect(self._source_kind_changed)
+        self.browse_button.clicked.connect(self._browse)
+        self.apply_button.clicked.connect(self.apply)
+        self.show_settings(get_engine().settings)
+
+    def show_settings(self, settings: InferenceSettings) -> None:
+        source = settings.model_source
+        if source == EMBEDDED:
+            kind = "embedded"
+        else:
+            from napari_med3dvlm.inference.engine import source_kind
+
+            kind = source_kind(source)
+        self.source_kind.setCurrentIndex([k for _, k in _SOURCES].index(kind))
+        self.source_path.setText("" if kind == "embedded" else source)
+        self.device.setCurrentText(settings.device)
+        self.dtype.setCurrentText(settings.dtype)
+        self.max_new_tokens.setValue(settings.max_new_tokens)
+        self.temperature.setValue(settings.temperature)
+        self._source_kind_changed()
+        self._show_status()
+
+    def settings(self) -> InferenceSettings:
+        """The settings as currently entered (raises ValueError when invalid)."""
+        kind = self.source_kind.currentData()
+        source = EMBEDDED if kind == "embedded" else self.source_path.text().strip()
+        if not source:
+            raise ValueError("enter a model folder or hub id, or choose the embedded model")
+        return get_engine().settings.updated(
+            model_source=source,
+            device=self.device.currentText(),
+            dtype=self.dtype.currentText(),
+            max_new_tokens=self.max_new_tokens.value(),
+            temperature=round(self.temperature.value(), 3),
+        )
+
+    def apply(self) -> bool:
+        """Hand the settings to the shared engine and save them; False (with a message) if invalid."""
+        try:
+            settings = self.settings()
+        except ValueError as err:
+            self.status.setText(f"Not saved: {err}")
+            return False
+        get_engine().update_settings(settings)
+        save_settings(settings, self.config_dir)
+        self._show_status("Saved. ")
+        return True
+
+    def _show_status(self, prefix: str = "") -> None:
+        engine = get_engine()
+        state = "loaded" if engine.is_loaded else "loads on first use"
+        self.status.setText(f"{prefix}Model {engine.model_id}: {state}.")
+
+    def _source_kind_changed(self, *_) -> None:
+        kind = self.source_kind.currentData()
+        self.source_path.setEnabled(kind != "embedded")
+        self.browse_button.setEnabled(kind == "folder")
+
+    def _browse(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Model folder")
+        if folder:
+            self.source_path.setText(folder)

@@ -1,0 +1,242 @@
+"""The Volume dock: open scans, pick a series, choose the display window (which is also the window
+the model sees), and overlay exactly what the model is given."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_med3dvlm.inference import ModelUnavailableError, get_engine
+from napari_med3dvlm.io import PUBLISHED_INPUT_SIZE, WINDOW_PRESETS, preprocess_volume
+
+from ._common import MODEL_INPUT_KEY, MODEL_WINDOW_KEY, LayerPicker, layer_array, layer_key, layer_modality, layer_window
+
+AUTO = "auto (file / modality default)"
+
+
+def add_volume_layer(viewer, volume, name: str | None = None):
+    """Add a `Volume` as an image layer the same way the reader does (mm scale, window, metadata)."""
+    from napari_med3dvlm.io._napari import volume_layer_data
+
+    data, kwargs, _ = volume_layer_data(volume, name)
+    return viewer.add_image(data, **kwargs)
+
+
+def model_input_for(layer, image_size=PUBLISHED_INPUT_SIZE):
+    """(model input array (D, H, W), scale, translate) overlaying ``layer`` in world coordinates."""
+    tensor, transform = preprocess_volume(
+        layer_array(layer), modality=layer_modality(layer), window=layer_window(layer), spatial_size=image_size
+    )
+    scale, translate = transform.layer_scale_translate(layer.scale[-3:], layer.translate[-3:])
+    return tensor[0, 0].numpy(), scale, translate
+
+
+class VolumeWidget(QWidget):
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self._pending = []  # volumes read from the last opened path, when it held several series
+        self._model_input_worker = None
+
+        self.open_file_button = QPushButton("Open file…")
+        self.open_folder_button = QPushButton("Open folder…")
+        self.series = QComboBox()
+        self.add_series_button = QPushButton("Add series")
+        self.series_row = QWidget()
+        series_layout = QHBoxLayout(self.series_row)
+        series_layout.setContentsMargins(0, 0, 0, 0)
+        series_layout.addWidget(self.series, 1)
+        series_layout.addWidget(self.add_series_button)
+        self.series_row.setVisible(False)
+
+        self.layer_picker = LayerPicker(napari_viewer, self)
+        self.info = QLabel("No volume")
+        self.info.setWordWrap(True)
+        self.window = QComboBox()
+        self.window.addItem(AUTO, None)
+        for name, (center, width) in WINDOW_PRESETS.items():
+            self.window.addItem(f"{name} (C {center:g} / W {width:g})", name)
+        self.window.setToolTip("Display window; the model is given the same window")
+        self.model_view = QCheckBox("Show what the model sees")
+        self.model_view.setToolTip("Overlay the cropped, resized and windowed model input")
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+
+        open_row = QHBoxLayout()
+        open_row.addWidget(self.open_file_button)
+        open_row.addWidget(self.open_folder_button)
+        form = QFormLayout()
+        form.addRow("Layer", self.layer_picker)
+        form.addRow("", self.info)
+        form.addRow("Window", self.window)
+        layout = QVBoxLayout(self)
+        layout.addLayout(open_row)
+        layout.addWidget(self.series_row)
+        layout.addLayout(form)
+        layout.addWidget(self.model_view)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+
+        self.open_file_button.clicked.connect(self._open_file_dialog)
+        self.open_folder_button.clicked.connect(self._open_folder_dialog)
+        self.add_series_button.clicked.connect(lambda: self.add_series(self.series.currentIndex()))
+        self.layer_picker.layer_changed.connect(self._layer_changed)
+        self.window.currentIndexChanged.connect(lambda _: self.apply_window())
+        self.model_view.toggled.connect(self.show_model_input)
+        self._layer_changed(self.layer_picker.layer())
+
+    # -- opening ----------------------------------------------------------------------------------
+
+    def open_path(self, path) -> int:
+        """Read a file or folder; adds it directly, or lists its series to pick from. Returns the count."""
+        from napari_med3dvlm.io import read_volumes
+
+        try:
+            volumes = read_volumes(path)
+        except Exception as err:  # noqa: BLE001 - unreadable input is a message, not a crash
+            show_error(f"Could not open {Path(path).name}: {err}")
+            return 0
+        self._pending = list(volumes)
+        self.series.clear()
+        for i, volume in enumerate(volumes, start=1):
+            self.series.addItem(self._series_label(i, volume))
+        self.series_row.setVisible(len(volumes) > 1)
+        if len(volumes) == 1:
+            self.add_series(0)
+        else:
+            self.status.setText(f"{len(volumes)} series found: pick one and press Add series.")
+        return len(volumes)
+
+    @staticmethod
+    def _series_label(number: int, volume) -> str:
+        shape = " x ".join(str(s) for s in volume.shape)
+        text = f"{number}: {volume.modality} {shape}"
+        return f"{text} · {volume.description}" if volume.description else text
+
+    def add_series(self, index: int):
+        if not 0 <= index < len(self._pending):
+            return None
+        volume = self._pending[index]
+        name = volume.description or f"{volume.modality} series {index + 1}"
+        layer = add_volume_layer(self.viewer, volume, name)
+        self.layer_picker.set_layer(layer)
+        self.status.setText("")
+        return layer
+
+    def _open_file_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open volume", "", "Volumes (*.nii *.nii.gz *.dcm *.zip);;All files (*)")
+        if path:
+            self.open_path(path)
+
+    def _open_folder_dialog(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Open DICOM folder")
+        if path:
+            self.open_path(path)
+
+    # -- the selected layer -----------------------------------------------------------------------
+
+    def _layer_changed(self, layer) -> None:
+        enabled = layer is not None
+        self.window.setEnabled(enabled)
+        self.model_view.setEnabled(enabled)
+        if layer is None:
+            self.info.setText("No volume")
+            return
+        spacing = " x ".join(f"{s:.3g}" for s in layer.scale[-3:])
+        shape = " x ".join(str(s) for s in layer_array(layer).shape)
+        self.info.setText(f"{layer_modality(layer)} · {shape} voxels (z, y, x) · spacing {spacing} mm")
+        preset = (layer.metadata or {}).get(MODEL_WINDOW_KEY)
+        self.window.blockSignals(True)
+        self.window.setCurrentIndex(max(0, self.window.findData(preset)))
+        self.window.blockSignals(False)
+        self.model_view.blockSignals(True)
+        self.model_view.setChecked(self._model_input_layer(layer) is not None)
+        self.model_view.blockSignals(False)
+
+    def apply_window(self, preset: str | None = "__current__") -> None:
+        """Set the display window of the selected layer; the model will use the same window."""
+        layer = self.layer_picker.layer()
+        if layer is None:
+            return
+        if preset == "__current__":
+            preset = self.window.currentData()
+        else:
+            self.window.setCurrentIndex(max(0, self.window.findData(preset)))
+        layer.metadata[MODEL_WINDOW_KEY] = preset
+        if preset is None:
+            window = layer_window(layer)
+            if window is None and layer_modality(layer).upper() == "CT":
+                window = WINDOW_PRESETS["soft tissue"]
+        else:
+            window = WINDOW_PRESETS[preset]
+        if window is not None:
+            center, width = window
+            layer.contrast_limits = (center - width / 2, center + width / 2)
+        if self._model_input_layer(layer) is not None:  # keep the overlay in sync with the window
+            self.show_model_input(True)
+
+    # -- what the model sees ----------------------------------------------------------------------
+
+    def _model_input_layer(self, layer):
+        key = layer_key(layer)
+        for other in self.viewer.layers:
+            if (other.metadata or {}).get(MODEL_INPUT_KEY) == key:
+                return other
+        return None
+
+    def show_model_input(self, visible: bool):
+        """Add (or remove) the model-input overlay of the selected layer; returns the worker or None."""
+        layer = self.layer_picker.layer()
+        if layer is None:
+            return None
+        existing = self._model_input_layer(layer)
+        if existing is not None:
+            self.viewer.layers.remove(existing)
+        if not visible:
+            return None
+        self.status.setText("Preparing the model input…")
+
+        def compute():
+            try:
+                size = get_engine().image_size
+            except ModelUnavailableError:
+                size = PUBLISHED_INPUT_SIZE
+            return model_input_for(layer, size)
+
+        worker = create_worker(compute, _start_thread=False)
+        worker.returned.connect(lambda result: self._add_model_input(layer, *result))
+        worker.errored.connect(lambda err: show_error(f"Could not prepare the model input: {err}"))
+        self._model_input_worker = worker
+        worker.start()
+        return worker
+
+    def _add_model_input(self, layer, data, scale, translate) -> None:
+        if self._model_input_layer(layer) is not None or layer not in self.viewer.layers:
+            return
+        self.viewer.add_image(
+            data,
+            name=f"{layer.name} (model input)",
+            scale=scale,
+            translate=translate,
+            contrast_limits=(0.0, 1.0),
+            colormap="magma",
+            opacity=0.6,
+            blending="additive",
+            metadata={MODEL_INPUT_KEY: layer_key(layer)},
+        )
+        self.layer_picker.set_layer(layer)
+        d, h, w = data.shape
+        self.status.setText(f"Model input: {d} x {h} x {w}, windowed to [0, 1], cropped to the foreground.")

@@ -1,0 +1,98 @@
+import json
+import time
+
+from qtpy.QtCore import QTimer
+
+from napari_med3dvlm.widgets import ReportWidget
+
+
+class Heartbeat:
+    """Records the largest gap between 10 ms timer ticks: how long the event loop was blocked."""
+
+    def __init__(self):
+        self.timer = QTimer()
+        self.timer.setInterval(10)
+        self.timer.timeout.connect(self._tick)
+        self.last = None
+        self.max_gap = 0.0
+        self.ticks = 0
+
+    def _tick(self):
+        now = time.perf_counter()
+        if self.last is not None:
+            self.max_gap = max(self.max_gap, now - self.last)
+        self.last = now
+        self.ticks += 1
+
+    def __enter__(self):
+        self.last = time.perf_counter()
+        self.timer.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.timer.stop()
+
+
+def test_report_streams_without_blocking_the_viewer(viewer_with_sample, engine, qtbot):
+    viewer, layer = viewer_with_sample
+    engine.update_settings(engine.settings.updated(max_new_tokens=150))  # loading + ~1 s of tokens
+    dock = ReportWidget(viewer)
+    viewer.window.add_dock_widget(dock, name="Report")
+    assert dock.layer_picker.layer() is layer
+    pieces = []
+    dock.runner.piece.connect(pieces.append)
+    with Heartbeat() as beat:
+        with qtbot.waitSignal(dock.runner.done, timeout=60_000):
+            dock.generate_button.click()
+            assert dock.stop_button.isEnabled() and not dock.generate_button.isEnabled()
+    assert len(pieces) > 10
+    assert dock.record is not None and dock.text.toPlainText() == dock.record.text != ""
+    assert beat.ticks > 5 and beat.max_gap < 0.1, f"event loop stalled {beat.max_gap * 1000:.0f} ms"
+    qtbot.waitUntil(lambda: dock.generate_button.isEnabled())
+    dock.copy_button.click()
+    from qtpy.QtGui import QGuiApplication
+
+    assert QGuiApplication.clipboard().text() == dock.record.text
+
+
+def test_stop_keeps_the_partial_report(viewer_with_sample, engine, qtbot):
+    viewer, _ = viewer_with_sample
+    engine.update_settings(engine.settings.updated(max_new_tokens=200))
+    model, _ = engine.load()
+    hook = model.language_model.register_forward_pre_hook(lambda *args: time.sleep(0.01))
+    try:
+        dock = ReportWidget(viewer)
+        pieces = []
+        dock.runner.piece.connect(pieces.append)
+        dock.generate()
+        qtbot.waitUntil(lambda: len(pieces) >= 2, timeout=30_000)
+        stopped_at = time.perf_counter()
+        with qtbot.waitSignal(dock.runner.done, timeout=5_000):
+            dock.stop_button.click()
+        assert time.perf_counter() - stopped_at < 0.5
+    finally:
+        hook.remove()
+    assert dock.record.stopped
+    assert dock.text.toPlainText() == dock.record.text == "".join(pieces).strip() != ""
+    assert "stopped" in dock.status.label.text().lower()
+
+
+def test_export_writes_markdown_and_json_without_identifiers(viewer_with_sample, qtbot, tmp_path):
+    viewer, layer = viewer_with_sample
+    layer.name = "DOE^JANE 1961-02-03"  # a layer name a careless user might have
+    dock = ReportWidget(viewer)
+    with qtbot.waitSignal(dock.runner.done, timeout=60_000):
+        dock.generate()
+    md, js = dock.export(tmp_path / "exports" / "case.md")
+    assert md.exists() and js.exists()
+    record = json.loads(js.read_text())
+    for field in ("report", "model_id", "preprocessing", "generation", "created_utc", "disclaimer", "volume"):
+        assert field in record
+    assert "research use only" in record["disclaimer"].lower()
+    assert record["generation"]["max_new_tokens"] == 24
+    assert record["preprocessing"]["output_shape"] == [32, 64, 64]
+    assert record["report"] == dock.record.text
+    for text in (md.read_text(), js.read_text()):
+        assert "DOE" not in text and "1961" not in text
+        assert str(tmp_path.parent) not in text  # no local paths either
+    assert "Research use only" in md.read_text()
