@@ -197,6 +197,9 @@ class SigLIPModel(PreTrainedModel):
         elif isinstance(module, nn.BatchNorm3d):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
+            nn.init.zeros_(module.running_mean)
+            nn.init.ones_(module.running_var)
+            nn.init.zeros_(module.num_batches_tracked)
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """L2-normalised embeddings of ``(B, 1, D, H, W)`` volumes in [0, 1]."""
