@@ -4,8 +4,10 @@ Every reader returns `Volume` objects in one display orientation (see `orientati
 consumer of pixels for the model goes through `preprocess_volume`.
 """
 
+from ._napari import model_input_layer, volume_layer_data
 from ._util import VolumeReadError
 from .dicom import SeriesInfo
+from .nifti import write_nifti_volume
 from .preprocess import PUBLISHED_INPUT_SIZE, WINDOW_PRESETS, PreprocessTransform, preprocess_volume
 from .reading import list_series, read_volume, read_volumes
 from .volume import Volume
@@ -20,7 +22,10 @@ __all__ = [
     "VolumeReadError",
     "contrast_limits",
     "list_series",
+    "model_input_layer",
     "preprocess_volume",
     "read_volume",
     "read_volumes",
+    "volume_layer_data",
+    "write_nifti_volume",
 ]
