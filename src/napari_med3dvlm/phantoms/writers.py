@@ -1,0 +1,140 @@
+"""Writing phantom splits in the M3D-Cap / M3D-VQA layouts.
+
+Layout under the output root (paths in the JSON and CSVs are relative to it, as in M3D):
+
+    M3D_Cap.json                       {"train": [...], "validation": [...], "test": [...]}
+    M3D_VQA_{train,val,test}.csv       closed/open questions (M3D columns)
+    M3D_VQA_yn_{train,val,test}.csv    yes/no questions
+    M3D_Cap_npy/phantom/<id>/<Plane>_<phase>.npy   model input (1, D, H, W) float32 in [0, 1]
+    M3D_Cap_npy/phantom/<id>/<Plane>_<phase>.nii.gz  raw HU, int16, spacing in the affine
+    M3D_Cap_npy/phantom/<id>/text.txt  the report
+    M3D_Cap_npy/phantom/<id>/case.json ground truth
+The .npy goes through `napari_med3dvlm.io.preprocess_volume`, the same call inference makes.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import multiprocessing as mp
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .case import PhantomCase
+from .generator import NATIVE_PIXELS, NATIVE_SLICES, render_case
+from .report import write_report
+from .sampling import sample_case
+from .vqa import questions, yes_no_questions
+
+VQA_COLUMNS = ["Image Path", "Text", "Question Type", "Question", "Choice A", "Choice B", "Choice C", "Choice D",
+               "Answer", "Answer Choice"]
+SPLIT_CODES = {"train": 0, "validation": 1, "test": 2}
+CSV_SPLIT = {"train": "train", "validation": "val", "test": "test"}
+SUBDIR = "M3D_Cap_npy/phantom"
+
+
+@dataclass(frozen=True)
+class WriteOptions:
+    size: tuple[int, int, int] = (32, 128, 128)
+    window: str | tuple[float, float] = "soft tissue"
+    nifti: bool = True
+    slices: int = NATIVE_SLICES
+    pixels: int = NATIVE_PIXELS
+
+
+def case_seed(seed: int, split: str, index: int) -> int:
+    """Independent, reproducible seed per (run seed, split, index)."""
+    return int(np.random.SeedSequence([seed, SPLIT_CODES[split], index]).generate_state(1)[0])
+
+
+def series_name(case: PhantomCase) -> str:
+    return f"{case.plane.capitalize()}_{case.phase.replace(' ', '_').replace('-', '_')}"
+
+
+def write_case(root: Path, case: PhantomCase, options: WriteOptions) -> dict:
+    """Render one case and write its files; returns its JSON entry, report and VQA rows."""
+    from ..io import preprocess_volume  # torch import stays out of module import time
+
+    image = render_case(case, slices=options.slices, pixels=options.pixels)
+    folder = root / SUBDIR / case.case_id
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = series_name(case)
+    tensor, _ = preprocess_volume(image.volume.data, "CT", window=options.window, spatial_size=tuple(options.size))
+    np.save(folder / f"{stem}.npy", tensor[0].numpy().astype(np.float32, copy=False))
+    if options.nifti:
+        import nibabel as nib
+
+        nii = nib.Nifti1Image(image.volume.data, image.volume.affine)
+        nii.header.set_xyzt_units("mm", "sec")
+        nii.header["descrip"] = b"synthetic phantom CT"
+        nib.save(nii, folder / f"{stem}.nii.gz")
+    report = write_report(case)
+    (folder / "text.txt").write_text(report + "\n", encoding="utf-8")
+    (folder / "case.json").write_text(json.dumps(case.to_dict(), indent=1), encoding="utf-8")
+
+    rel_image = f"{SUBDIR}/{case.case_id}/{stem}.npy"
+    rng = random.Random(case.seed ^ 0x5EED)
+    rows = []
+    for qa in questions(case, rng):
+        choices, letter = qa.closed(rng)
+        rows.append([rel_image, report, qa.question_type, qa.question, *choices, qa.answer, letter])
+    yn_rows = []
+    for qtype, question, answer in yes_no_questions(case, rng):
+        yn_rows.append([rel_image, report, qtype, question, "Yes", "No", "", "", answer, "A" if answer == "Yes" else "B"])
+    return {
+        "entry": {"image": rel_image, "text": f"{SUBDIR}/{case.case_id}/text.txt"},
+        "vqa": rows,
+        "yn": yn_rows,
+    }
+
+
+def _job(args) -> dict:
+    root, split, index, seed, options = args
+    case = sample_case(case_seed(seed, split, index), case_id=f"{split}_{index:05d}")
+    return write_case(Path(root), case, options)
+
+
+def _init_worker():
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def write_split(root, counts: dict[str, int], seed: int = 0, options: WriteOptions = WriteOptions(),
+                workers: int = 2, progress=None) -> dict[str, int]:
+    """Generate and write every split; returns the number of VQA rows per file."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    results: dict[str, list[dict]] = {}
+    jobs = [(str(root), split, i, seed, options) for split, n in counts.items() for i in range(n)]
+    if workers > 1 and len(jobs) > 1:
+        ctx = mp.get_context("forkserver")
+        with ctx.Pool(workers, initializer=_init_worker) as pool:
+            outputs = pool.imap(_job, jobs, chunksize=8)
+            for job, out in zip(jobs, outputs):
+                results.setdefault(job[1], []).append(out)
+                if progress:
+                    progress(sum(len(v) for v in results.values()), len(jobs))
+    else:
+        _init_worker()
+        for job in jobs:
+            results.setdefault(job[1], []).append(_job(job))
+            if progress:
+                progress(sum(len(v) for v in results.values()), len(jobs))
+
+    cap = {split: [r["entry"] for r in results.get(split, [])] for split in ("train", "validation", "test")}
+    (root / "M3D_Cap.json").write_text(json.dumps(cap, indent=1), encoding="utf-8")
+    written = {}
+    for split, outs in results.items():
+        for kind, prefix in (("vqa", "M3D_VQA_"), ("yn", "M3D_VQA_yn_")):
+            name = f"{prefix}{CSV_SPLIT[split]}.csv"
+            rows = [row for r in outs for row in r[kind]]
+            with open(root / name, "w", newline="", encoding="utf-8") as fh:
+                writer = csv.writer(fh)
+                writer.writerow(VQA_COLUMNS)
+                writer.writerows(rows)
+            written[name] = len(rows)
+    return written
