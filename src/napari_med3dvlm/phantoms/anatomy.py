@@ -50,7 +50,11 @@ def _ribs(c: Canvas, s: float, ry: float, rx: float, zlim, period: float = 30.0)
     box, r = cylinder_field(c.grid, (0, 0), ((ry - 17) * s, (rx - 17) * s), zlim)
     band = (r <= 1.0) & (r > 1.0 - 8.0 / ((ry - 17) * s))
     zz = c.grid.z[box[0]][:, None, None]
-    on = np.cos(2 * np.pi * zz / (period * s)) > 0.25
+    yy = c.grid.y[box[1]][None, :, None]
+    xx = c.grid.x[box[2]][None, None, :]
+    # ribs slope down towards the front: the phase along z shifts with the angle around the body
+    angle = np.arctan2(yy, np.abs(xx) + 1e-3)
+    on = np.cos(2 * np.pi * (zz + 35.0 * s * np.sin(-angle)) / (period * s)) > 0.3
     c.paint(box, band & on, hu("rib", "non-contrast"), LABEL["bone"])
 
 
@@ -61,7 +65,8 @@ def _spine(c: Canvas, s: float, y: float, zlim, body_r: float = 17.0):
     c.cylinder(((y + body_r + 21) * s, 0), (6 * s, 4 * s), zlim, 650.0, LABEL["bone"])
     for side in (-1, 1):  # laminae and paraspinal muscles
         c.cylinder(((y + body_r + 14) * s, side * 13 * s), (5 * s, 5 * s), zlim, 650.0, LABEL["bone"])
-        c.cylinder(((y + body_r + 22) * s, side * 36 * s), (14 * s, 20 * s), zlim, 55.0, LABEL["muscle"])
+        c.cylinder(((y + body_r + 16) * s, side * 34 * s), (14 * s, 20 * s), zlim, 55.0, LABEL["muscle"],
+                   within=(LABEL["body"], LABEL["muscle"], LABEL["cavity"]))
 
 
 def build_chest(c: Canvas, case: PhantomCase) -> None:
@@ -139,8 +144,8 @@ def build_abdomen(c: Canvas, case: PhantomCase) -> None:
         c.cylinder((yx[0] * s, yx[1] * s), (18 * s, 18 * s), (-20 * s, 1e4), hu("bowel wall", ph), LABEL["bowel"], within=(LABEL["cavity"],))
         c.cylinder((yx[0] * s, yx[1] * s), (12 * s, 12 * s), (-20 * s, 1e4), hu("air", ph), LABEL["bowel"], within=(LABEL["bowel"],))
     rng = np.random.default_rng(case.seed + 7)
-    for _ in range(9):
-        center = (rng.uniform(70, 140) * s, rng.uniform(-70, 20) * s, rng.uniform(-70, 70) * s)
+    for _ in range(16):
+        center = (rng.uniform(0, 145) * s, rng.uniform(-80, 10) * s, rng.uniform(-80, 80) * s)
         radii = (rng.uniform(12, 18) * s, rng.uniform(10, 14) * s, rng.uniform(14, 24) * s)
         c.ellipsoid(center, radii, hu("bowel wall", ph), LABEL["bowel"], within=(LABEL["cavity"],))
         c.ellipsoid(center, tuple(r * 0.55 for r in radii), hu("fluid", ph) + 12, LABEL["bowel"], within=(LABEL["bowel"],))
@@ -172,7 +177,7 @@ def build_head(c: Canvas, case: PhantomCase) -> None:
     c.ellipsoid((8 * s, 0, 0), (14 * s, 14 * s, 3 * s * g), hu("csf", ph), LABEL["ventricles"])
     # arteries (internal carotids, basilar, middle cerebral) and the venous sinuses
     for side in (-1, 1):
-        c.cylinder((-6 * s, side * 22 * s), (3.5 * s, 3.5 * s), (22 * s, 1e4), hu("artery", ph), LABEL["vessel"])
+        c.cylinder((-6 * s, side * 22 * s), (3.5 * s, 3.5 * s), (22 * s, 70 * s), hu("artery", ph), LABEL["vessel"])
         c.ellipsoid((22 * s, -6 * s, side * 38 * s), (3 * s, 3 * s, 18 * s), hu("artery", ph), LABEL["vessel"])
     c.cylinder((24 * s, 0), (3 * s, 3 * s), (22 * s, 80 * s), hu("artery", ph), LABEL["vessel"])
     c.ellipsoid((28 * s, 86 * s, 0), (9 * s, 6 * s, 9 * s), hu("systemic vein", ph) + 20, LABEL["vessel"])

@@ -23,7 +23,8 @@ from .sampling import sample_case
 #: Default native grid: slices along the stack axis, pixels in-plane.
 NATIVE_SLICES = 48
 NATIVE_PIXELS = 128
-NOISE_HU = 10.0
+#: Image noise (standard deviation in HU) per region: thicker, lower-noise head reconstructions.
+NOISE_HU = {"head": 4.0, "chest": 10.0, "abdomen": 10.0}
 
 #: Canonical axis order (z=0, y=1, x=2) of the stack-order array, per plane.
 PLANE_AXES = {"axial": (0, 1, 2), "coronal": (1, 0, 2), "sagittal": (2, 0, 1)}
@@ -61,7 +62,7 @@ def _affine(grid: Grid, axes: tuple[int, int, int]) -> np.ndarray:
 
 
 def render_case(case: PhantomCase, slices: int = NATIVE_SLICES, pixels: int = NATIVE_PIXELS,
-                noise_hu: float = NOISE_HU) -> PhantomImage:
+                noise_hu: float | None = None) -> PhantomImage:
     """Paint, blur, add noise and reorder to the acquisition plane. Deterministic for a case."""
     shape = canonical_shape(case.plane, slices, pixels)
     grid = Grid.centred(shape, FOV_MM[case.region])
@@ -74,6 +75,8 @@ def render_case(case: PhantomCase, slices: int = NATIVE_SLICES, pixels: int = NA
     # partial volume: ~1 mm in-plane point spread plus the slice profile along the stack axis
     sigma = np.clip(np.where(np.arange(3) == PLANE_AXES[case.plane][0], 0.35, 1.1 / spacing), 0.3, 1.0)
     hu = ndimage.gaussian_filter(canvas.hu, sigma=sigma, mode="nearest", truncate=2.5)
+    if noise_hu is None:
+        noise_hu = NOISE_HU[case.region]
     noise = rng.standard_normal(hu.shape, dtype=np.float32)
     body = canvas.organ > 0
     hu += noise * np.float32(noise_hu) * body + noise * np.float32(3.0) * ~body
