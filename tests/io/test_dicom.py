@@ -165,3 +165,20 @@ def test_empty_folder_gives_a_clear_error(tmp_path):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             read_volumes(tmp_path)
+
+
+def test_damaged_file_in_a_folder_is_skipped_with_a_warning(tmp_path, cranium_dicom, cranium_hu):
+    files = sorted(cranium_dicom.iterdir())
+    for file in files:
+        (tmp_path / file.name).write_bytes(file.read_bytes())
+    (tmp_path / "zz_damaged.dcm").write_bytes(files[0].read_bytes()[:300])  # cut inside the header
+    with pytest.warns(UserWarning, match="1 unreadable files: zz_damaged.dcm"):
+        volume = read_volume(tmp_path)
+    np.testing.assert_array_equal(volume.data, cranium_hu)
+
+
+def test_selected_files_are_grouped_like_a_folder(cranium_dicom, cranium_hu):
+    files = [str(p) for p in sorted(cranium_dicom.iterdir())]
+    volumes = read_volumes(files)
+    assert len(volumes) == 1
+    np.testing.assert_array_equal(volumes[0].data, cranium_hu)

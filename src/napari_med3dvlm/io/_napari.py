@@ -7,7 +7,6 @@ call `list_series(path)` and then `read_volume(path, series=...)`.
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -75,16 +74,8 @@ def get_reader(path):
 
 
 def read_layers(path) -> list[tuple]:
-    paths = [path] if isinstance(path, (str, Path)) else list(path)
-    layers = []
-    for item in paths:
-        volumes = read_volumes(item)
-        for volume in volumes:
-            nans = volume.metadata.get("nan_voxels", 0)
-            if nans:
-                warnings.warn(f"{volume.description}: {nans} NaN voxels", stacklevel=2)
-            layers.append(volume_layer_data(volume))
-    return layers
+    """One image layer per series. Several selected DICOM files are grouped like a folder."""
+    return [volume_layer_data(volume) for volume in read_volumes(path)]
 
 
 def write_nifti(path: str, data, meta: dict) -> list[str]:

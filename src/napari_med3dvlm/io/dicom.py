@@ -85,13 +85,29 @@ def _read_head(path: Path) -> bytes:
         return handle.read(_MAGIC_OFFSET + 4)
 
 
-def _iter_sources(path: Path, limit: int | None = None):
-    """(name, source) for every candidate DICOM file under a file, folder or zip."""
+def _label(path) -> str:
+    return Path(path).name if isinstance(path, (str, Path)) else f"{len(path)} selected files"
+
+
+def _iter_sources(path, limit: int | None = None, examine: int | None = None):
+    """(name, source) for every candidate DICOM file under a file, folder, zip or list of files.
+
+    limit stops after that many DICOM files; examine after that many files looked at (so the
+    reader hook stays quick on large folders that hold no DICOM at all).
+    """
+    if not isinstance(path, (str, Path)):
+        for item in path:
+            yield Path(item).name, Path(item)
+        return
+    path = Path(path)
     if path.is_dir():
-        count = 0
+        found = examined = 0
         for root, dirs, files in os.walk(path):
             dirs.sort()
             for name in sorted(files):
+                examined += 1
+                if examine and examined > examine:
+                    return
                 file = Path(root) / name
                 try:
                     head = _read_head(file)
@@ -99,22 +115,24 @@ def _iter_sources(path: Path, limit: int | None = None):
                     continue
                 if has_dicom_magic(head) or name.lower().endswith(DICOM_SUFFIXES):
                     yield str(file.relative_to(path)), file
-                    count += 1
-                    if limit and count >= limit:
+                    found += 1
+                    if limit and found >= limit:
                         return
     elif zipfile.is_zipfile(path):
         try:
             with zipfile.ZipFile(path) as archive:
-                count = 0
-                for info in archive.infolist():
+                found = 0
+                for examined, info in enumerate(archive.infolist(), start=1):
+                    if examine and examined > examine:
+                        return
                     if info.is_dir():
                         continue
                     with archive.open(info) as member:
                         head = member.read(_MAGIC_OFFSET + 4)
                     if has_dicom_magic(head) or info.filename.lower().endswith(DICOM_SUFFIXES):
                         yield info.filename, archive.read(info)
-                        count += 1
-                        if limit and count >= limit:
+                        found += 1
+                        if limit and found >= limit:
                             return
         except zipfile.BadZipFile as err:
             raise VolumeReadError(f"{path.name}: damaged zip archive ({err})") from err
@@ -124,13 +142,13 @@ def _iter_sources(path: Path, limit: int | None = None):
         raise FileNotFoundError(path)
 
 
-def looks_like_dicom(path) -> bool:
-    """Cheap check for napari's reader hook: is there at least one DICOM file here?"""
+def looks_like_dicom(path, examine: int = 2000) -> bool:
+    """Cheap check for napari's reader hook: is there a DICOM file here (among the first few)?"""
     path = Path(path)
     try:
         if path.is_file() and not zipfile.is_zipfile(path):
             return has_dicom_magic(_read_head(path)) or path.name.lower().endswith(DICOM_SUFFIXES)
-        return any(True for _ in _iter_sources(path, limit=1))
+        return any(True for _ in _iter_sources(path, limit=1, examine=examine))
     except (OSError, VolumeReadError):
         return False
 
@@ -247,16 +265,41 @@ def _is_image(ds) -> str | None:
     return None
 
 
-def _scan(path: Path) -> list[_Group]:
-    """Read headers only and group them into series."""
+def _should_have_pixels(ds) -> bool:
+    meta = getattr(ds, "file_meta", None) or {}
+    sop = getattr(ds.get("SOPClassUID") or meta.get("MediaStorageSOPClassUID"), "name", "")
+    return "PixelData" not in ds and ("Rows" in ds or "Image Storage" in str(sop))
+
+
+def _scan(path) -> list[_Group]:
+    """Read headers only and group them into series.
+
+    A single damaged file is an error; in a folder, zip or selection it is skipped with a
+    warning so the other series still open.
+    """
+    single = isinstance(path, (str, Path)) and Path(path).is_file() and not zipfile.is_zipfile(path)
+    label = _label(path)
     groups: dict[tuple, _Group] = {}
     skipped: dict[str, int] = defaultdict(int)
+    unreadable: list[str] = []
     n_files = 0
     for name, source in _iter_sources(path):
         n_files += 1
         # Zip members are in memory already; files on disk keep their pixels there until loaded.
-        ds = _dcmread(name, source, pixels=isinstance(source, (bytes, bytearray)))
+        try:
+            ds = _dcmread(name, source, pixels=isinstance(source, (bytes, bytearray)))
+        except VolumeReadError as err:
+            if single:
+                raise
+            unreadable.append(str(err))
+            continue
         reason = _is_image(ds)
+        if reason and _should_have_pixels(ds):
+            message = f"{name}: image object without pixel data (truncated or damaged file)"
+            if single:
+                raise VolumeReadError(message)
+            unreadable.append(message)
+            continue
         if reason:
             skipped[reason] += 1
             continue
@@ -282,9 +325,16 @@ def _scan(path: Path) -> list[_Group]:
         group.slices.extend(slices)
     if skipped:
         summary = ", ".join(f"{count} x {reason}" for reason, count in sorted(skipped.items()))
-        warnings.warn(f"{path.name}: skipped DICOM objects without a greyscale image ({summary})", stacklevel=3)
+        warnings.warn(f"{label}: skipped DICOM objects without a greyscale image ({summary})", stacklevel=3)
+    if unreadable:
+        shown = "; ".join(unreadable[:3]) + ("; ..." if len(unreadable) > 3 else "")
+        warnings.warn(f"{label}: skipped {len(unreadable)} unreadable files: {shown}", stacklevel=3)
     if not groups:
-        raise VolumeReadError(f"{path.name}: no DICOM image series found ({n_files} DICOM files looked at)")
+        raise VolumeReadError(
+            f"{label}: no DICOM image series found ({n_files} DICOM files looked at"
+            + (f"; unreadable: {unreadable[0]}" if unreadable else "")
+            + ")"
+        )
     return _name_groups(list(groups.values()))
 
 
@@ -433,8 +483,19 @@ def _info(group: _Group) -> SeriesInfo:
     return SeriesInfo(group.uid_hash, group.description, group.modality, len(slices), shape)
 
 
+def _source_hash(path) -> str:
+    if isinstance(path, (str, Path)):
+        return short_hash(Path(path).resolve())
+    return short_hash("|".join(sorted(str(Path(p).resolve()) for p in path)))
+
+
+def _as_source(path):
+    return Path(path) if isinstance(path, (str, Path)) else [Path(p) for p in path]
+
+
 def list_dicom_series(path) -> list[SeriesInfo]:
-    return [_info(group) for group in _scan(Path(path))]
+    """Series in a file, folder, zip or list of files, from headers only."""
+    return [_info(group) for group in _scan(_as_source(path))]
 
 
 def _select(groups: list[_Group], series, path: Path) -> _Group:
@@ -443,14 +504,14 @@ def _select(groups: list[_Group], series, path: Path) -> _Group:
             return groups[0]
         names = "; ".join(f"{i}: {g.description} [{g.uid_hash}]" for i, g in enumerate(groups))
         raise VolumeReadError(
-            f"{path.name} holds {len(groups)} series; choose one with series=<index, hash or "
+            f"{_label(path)} holds {len(groups)} series; choose one with series=<index, hash or "
             f"description>: {names}"
         )
     if isinstance(series, SeriesInfo):
         series = series.uid_hash
     if isinstance(series, (int, np.integer)):
         if not -len(groups) <= series < len(groups):
-            raise VolumeReadError(f"{path.name}: series index {series} out of range ({len(groups)} series)")
+            raise VolumeReadError(f"{_label(path)}: series index {series} out of range ({len(groups)} series)")
         return groups[series]
     matches = [g for g in groups if g.uid_hash == series or g.description == series]
     if not matches:
@@ -458,7 +519,7 @@ def _select(groups: list[_Group], series, path: Path) -> _Group:
     if len(matches) != 1:
         names = "; ".join(f"{g.description} [{g.uid_hash}]" for g in groups)
         what = "matches no" if not matches else "matches several"
-        raise VolumeReadError(f"{path.name}: {series!r} {what} series: {names}")
+        raise VolumeReadError(f"{_label(path)}: {series!r} {what} series: {names}")
     return matches[0]
 
 
@@ -483,7 +544,7 @@ def _load(group: _Group, path: Path) -> Volume:
         metadata={
             "format": "dicom",
             "series_hash": group.uid_hash,
-            "source_hash": short_hash(path.resolve()),
+            "source_hash": _source_hash(path),
             "n_slices": len(slices),
             "slice_spacing_uniform": uniform,
             "body_part": str(header.get("BodyPartExamined", "") or ""),
@@ -493,10 +554,11 @@ def _load(group: _Group, path: Path) -> Volume:
 
 
 def read_dicom_volumes(path) -> list[Volume]:
-    path = Path(path)
+    """Every series in a file, folder, zip or list of files."""
+    path = _as_source(path)
     return [_load(group, path) for group in _scan(path)]
 
 
 def read_dicom_series(path, series=None) -> Volume:
-    path = Path(path)
+    path = _as_source(path)
     return _load(_select(_scan(path), series, path), path)

@@ -1,4 +1,6 @@
-"""Format dispatch: one entry point for NIfTI files, DICOM files, folders and zip archives."""
+"""Format dispatch: one entry point for NIfTI files, DICOM files, folders, zip archives and lists
+of files (loose DICOM files in a list are grouped into series together, as a folder would be).
+"""
 
 from __future__ import annotations
 
@@ -6,21 +8,54 @@ import os
 from pathlib import Path
 
 from ._util import VolumeReadError, short_hash
-from .dicom import SeriesInfo, list_dicom_series, looks_like_dicom, read_dicom_series, read_dicom_volumes
+from .dicom import (
+    SeriesInfo,
+    list_dicom_series,
+    looks_like_dicom,
+    read_dicom_series,
+    read_dicom_volumes,
+)
 from .nifti import is_nifti, read_nifti
 from .volume import Volume
 
 
-def _nifti_files(folder: Path) -> list[Path]:
-    found = []
+def _nifti_files(folder: Path, examine: int | None = None) -> list[Path]:
+    found, examined = [], 0
     for root, dirs, files in os.walk(folder):
         dirs.sort()
-        found.extend(Path(root) / name for name in sorted(files) if is_nifti(name))
+        for name in sorted(files):
+            examined += 1
+            if examine and examined > examine:
+                return found
+            if is_nifti(name):
+                found.append(Path(root) / name)
     return found
 
 
-def _nifti_info(path: Path, volume: Volume | None = None) -> SeriesInfo:
-    volume = volume or read_nifti(path)
+def _parts(path) -> tuple[list[Path], list, list[Path]]:
+    """Split a path or list of paths into NIfTI files, DICOM sources and loose DICOM files."""
+    items = [Path(path)] if isinstance(path, (str, Path)) else [Path(p) for p in path]
+    nifti, dicom_sources, loose = [], [], []
+    for item in items:
+        if not item.exists():
+            raise FileNotFoundError(f"no such file or folder: {item}")
+        if is_nifti(item):
+            nifti.append(item)
+        elif item.is_dir():
+            nifti.extend(_nifti_files(item))
+            if looks_like_dicom(item, examine=None):
+                dicom_sources.append(item)
+        elif isinstance(path, (str, Path)):
+            dicom_sources.append(item)
+        else:
+            loose.append(item)
+    if loose:
+        dicom_sources.append(loose if len(loose) > 1 else loose[0])
+    return nifti, dicom_sources, items
+
+
+def _nifti_info(path: Path) -> SeriesInfo:
+    volume = read_nifti(path)
     return SeriesInfo(
         uid_hash=short_hash(path.resolve()),
         description=volume.description,
@@ -30,70 +65,68 @@ def _nifti_info(path: Path, volume: Volume | None = None) -> SeriesInfo:
     )
 
 
+def _nothing_found(items) -> VolumeReadError:
+    label = items[0].name if len(items) == 1 else f"{len(items)} selected paths"
+    return VolumeReadError(f"{label}: no NIfTI or DICOM images found")
+
+
 def is_supported(path) -> bool:
     """Whether `path` is something we read (cheap: looks at names and a few file headers)."""
     path = Path(path)
     if is_nifti(path):
-        return path.exists()
+        return path.is_file()
     if path.is_dir():
-        return looks_like_dicom(path) or bool(_nifti_files(path))
+        return looks_like_dicom(path) or bool(_nifti_files(path, examine=2000))
     return path.is_file() and looks_like_dicom(path)
 
 
 def read_volumes(path) -> list[Volume]:
-    """Every volume in a NIfTI file, DICOM file, folder or zip: one per series, in a stable order."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no such file or folder: {path}")
-    if is_nifti(path):
-        return [read_nifti(path)]
-    volumes = []
-    if path.is_dir():
-        volumes.extend(read_nifti(p) for p in _nifti_files(path))
-        if looks_like_dicom(path):
-            volumes.extend(read_dicom_volumes(path))
-        if not volumes:
-            raise VolumeReadError(f"{path.name}: no NIfTI or DICOM images in this folder")
-        return volumes
-    return read_dicom_volumes(path)
+    """Every volume in a NIfTI file, DICOM file, folder, zip (or a list of those): one per
+    series, NIfTI files first, then DICOM series in a stable order."""
+    nifti, dicom_sources, items = _parts(path)
+    volumes = [read_nifti(p) for p in nifti]
+    for source in dicom_sources:
+        volumes.extend(read_dicom_volumes(source))
+    if not volumes:
+        raise _nothing_found(items)
+    return volumes
 
 
 def list_series(path) -> list[SeriesInfo]:
-    """What `read_volumes` would return, from headers only (for a series picker)."""
-    path = Path(path)
-    if is_nifti(path):
-        return [_nifti_info(path)]
-    infos = []
-    if path.is_dir():
-        infos.extend(_nifti_info(p) for p in _nifti_files(path))
-        if looks_like_dicom(path):
-            infos.extend(list_dicom_series(path))
-        if not infos:
-            raise VolumeReadError(f"{path.name}: no NIfTI or DICOM images in this folder")
-        return infos
-    return list_dicom_series(path)
+    """What `read_volumes` would return, in the same order, from headers only (for a picker)."""
+    nifti, dicom_sources, items = _parts(path)
+    infos = [_nifti_info(p) for p in nifti]
+    for source in dicom_sources:
+        infos.extend(list_dicom_series(source))
+    if not infos:
+        raise _nothing_found(items)
+    return infos
 
 
 def read_volume(path, series: int | str | SeriesInfo | None = None) -> Volume:
-    """One volume. With several series, `series` picks one by index, hash or description;
-    leaving it out then raises an error that lists them."""
-    path = Path(path)
-    if is_nifti(path):
-        return read_nifti(path)
-    if path.is_dir() and _nifti_files(path):
-        volumes = read_volumes(path)
-        if series is None and len(volumes) == 1:
-            return volumes[0]
-        infos = list_series(path)
-        if series is None:
-            names = "; ".join(f"{i}: {v.description}" for i, v in enumerate(infos))
-            raise VolumeReadError(f"{path.name} holds {len(infos)} series; choose one with series=: {names}")
-        if isinstance(series, SeriesInfo):
-            series = series.uid_hash
-        if isinstance(series, int):
-            return volumes[series]
-        for info, volume in zip(infos, volumes):
-            if series in (info.uid_hash, info.description):
-                return volume
-        raise VolumeReadError(f"{path.name}: {series!r} matches no series")
-    return read_dicom_series(path, series)
+    """One volume. With several series, `series` picks one by index (in `list_series` order),
+    uid_hash or description; leaving it out then raises an error that lists them."""
+    nifti, dicom_sources, items = _parts(path)
+    if not nifti and len(dicom_sources) == 1:
+        return read_dicom_series(dicom_sources[0], series)
+    if len(nifti) == 1 and not dicom_sources and series in (None, 0):
+        return read_nifti(nifti[0])
+    infos = list_series(path)
+    if isinstance(series, SeriesInfo):
+        series = series.uid_hash
+    if series is None:
+        if len(infos) == 1:
+            return read_volumes(path)[0]
+        names = "; ".join(f"{i}: {info.description} [{info.uid_hash}]" for i, info in enumerate(infos))
+        raise VolumeReadError(f"{len(infos)} series found; choose one with series=: {names}")
+    if isinstance(series, int):
+        index = series
+    else:
+        matches = [i for i, info in enumerate(infos) if series in (info.uid_hash, info.description)]
+        if len(matches) != 1:
+            names = "; ".join(f"{info.description} [{info.uid_hash}]" for info in infos)
+            raise VolumeReadError(f"{series!r} matches {len(matches)} series: {names}")
+        index = matches[0]
+    if index < len(nifti):
+        return read_nifti(nifti[index])
+    return read_volumes(path)[index]  # mixed NIfTI and DICOM: rare, so simply read all
