@@ -182,3 +182,9 @@ def test_selected_files_are_grouped_like_a_folder(cranium_dicom, cranium_hu):
     volumes = read_volumes(files)
     assert len(volumes) == 1
     np.testing.assert_array_equal(volumes[0].data, cranium_hu)
+
+
+def test_jpeg_ls_compressed_series_decodes_to_the_same_values():
+    plain = read_volume(get_testdata_file("MR_small.dcm"))
+    compressed = read_volume(get_testdata_file("MR_small_jpeg_ls_lossless.dcm"))
+    np.testing.assert_array_equal(compressed.data, plain.data)
