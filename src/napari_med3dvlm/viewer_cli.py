@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 PLUGIN = "napari-med3dvlm"
@@ -26,6 +27,7 @@ def register(subparsers) -> None:
     demo.add_argument("--out", type=Path, required=True, help="folder for report.md, report.json, screenshot.png")
     demo.add_argument("--question", default=DEMO_QUESTION, help="a question for the Chat dock")
     demo.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for each generation")
+    demo.add_argument("--dock-images", type=Path, help="also save each dock as dock_<name>.png in this folder")
     _add_model_options(demo)
     demo.set_defaults(func=run_demo)
 
@@ -101,6 +103,11 @@ def _demo(viewer, docks, args) -> int:
     if report is None:
         print("error: the Report dock is not available", file=sys.stderr)
         return 1
+    volume = docks.get("Volume")
+    if volume is not None:  # show what the model sees, as a user would tick the box
+        volume.model_view.setChecked(True)
+        if volume.model_input_worker is not None:
+            _wait_worker(volume.model_input_worker, args.timeout)
     failures = []
     report.runner.failed.connect(failures.append)
     report.generate()
@@ -123,4 +130,23 @@ def _demo(viewer, docks, args) -> int:
     shot = args.out / "screenshot.png"
     viewer.screenshot(str(shot), canvas_only=False)
     print(f"screenshot: {shot}")
+    if args.dock_images:
+        args.dock_images.mkdir(parents=True, exist_ok=True)
+        for name, widget in docks.items():
+            path = args.dock_images / f"dock_{name.lower()}.png"
+            widget.grab().save(str(path))
+            print(f"dock image: {path}")
     return 0
+
+
+def _wait_worker(worker, timeout_s: float) -> None:
+    from qtpy.QtCore import QCoreApplication, QElapsedTimer
+
+    done = []
+    worker.finished.connect(lambda: done.append(True))
+    timer = QElapsedTimer()
+    timer.start()
+    while not done and timer.elapsed() < timeout_s * 1000:
+        QCoreApplication.processEvents()
+        time.sleep(0.005)
+    QCoreApplication.processEvents()

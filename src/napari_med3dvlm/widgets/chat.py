@@ -32,6 +32,7 @@ class ChatWidget(QWidget):
         super().__init__(parent)
         self.viewer = napari_viewer
         self.conversations: dict[str, Conversation] = {}
+        self._answer_started = False
         self.runner = StreamRunner(self)
 
         self.layer_picker = LayerPicker(napari_viewer, self)
@@ -79,7 +80,7 @@ class ChatWidget(QWidget):
         self.closed_mode.toggled.connect(self.choices_box.setVisible)
         self.layer_picker.layer_changed.connect(lambda _: self._render())
         self.runner.piece.connect(self._append)
-        self.runner.done.connect(lambda _: self.status.idle(""))
+        self.runner.done.connect(self._done)
         self.runner.failed.connect(lambda message: self.status.idle(f"Error: {message}"))
         self.runner.running_changed.connect(self._running_changed)
         self._running_changed(False)
@@ -140,13 +141,23 @@ class ChatWidget(QWidget):
 
     def _start_model_message(self) -> None:
         self.view.append(f"<p><b style='color:{_MODEL_COLOR}'>Model:</b> </p>")
+        self._answer_started = False
 
     def _append(self, piece: str) -> None:
-        self.status.busy("Answering…")
+        if not self._answer_started:
+            piece = piece.lstrip()
+            if not piece:
+                return
+            self._answer_started = True
+            self.status.busy("Answering…")
         cursor = self.view.textCursor()
         cursor.movePosition(cursor.MoveOperation.End)
         cursor.insertText(piece, QTextCharFormat())
         self.view.ensureCursorVisible()
+
+    def _done(self, answer) -> None:
+        self.status.idle("")
+        self._render()  # the stored turns, tidied (stripped answers)
 
     def transcript(self) -> str:
         return self.view.toPlainText()

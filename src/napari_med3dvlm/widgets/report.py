@@ -27,6 +27,7 @@ class ReportWidget(QWidget):
         super().__init__(parent)
         self.viewer = napari_viewer
         self.record: ReportRecord | None = None
+        self._first_piece = True
         self.runner = StreamRunner(self)
 
         self.layer_picker = LayerPicker(napari_viewer, self)
@@ -84,6 +85,9 @@ class ReportWidget(QWidget):
 
     def _append(self, piece: str) -> None:
         if self._first_piece:
+            piece = piece.lstrip()
+            if not piece:
+                return
             self.status.busy("Generating…")
             self._first_piece = False
         cursor = self.text.textCursor()

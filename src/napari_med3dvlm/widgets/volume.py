@@ -49,7 +49,7 @@ class VolumeWidget(QWidget):
         super().__init__(parent)
         self.viewer = napari_viewer
         self._pending = []  # volumes read from the last opened path, when it held several series
-        self._model_input_worker = None
+        self.model_input_worker = None
 
         self.open_file_button = QPushButton("Open file…")
         self.open_folder_button = QPushButton("Open folder…")
@@ -80,7 +80,7 @@ class VolumeWidget(QWidget):
         open_row.addWidget(self.open_folder_button)
         form = QFormLayout()
         form.addRow("Layer", self.layer_picker)
-        form.addRow("", self.info)
+        form.addRow(self.info)
         form.addRow("Window", self.window)
         layout = QVBoxLayout(self)
         layout.addLayout(open_row)
@@ -157,7 +157,7 @@ class VolumeWidget(QWidget):
             return
         spacing = " x ".join(f"{s:.3g}" for s in layer.scale[-3:])
         shape = " x ".join(str(s) for s in layer_array(layer).shape)
-        self.info.setText(f"{layer_modality(layer)} · {shape} voxels (z, y, x) · spacing {spacing} mm")
+        self.info.setText(f"{layer_modality(layer)} · {shape} voxels (z, y, x)\nspacing {spacing} mm")
         preset = (layer.metadata or {}).get(MODEL_WINDOW_KEY)
         self.window.blockSignals(True)
         self.window.setCurrentIndex(max(0, self.window.findData(preset)))
@@ -219,7 +219,7 @@ class VolumeWidget(QWidget):
         worker = create_worker(compute, _start_thread=False)
         worker.returned.connect(lambda result: self._add_model_input(layer, *result))
         worker.errored.connect(lambda err: show_error(f"Could not prepare the model input: {err}"))
-        self._model_input_worker = worker
+        self.model_input_worker = worker
         worker.start()
         return worker
 
