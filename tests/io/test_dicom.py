@@ -188,3 +188,16 @@ def test_jpeg_ls_compressed_series_decodes_to_the_same_values():
     plain = read_volume(get_testdata_file("MR_small.dcm"))
     compressed = read_volume(get_testdata_file("MR_small_jpeg_ls_lossless.dcm"))
     np.testing.assert_array_equal(compressed.data, plain.data)
+
+
+def test_tilted_gantry_positions_are_reported(tmp_path):
+    values = np.zeros((4, 8, 8), np.int16)
+    paths = write_dicom_series(values, tmp_path, spacing=(2.0, 1.0, 1.0))
+    for k, path in enumerate(paths):  # shift each slice sideways along y, as a tilted gantry does
+        ds = pydicom.dcmread(path)
+        x, y, z = (float(v) for v in ds.ImagePositionPatient)
+        ds.ImagePositionPatient = [x, y + 0.8 * (ds.InstanceNumber - 1), z]
+        ds.save_as(path)
+    with pytest.warns(UserWarning, match="gantry tilt"):
+        volume = read_volume(tmp_path)
+    assert volume.spacing[0] == pytest.approx(2.0)

@@ -13,7 +13,6 @@ are named by their description and a short hash of the SeriesInstanceUID.
 from __future__ import annotations
 
 import io
-import logging
 import os
 import warnings
 import zipfile
@@ -28,8 +27,6 @@ from pydicom.errors import InvalidDicomError
 from ._util import VolumeReadError, short_hash
 from .orientation import lps_to_ras, origin_from_affine, reorient_xyz, spacing_from_affine
 from .volume import Volume
-
-logger = logging.getLogger(__name__)
 
 DICOM_SUFFIXES = (".dcm", ".ima", ".dicom")
 _MAGIC_OFFSET = 128
@@ -213,7 +210,6 @@ def _frame_slices(name, source, ds) -> list[_Slice]:
     instance = int(ds.get("InstanceNumber", 0) or 0)
     slices = []
     for frame in range(n_frames):
-        top = ds
         position = _floats(ds.get("ImagePositionPatient"), 3)
         orientation = _floats(ds.get("ImageOrientationPatient"), 6)
         spacing_item, rescale_item, voi_item = ds, ds, ds
@@ -229,8 +225,8 @@ def _frame_slices(name, source, ds) -> list[_Slice]:
             if measures is not None:
                 spacing_item = measures
                 thickness = measures.get("SpacingBetweenSlices") or measures.get("SliceThickness") or thickness
-            rescale_item = _functional_item(ds, frame, "PixelValueTransformationSequence") or top
-            voi_item = _functional_item(ds, frame, "FrameVOILUTSequence") or top
+            rescale_item = _functional_item(ds, frame, "PixelValueTransformationSequence") or ds
+            voi_item = _functional_item(ds, frame, "FrameVOILUTSequence") or ds
         pixel_spacing = _floats(spacing_item.get("PixelSpacing"), 2)
         if pixel_spacing is None:
             pixel_spacing = _floats(ds.get("ImagerPixelSpacing"), 2)
@@ -389,6 +385,10 @@ def _sorted_geometry(group: _Group):
                 f"shown with the median {dz:.3f} mm"
             )
         origin = slices[0].position
+        offsets = np.array([s.position - origin for s in slices])
+        sideways = offsets - np.outer(offsets @ normal, normal)
+        if np.abs(sideways).max() > 0.5 * min(first.pixel_spacing):
+            notes.append("slice positions drift sideways (gantry tilt?); shown without shear correction")
     else:
         if len(slices) > 1:
             slices = sorted(slices, key=lambda s: s.instance)
