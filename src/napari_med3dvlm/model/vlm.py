@@ -86,6 +86,7 @@ class Med3DVLMForCausalLM(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
+        """dtype of the image path (projector); the LLM is cast alongside when loading."""
         return self.mm_projector_dtype
 
     @property
