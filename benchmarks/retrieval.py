@@ -7,7 +7,7 @@
 Prints ratios against baselines measured in the same run:
 - query latency (p50, p95) of ``VolumeIndex.search`` (exact numpy path and LanceDB ANN path) against
   a bare brute-force numpy scan of the same vectors, with recall of the planted target;
-- the exact-scan latency over growing table sizes, which sets ``store.ANN_THRESHOLD``;
+- the exact-scan latency over growing table sizes, which sets ``store.ANN_MIN_FLOATS``;
 - indexing throughput in volumes/s with a SigLIP encoder (a fresh nano model at 64x128x128 unless
   ``--model`` names one), and re-index throughput of an unchanged folder (hashing only).
 
@@ -129,7 +129,7 @@ def latency(args, workdir: Path) -> None:
               f"x{a95 / b95:.2f} of baseline p95; target@1 {recall1:.1%}; top-{k} overlap with exact {overlap:.1%}")
     print(f"(ANN index build {build:.1f} s; target p95 <= 20 ms: {'met' if a95 <= 20 else 'NOT met'})")
 
-    print("== exact scan vs table size (sets ANN_THRESHOLD)")
+    print("== exact scan vs table size (sets ANN_MIN_FLOATS)")
     for n in (1_000, 5_000, 10_000, 25_000, 50_000, 100_000):
         if n > args.n:
             break

@@ -8,10 +8,10 @@ from .embedder import Embedder, SigLIPEmbedder
 from .indexer import IndexReport, index_folder, plan_index
 from .search import search_text, search_volume
 from .sources import VolumeSource, scan_folder
-from .store import ANN_THRESHOLD, SearchHit, VolumeIndex
+from .store import ANN_MIN_FLOATS, SearchHit, VolumeIndex
 
 __all__ = [
-    "ANN_THRESHOLD",
+    "ANN_MIN_FLOATS",
     "Embedder",
     "IndexReport",
     "SearchHit",

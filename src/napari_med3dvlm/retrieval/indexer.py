@@ -206,6 +206,7 @@ def index_folder(
     if not _model_matches(index, embedder):
         dim = _embedding_dim(embedder)
         index.set_model(embedder.model_id, dim)
+    index.deduplicate()  # a no-op for indexes written here (upserts); guards against foreign writers
     plan = plan_index(index, root, embedder.model_id, sources)
     report = IndexReport(root=root, total=len(sources), unchanged=plan.unchanged)
     report.removed = index.delete_keys(plan.removed)

@@ -21,9 +21,11 @@ import pyarrow as pa
 TABLE = "volumes"
 INFO_FILE = "med3dvlm_index.json"
 FORMAT_VERSION = 1
-#: Below this many rows a brute-force scan in numpy is exact and as fast as an ANN index
-#: (benchmarks/retrieval.py; docs/retrieval.md has the measurement).
-ANN_THRESHOLD = 50_000
+#: An exact numpy scan costs about 0.4 ms per million float32 values on 2 CPU cores; the HNSW index
+#: answers in ~5-10 ms at any size. So the index switches to ANN once a scan reads more than this
+#: many floats (26k rows at 768-d, 78k at 256-d). Measured by benchmarks/retrieval.py, see
+#: docs/retrieval.md.
+ANN_MIN_FLOATS = 20_000_000
 
 
 def index_schema(dim: int) -> pa.Schema:
@@ -63,10 +65,10 @@ class SearchHit:
 class VolumeIndex:
     """A persistent index of volume embeddings in a folder the user chooses."""
 
-    def __init__(self, path: str | os.PathLike, *, ann_threshold: int = ANN_THRESHOLD):
+    def __init__(self, path: str | os.PathLike, *, ann_threshold: int | None = None):
         self.path = Path(path).expanduser().resolve()
         self.path.mkdir(parents=True, exist_ok=True)
-        self.ann_threshold = ann_threshold
+        self._ann_threshold = ann_threshold
         self._db = lancedb.connect(str(self.path))
         self._info = self._read_info()
         self._matrix_cache = None  # (table version, keys, matrix) for exact search
@@ -87,6 +89,13 @@ class VolumeIndex:
         tmp = file.with_name(file.name + f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(self._info, indent=2), encoding="utf-8")
         os.replace(tmp, file)  # atomic: a reader sees the old or the new file, never half of one
+
+    @property
+    def ann_threshold(self) -> int:
+        """Rows from which searches use the vector index (see ``ANN_MIN_FLOATS``)."""
+        if self._ann_threshold is not None:
+            return self._ann_threshold
+        return max(10_000, ANN_MIN_FLOATS // (self.dim or 768))
 
     @property
     def model_id(self) -> str | None:
@@ -273,7 +282,7 @@ class VolumeIndex:
             .nprobes(nprobes)
             .refine_factor(refine_factor)
             .limit(k)
-            .select(_HIT_COLUMNS)
+            .select([*_HIT_COLUMNS, "_distance"])
             .to_arrow()
         )
         return [self._hit(row, 1.0 - float(row["_distance"])) for row in result.to_pylist()]
