@@ -201,3 +201,25 @@ def test_tilted_gantry_positions_are_reported(tmp_path):
     with pytest.warns(UserWarning, match="gantry tilt"):
         volume = read_volume(tmp_path)
     assert volume.spacing[0] == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize(
+    ("orientation", "plane", "expected"),
+    [
+        ((1, 0, 0, 0, 1, 0), "axial", lambda s: s),
+        ((1, 0, 0, 0, 0, -1), "coronal", lambda s: s),  # head-up, patient left on the right
+        ((0, 1, 0, 0, 0, -1), "sagittal", lambda s: s[::-1]),  # stored left-to-right; view runs right-to-left
+    ],
+)
+def test_acquisition_view_gives_back_the_slices_of_the_series_plane(tmp_path, orientation, plane, expected):
+    """The model is trained on slice stacks in the series' own plane (M3D): the display
+    reorientation must be undoable."""
+    from napari_med3dvlm.io import acquisition_view
+
+    stored = np.random.default_rng(1).integers(-1000, 1000, (5, 6, 7)).astype(np.int16)
+    write_dicom_series(stored, tmp_path, spacing=(2.0, 1.5, 1.25), orientation=orientation)
+    volume = read_volume(tmp_path)
+    assert volume.metadata["acquisition_plane"] == plane
+    view, spacing = acquisition_view(volume)
+    np.testing.assert_array_equal(view, expected(stored))
+    assert spacing == (2.0, 1.5, 1.25)

@@ -8,6 +8,7 @@ from ._napari import model_input_layer, volume_layer_data
 from ._util import VolumeReadError
 from .dicom import SeriesInfo
 from .nifti import write_nifti_volume
+from .orientation import acquisition_view
 from .preprocess import PUBLISHED_INPUT_SIZE, WINDOW_PRESETS, PreprocessTransform, preprocess_volume
 from .reading import list_series, read_volume, read_volumes
 from .volume import Volume
@@ -20,6 +21,7 @@ __all__ = [
     "SeriesInfo",
     "Volume",
     "VolumeReadError",
+    "acquisition_view",
     "contrast_limits",
     "list_series",
     "model_input_layer",

@@ -25,7 +25,13 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from ._util import VolumeReadError, short_hash
-from .orientation import lps_to_ras, origin_from_affine, reorient_xyz, spacing_from_affine
+from .orientation import (
+    lps_to_ras,
+    origin_from_affine,
+    reorient_xyz,
+    spacing_from_affine,
+    stored_slice_plane,
+)
 from .volume import Volume
 
 DICOM_SUFFIXES = (".dcm", ".ima", ".dicom")
@@ -548,6 +554,7 @@ def _load(group: _Group, path: Path) -> Volume:
             "n_slices": len(slices),
             "slice_spacing_uniform": uniform,
             "body_part": str(header.get("BodyPartExamined", "") or ""),
+            "acquisition_plane": stored_slice_plane(lps_to_ras(affine_lps)),
             "notes": notes,
         },
     )

@@ -16,7 +16,7 @@ import nibabel as nib
 import numpy as np
 
 from ._util import VolumeReadError, count_nans, sample_slices, short_hash
-from .orientation import origin_from_affine, reorient_xyz, spacing_from_affine
+from .orientation import origin_from_affine, reorient_xyz, spacing_from_affine, stored_slice_plane
 from .volume import Volume
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -126,6 +126,7 @@ def read_nifti(path) -> Volume:
             "format": "nifti",
             "nan_voxels": nans,
             "stored_orientation": "".join(nib.aff2axcodes(affine)),
+            "acquisition_plane": stored_slice_plane(affine),
         },
     )
 

@@ -65,3 +65,31 @@ def affine_from_scale_translate(scale, translate) -> np.ndarray:
 def lps_to_ras(affine_lps: np.ndarray) -> np.ndarray:
     """Turn a voxel -> LPS affine (DICOM's frame) into voxel -> RAS (NIfTI's frame)."""
     return _RAS_TO_LPS @ np.asarray(affine_lps, dtype=float)
+
+
+#: Acquisition planes, indexed by the patient axis (0: left-right, 1: front-back, 2: head-feet)
+#: that the stored slice axis runs along.
+PLANES = ("sagittal", "coronal", "axial")
+
+
+def stored_slice_plane(affine: np.ndarray) -> str:
+    """The plane a file's slices were stored in: from the direction of its third voxel axis."""
+    return PLANES[int(io_orientation(np.asarray(affine, dtype=float))[2, 0])]
+
+
+def acquisition_view(volume) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """(D, H, W) view of a display-ordered volume as the slices of its acquisition plane, each
+    slice shown as radiologists read that plane; and its (D, H, W) spacing.
+
+    Med3DVLM was trained on stacks whose first axis is the series' slice index whatever the plane
+    (REFERENCE.md section 5): axial slices anterior-up, coronal and sagittal slices head-up,
+    patient left on the right (coronal) and anterior on the left (sagittal). Axial volumes come
+    back unchanged; no data is copied.
+    """
+    plane = volume.metadata.get("acquisition_plane", "axial")
+    data, (sz, sy, sx) = volume.data, volume.spacing
+    if plane == "coronal":  # slices front to back; rows head to feet; columns patient right to left
+        return data.transpose(1, 0, 2)[:, ::-1, :], (sy, sz, sx)
+    if plane == "sagittal":  # slices right to left; rows head to feet; columns front to back
+        return data.transpose(2, 0, 1)[:, ::-1, :], (sx, sz, sy)
+    return data, (sz, sy, sx)
