@@ -1,14 +1,20 @@
 """M3D-VQA style questions from ground truth, in the five M3D categories.
 
 1 Plane, 2 Phase, 3 Organ, 4 Abnormality, 5 Location. Each question is usable closed (four
-choices, the answer at a uniformly random letter, distractors drawn from the same answer pool as
-real answers so no choice is a give-away), open (answer text only) or as yes/no. Questions whose
+choices, the answer at a uniformly random letter), open (answer text only) or as yes/no.
+
+Distractors are real answers to the same question with about the same prior probability: the
+possible answers are sorted by how often the generator produces them and cut into groups of four,
+and the choices are the answer's group. A blind guesser that picks the most frequent answer among
+the choices is then near 25 %, and no choice is a give-away because it never occurs. Questions whose
 answer would be ambiguous for a case (two cysts in different organs and "which organ has the
 cyst?") are not asked.
 """
 
 from __future__ import annotations
 
+import bisect
+import functools
 import random
 from dataclasses import dataclass
 
@@ -45,7 +51,7 @@ LOCATION_Q = ("Where {be} the {noun} located?", "What is the location of the {no
 
 #: Organs whose abnormality question is not asked: they have one or two possible findings only,
 #: so the question text alone would give the answer away.
-NO_ABNORMALITY_Q = {"lateral ventricles", "heart", "pleural space", "pericardium", "peritoneal cavity"}
+NO_ABNORMALITY_Q = {"lateral ventricles", "heart", "pleural space", "pericardium", "peritoneal cavity", "pancreas"}
 
 
 @dataclass
@@ -53,15 +59,54 @@ class QA:
     question_type: int
     question: str
     answer: str
-    pool: tuple[str, ...]  # plausible answers the distractors are drawn from
+    pool: dict[str, float]  # every possible answer -> 1, padding (never right) -> 0
+    key: tuple = ()  # what the question text reveals: answers are ranked by frequency per key
 
     def closed(self, rng: random.Random) -> tuple[list[str], str]:
         """Four choices (answer at a uniformly random position) and the answer letter."""
-        others = [p for p in dict.fromkeys(self.pool) if p != self.answer]
-        distractors = rng.sample(others, 3)
+        choices = self._choice_set(rng)
+        distractors = [a for a in choices if a != self.answer]
+        rng.shuffle(distractors)
         position = rng.randrange(4)
         choices = distractors[:position] + [self.answer] + distractors[position:]
         return choices, LETTERS[position]
+
+    def _choice_set(self, rng: random.Random) -> list[str]:
+        """Four answers such that, given the set, each member is equally likely to be right.
+
+        Systematic sampling: possible answers are laid end to end on [0, 1) with lengths equal to
+        their prior probability, and the set is whatever four points 1/4 apart hit. Every set
+        then contains the true answer with probability 4 p(answer), so the answer is uniform
+        within its set and a blind guesser that knows the priors scores 25 %. When an answer is
+        more likely than 1/4 (three planes), all possible answers are offered with padding.
+        """
+        prior = answer_prior().get(self.key, {})
+        counts = {a: prior.get(a, 0.0) + (1.0 if self.pool.get(a, 0.0) > 0 else 0.0) for a in self.pool}  # add-one
+        counts[self.answer] = max(counts.get(self.answer, 0.0), 1.0)
+        total = sum(counts.values())
+        probs = {a: c / total for a, c in counts.items() if c > 0}
+        if len(probs) < 4 or max(probs.values()) > 0.25:
+            ranked = sorted(probs, key=lambda a: (-probs[a], a))[:4]
+            if self.answer not in ranked:
+                ranked = ranked[:3] + [self.answer]
+            padding = [a for a in sorted(self.pool) if a not in ranked]
+            return ranked + padding[: 4 - len(ranked)]
+        names = sorted(probs)
+        starts, edge = [], 0.0
+        for name in names:
+            starts.append(edge)
+            edge += probs[name]
+        mine = names.index(self.answer)
+        point = (starts[mine] + rng.random() * probs[self.answer]) % 0.25
+        chosen = []
+        for k in range(4):
+            t = point + 0.25 * k
+            index = min(bisect.bisect_right(starts, t) - 1, len(names) - 1)
+            chosen.append(names[index])
+        if self.answer not in chosen or len(set(chosen)) < 4:  # rounding at an interval edge
+            chosen = [self.answer] + [a for a in dict.fromkeys(chosen) if a != self.answer]
+            chosen += [a for a in names if a not in chosen][: 4 - len(chosen)]
+        return chosen
 
 
 def _organ_answer(organ: str) -> str:
@@ -79,41 +124,79 @@ def _abnormality_where(f: Finding) -> str:
     return f.organ
 
 
-def _organ_pool(kind: str) -> tuple[str, ...]:
-    organs = [_organ_answer(o) for (k, o) in CATALOGUE if k == kind]
-    extra = ["Liver", "Kidney", "Spleen", "Pancreas", "Lung", "Brain", "Heart"]
-    return tuple(dict.fromkeys(organs + extra))
+#: Never-correct but plausible answers used only to make up four choices.
+PADDING = ("Mediastinum", "Gallbladder", "Adrenal gland", "Bladder")
 
 
-def _location_pool(kind: str) -> tuple[str, ...]:
-    sites = [s for (k, o), v in CATALOGUE.items() if k == kind for s in v[1]]
-    return tuple(dict.fromkeys(_location_answer(s) for s in sites))
+def _padded(weights: dict[str, float]) -> dict[str, float]:
+    for extra in PADDING:
+        if len(weights) >= 4:
+            break
+        weights.setdefault(extra, 0.0)
+    return weights
 
 
-ALL_KIND_ANSWERS = tuple(KIND_ANSWER[k] for k in ("cyst", "mass", "calcification", "haemorrhage", "enlargement"))
+def _organs_for(kind: str) -> list[str]:
+    return [o for (k, o) in CATALOGUE if k == kind]
+
+
+def _organ_pool(kind: str) -> dict[str, float]:
+    return _padded({_organ_answer(o): 1.0 for o in _organs_for(kind)})
+
+
+def _location_pool(kind: str) -> dict[str, float]:
+    sites = [site for organ in _organs_for(kind) for site in CATALOGUE[(kind, organ)][1]]
+    return _padded({_location_answer(site): 1.0 for site in sites})
+
+
+def _abnormality_pool(organ: str) -> dict[str, float]:
+    """The organ's possible findings; the other kinds pad the choices (never right here)."""
+    weights = {KIND_ANSWER[k]: 1.0 for (k, o) in CATALOGUE if o == organ and k != "effusion"}
+    for k in ("cyst", "mass", "calcification", "haemorrhage", "enlargement"):
+        weights.setdefault(KIND_ANSWER[k], 0.0)
+    return weights
 
 
 def questions(case: PhantomCase, rng: random.Random) -> list[QA]:
     """Closed/open questions for a case: plane, phase and per-finding organ/abnormality/location."""
     out = [
-        QA(1, rng.choice(PLANE_Q), PLANE_ANSWER[case.plane], tuple(PLANE_ANSWER.values()) + ("Oblique",)),
-        QA(2, rng.choice(PHASE_Q), PHASE_ANSWER[case.phase], tuple(PHASE_ANSWER.values())),
+        QA(1, rng.choice(PLANE_Q), PLANE_ANSWER[case.plane], {**dict.fromkeys(PLANE_ANSWER.values(), 1.0), "Oblique": 0.0},
+           key=(1,)),
+        QA(2, rng.choice(PHASE_Q), PHASE_ANSWER[case.phase], dict.fromkeys(PHASE_ANSWER.values(), 1.0), key=(2,)),
     ]
     kinds = [f.kind for f in case.findings]
     for f in case.findings:
         if kinds.count(f.kind) == 1:
-            out.append(QA(3, rng.choice(ORGAN_Q[f.kind]), _organ_answer(f.organ), _organ_pool(f.kind)))
+            out.append(QA(3, rng.choice(ORGAN_Q[f.kind]), _organ_answer(f.organ), _organ_pool(f.kind),
+                          key=(3, f.kind)))
         where = _abnormality_where(f)
         same_place = [g for g in case.findings if _abnormality_where(g) == where]
         if f.organ not in NO_ABNORMALITY_Q and f.kind != "effusion" and len(same_place) == 1:
-            out.append(QA(4, rng.choice(ABNORMALITY_Q).format(where=where), KIND_ANSWER[f.kind], ALL_KIND_ANSWERS))
+            out.append(QA(4, rng.choice(ABNORMALITY_Q).format(where=where), KIND_ANSWER[f.kind],
+                          _abnormality_pool(f.organ), key=(4, where)))
         if f.kind != "enlargement" and kinds.count(f.kind) == 1:
             noun = KIND_NOUN[f.kind]
             if f.count > 1:
                 noun = PLURAL.get(noun, noun + "s")
             be = "are" if f.count > 1 else "is"
-            out.append(QA(5, rng.choice(LOCATION_Q).format(noun=noun, be=be), _location_answer(f.site), _location_pool(f.kind)))
+            out.append(QA(5, rng.choice(LOCATION_Q).format(noun=noun, be=be), _location_answer(f.site),
+                          _location_pool(f.kind), key=(5, f.kind, f.count > 1)))
     return out
+
+
+@functools.lru_cache(maxsize=1)
+def answer_prior(cases: int = 20000) -> dict[tuple, dict[str, float]]:
+    """How many times the generator gives each answer per question key in a fixed simulated set of
+    cases (deterministic; about a second, once per process)."""
+    from .sampling import sample_case
+
+    counts: dict[tuple, dict[str, float]] = {}
+    rng = random.Random(0)
+    for seed in range(10**9, 10**9 + cases):
+        for qa in questions(sample_case(seed), rng):
+            table = counts.setdefault(qa.key, {})
+            table[qa.answer] = table.get(qa.answer, 0.0) + 1.0
+    return counts
 
 
 def yes_no_questions(case: PhantomCase, rng: random.Random) -> list[tuple[int, str, str]]:
