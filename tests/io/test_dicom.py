@@ -206,7 +206,7 @@ def test_tilted_gantry_positions_are_reported(tmp_path):
 @pytest.mark.parametrize(
     ("orientation", "plane", "expected"),
     [
-        ((1, 0, 0, 0, 1, 0), "axial", lambda s: s),
+        ((1, 0, 0, 0, 1, 0), "axial", lambda s: s[::-1]),  # stored feet-to-head; view runs head-to-feet
         ((1, 0, 0, 0, 0, -1), "coronal", lambda s: s),  # head-up, patient left on the right
         ((0, 1, 0, 0, 0, -1), "sagittal", lambda s: s[::-1]),  # stored left-to-right; view runs right-to-left
     ],

@@ -72,9 +72,18 @@ def lps_to_ras(affine_lps: np.ndarray) -> np.ndarray:
 PLANES = ("sagittal", "coronal", "axial")
 
 
-def stored_slice_plane(affine: np.ndarray) -> str:
-    """The plane a file's slices were stored in: from the direction of its third voxel axis."""
-    return PLANES[int(io_orientation(np.asarray(affine, dtype=float))[2, 0])]
+def stored_slice_plane(affine: np.ndarray, guess_thick_axis: bool = False) -> str:
+    """The plane a file's slices were stored in: the direction of its third voxel axis (the NIfTI
+    and DICOM convention), or, with `guess_thick_axis`, of an axis whose voxels are clearly
+    thicker than the other two (2-D acquisitions written with the slice axis elsewhere)."""
+    affine = np.asarray(affine, dtype=float)
+    axis = 2
+    if guess_thick_axis:
+        sizes = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+        thick = int(np.argmax(sizes))
+        if sizes[thick] > 1.5 * np.delete(sizes, thick).max():
+            axis = thick
+    return PLANES[int(io_orientation(affine)[axis, 0])]
 
 
 def acquisition_view(volume) -> tuple[np.ndarray, tuple[float, float, float]]:
@@ -82,9 +91,10 @@ def acquisition_view(volume) -> tuple[np.ndarray, tuple[float, float, float]]:
     slice shown as radiologists read that plane; and its (D, H, W) spacing.
 
     Med3DVLM was trained on stacks whose first axis is the series' slice index whatever the plane
-    (REFERENCE.md section 5): axial slices anterior-up, coronal and sagittal slices head-up,
-    patient left on the right (coronal) and anterior on the left (sagittal). Axial volumes come
-    back unchanged; no data is copied.
+    (REFERENCE.md section 5). Slices run head to feet (axial), front to back (coronal) or right to
+    left (sagittal); each is shown as radiologists read it: axial anterior-up, coronal and sagittal
+    head-up, patient left on the right (axial, coronal), anterior on the left (sagittal). The
+    phantom generator renders its training stacks in exactly this layout. No data is copied.
     """
     plane = volume.metadata.get("acquisition_plane", "axial")
     data, (sz, sy, sx) = volume.data, volume.spacing
@@ -92,4 +102,4 @@ def acquisition_view(volume) -> tuple[np.ndarray, tuple[float, float, float]]:
         return data.transpose(1, 0, 2)[:, ::-1, :], (sy, sz, sx)
     if plane == "sagittal":  # slices right to left; rows head to feet; columns front to back
         return data.transpose(2, 0, 1)[:, ::-1, :], (sx, sz, sy)
-    return data, (sz, sy, sx)
+    return data[::-1], (sz, sy, sx)  # slices head to feet, as stacks are scrolled
