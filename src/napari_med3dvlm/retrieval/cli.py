@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 from pathlib import Path
@@ -67,9 +68,17 @@ def run_index(args) -> int:
         print(f"\r[{done}/{total}] {message[:60]:<60}", end="", file=sys.stderr, flush=True)
 
     try:
-        report = index_folder(
-            VolumeIndex(args.db), args.folder, embedder, batch_size=args.batch_size, progress=progress, cancel=cancel
-        )
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under accelerate launch / torchrun: shard the work
+            from .indexer import index_folder_distributed
+
+            report = index_folder_distributed(args.db, args.folder, embedder, batch_size=args.batch_size)
+            if report is None:  # not the main process: it only embedded its share
+                return 0
+        else:
+            report = index_folder(
+                VolumeIndex(args.db), args.folder, embedder, batch_size=args.batch_size, progress=progress,
+                cancel=cancel,
+            )
     except KeyboardInterrupt:
         cancel.set()
         print("\ninterrupted: finished batches are kept; run the same command again to resume", file=sys.stderr)

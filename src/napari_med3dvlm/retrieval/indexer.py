@@ -233,3 +233,55 @@ def _embedding_dim(embedder: Embedder) -> int:
     if dim:
         return int(dim)
     return int(embedder.embed_texts(["x"]).shape[1])
+
+
+def index_folder_distributed(
+    index: VolumeIndex | str | os.PathLike,
+    root: str | os.PathLike,
+    embedder: Embedder,
+    *,
+    batch_size: int = 4,
+    progress: ProgressCallback | None = None,
+    loader: Callable[[VolumeSource], Volume] = load_source,
+) -> IndexReport | None:
+    """``index_folder`` across the processes of ``accelerate launch`` (or torchrun).
+
+    Every process embeds its slice of the plan and commits batches to its own shard table, so
+    writers never contend; the main process merges the shards at the end (and, after a crash, at
+    the start of the next run). Returns the report on the main process, None elsewhere.
+    """
+    from accelerate import PartialState
+
+    # On a CPU-only machine accelerate needs cpu=True to join the launcher's process group (gloo).
+    state = PartialState(cpu=not torch.cuda.is_available())
+    start = time.perf_counter()
+    db = index.path if isinstance(index, VolumeIndex) else Path(index)
+    root = Path(root).expanduser().resolve()
+    if state.is_main_process:
+        main = VolumeIndex(db)
+        if not _model_matches(main, embedder):
+            main.set_model(embedder.model_id, _embedding_dim(embedder))
+        main.root_id(root)
+        main.merge_shards()
+        main.deduplicate()
+    state.wait_for_everyone()
+
+    index = VolumeIndex(db)  # re-read what the main process wrote
+    sources = scan_folder(root)
+    plan = plan_index(index, root, embedder.model_id, sources)
+    shard = f"shard_{state.process_index:03d}"
+    report = IndexReport(root=root, total=len(sources), unchanged=plan.unchanged)
+    with state.split_between_processes(plan.pending) as mine:
+        embed_sources(
+            index, mine, plan.root_id, embedder, batch_size=batch_size, progress=progress, loader=loader,
+            report=report, write=lambda rows: index.upsert(rows, table_name=shard),
+        )
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return None
+    report.removed = index.delete_keys(plan.removed)
+    index.merge_shards()
+    index.maintain()
+    report.embedded = len(plan.pending) - len(report.failed)  # all processes together
+    report.seconds = time.perf_counter() - start
+    return report

@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 TABLE = "volumes"
+SHARD_PREFIX = "shard_"
 INFO_FILE = "med3dvlm_index.json"
 FORMAT_VERSION = 1
 #: An exact numpy scan costs about 0.4 ms per million float32 values on 2 CPU cores; the HNSW index
@@ -139,14 +140,14 @@ class VolumeIndex:
         names = self._db.list_tables()
         return list(getattr(names, "tables", names))
 
-    def table(self, create: bool = False):
-        if TABLE in self._tables():
-            return self._db.open_table(TABLE)
+    def table(self, create: bool = False, name: str = TABLE):
+        if name in self._tables():
+            return self._db.open_table(name)
         if not create:
             return None
         if self.dim is None:
             raise RuntimeError("set_model() before writing to a new index")
-        return self._db.create_table(TABLE, schema=index_schema(self.dim), exist_ok=True)
+        return self._db.create_table(name, schema=index_schema(self.dim), exist_ok=True)
 
     # -- reading -------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -165,13 +166,31 @@ class VolumeIndex:
         return {row["key"]: row for row in rows}
 
     # -- writing -------------------------------------------------------------------------------
-    def upsert(self, rows: list[dict]) -> None:
-        """Insert or replace rows by key, in one atomic commit."""
-        if not rows:
+    def upsert(self, rows, table_name: str = TABLE) -> None:
+        """Insert or replace rows (dicts or an Arrow table) by key, in one atomic commit."""
+        if not len(rows):
             return
-        table = self.table(create=True)
-        data = pa.Table.from_pylist(rows, schema=index_schema(self.dim))
+        table = self.table(create=True, name=table_name)
+        data = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows, schema=index_schema(self.dim))
         table.merge_insert("key").when_matched_update_all().when_not_matched_insert_all().execute(data)
+
+    # -- shards of a multi-process run ------------------------------------------------------------
+    def shard_tables(self) -> list[str]:
+        return sorted(name for name in self._tables() if name.startswith(SHARD_PREFIX))
+
+    def merge_shards(self, chunk: int = 2_000) -> int:
+        """Fold per-process shard tables into the index, then drop them.
+
+        Upserts are idempotent, so a merge that is killed half-way is simply repeated next time.
+        """
+        merged = 0
+        for name in self.shard_tables():
+            data = self._db.open_table(name).to_arrow()
+            for start in range(0, data.num_rows, chunk):
+                self.upsert(data.slice(start, chunk).cast(index_schema(self.dim)))
+            merged += data.num_rows
+            self._db.drop_table(name)
+        return merged
 
     def delete_keys(self, keys) -> int:
         keys = list(keys)
