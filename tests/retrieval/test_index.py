@@ -48,7 +48,7 @@ def test_a_volume_finds_itself_first(tmp_path, collection, embedder):
     target = sorted(collection.rglob("*.nii.gz"))[3]
     volume = read_volume(target)
 
-    hits = search_volume(index, embedder, volume.data, volume.modality, k=3)
+    hits = search_volume(index, embedder, volume, k=3)
     assert len(hits) == 3
     assert hits[0].path == target.resolve()
     assert hits[0].score > 0.999

@@ -107,7 +107,7 @@ def run_search(args) -> int:
         from napari_med3dvlm.io import read_volume
 
         volume = read_volume(args.volume)
-        hits = search_volume(index, embedder, volume.data, volume.modality, k=args.k)
+        hits = search_volume(index, embedder, volume, k=args.k)
     else:
         text = args.report.read_text(encoding="utf-8") if args.report else args.text
         hits = search_text(index, embedder, text, k=args.k)

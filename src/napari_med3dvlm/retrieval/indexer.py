@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from napari_med3dvlm.io import Volume, preprocess_volume
+from napari_med3dvlm.io import Volume, acquisition_view, preprocess_volume
 
 from .embedder import Embedder
 from .sources import VolumeSource, content_hash, scan_folder
@@ -102,7 +102,8 @@ def plan_index(index: VolumeIndex, root, model_id: str, sources: Sequence[Volume
 def _prepare(source: VolumeSource, digest: str, root_id: int, embedder: Embedder, loader):
     """Read, preprocess and describe one volume (runs in a worker thread, ahead of the encoder)."""
     volume = loader(source)
-    image, _ = preprocess_volume(volume.data, volume.modality, embedder.window, embedder.spatial_size)
+    stack, _ = acquisition_view(volume)  # the slice stack layout the model was trained on
+    image, _ = preprocess_volume(stack, volume.modality, embedder.window, embedder.spatial_size)
     row = {
         "key": f"{root_id}/{source.key}",
         "root_id": root_id,
@@ -113,7 +114,7 @@ def _prepare(source: VolumeSource, digest: str, root_id: int, embedder: Embedder
         "modality": volume.modality or "",
         "shape": [int(s) for s in volume.shape],
         "spacing": [float(s) for s in volume.spacing],
-        "thumbnail": middle_slice_png(volume.data, volume.modality, embedder.window),
+        "thumbnail": middle_slice_png(stack, volume.modality, embedder.window),
     }
     return image, row
 

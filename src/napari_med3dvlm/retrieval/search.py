@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_med3dvlm.io import preprocess_volume
+from napari_med3dvlm.io import Volume, acquisition_view, preprocess_volume
 
 from .embedder import Embedder
 from .store import SearchHit, VolumeIndex
@@ -28,9 +28,21 @@ def search_text(index: VolumeIndex, embedder: Embedder, text: str, k: int = 10) 
 
 
 def search_volume(
-    index: VolumeIndex, embedder: Embedder, data: np.ndarray, modality: str = "CT", k: int = 10
+    index: VolumeIndex,
+    embedder: Embedder,
+    volume: Volume | np.ndarray,
+    modality: str = "CT",
+    k: int = 10,
+    plane: str | None = None,
 ) -> list[SearchHit]:
-    """Image -> images: the query volume goes through the same preprocessing as indexed volumes."""
+    """Image -> images: the query goes through the same view and preprocessing as indexed volumes.
+
+    ``volume`` is a `Volume` (from our readers) or a display-ordered (z, y, x) array, e.g. a layer's
+    data, with ``plane`` its acquisition plane (the reader stores it in the layer metadata).
+    """
     _check_model(index, embedder)
-    image, _ = preprocess_volume(np.asarray(data), modality, embedder.window, embedder.spatial_size)
+    if not isinstance(volume, Volume):
+        volume = Volume(np.asarray(volume), modality=modality, metadata={"acquisition_plane": plane or "axial"})
+    stack, _ = acquisition_view(volume)
+    image, _ = preprocess_volume(np.asarray(stack), volume.modality, embedder.window, embedder.spatial_size)
     return index.search(embedder.embed_volumes(image)[0], k=k)

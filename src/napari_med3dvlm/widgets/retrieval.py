@@ -217,9 +217,10 @@ class RetrievalWidget(QWidget):
         if index is None or self._busy_or_warn():
             return
         data, modality, k = layer_array(layer), layer_modality(layer), self.k_spin.value()
+        plane = (layer.metadata or {}).get("acquisition_plane")
 
         def run():
-            return search_volume(index, self.embedder_factory(), data, modality, k=k)
+            return search_volume(index, self.embedder_factory(), data, modality, k=k, plane=plane)
 
         self.status.setText(f"Searching for volumes like {layer.name}…")
         self._start(run, self.show_results)
