@@ -81,14 +81,17 @@ class SigLIPEmbedder:
         """The SigLIP part of a model folder, a hub id or the embedded demo model."""
         from napari_med3dvlm.model import load_siglip
 
-        loaded = load_siglip(source, device=device or "cpu")
-        model, tokenizer = loaded if isinstance(loaded, tuple) else (loaded, getattr(loaded, "tokenizer", None))
+        model, tokenizer = load_siglip(source, device=device or "cpu")
+        if tokenizer is None:
+            raise ValueError(f"the SigLIP model in {source!r} has no tokenizer files; text search needs them")
         return cls(
             model,
             tokenizer,
             model_id=model_fingerprint(source),
             spatial_size=_model_input_size(model),
             window=window,
+            # Queries are truncated like the training reports were (when the config records it).
+            max_length=int(getattr(model.config, "text_max_length", None) or 512),
             device=device,
         )
 
@@ -107,13 +110,12 @@ def model_fingerprint(source: str) -> str:
 
 
 def _model_input_size(model) -> tuple[int, int, int]:
-    config = getattr(model, "config", None)
-    for name in ("input_size", "image_size", "spatial_size"):
-        value = getattr(config, name, None) if config is not None else None
-        if value is not None and len(value) == 3:
-            # The reference config stores [W, H, D] (input_size=[256, 256, 128]); the model input is (D, H, W).
-            value = tuple(int(v) for v in value)
-            return value if name != "input_size" else value[::-1]
+    """(D, H, W) the encoder was trained at; SigLIP configs store ``input_size`` as (H, W, D), the
+    reference's convention (published: [256, 256, 128])."""
+    size = getattr(getattr(model, "config", None), "input_size", None)
+    if size is not None and len(size) == 3:
+        height, width, depth = (int(v) for v in size)
+        return depth, height, width
     from napari_med3dvlm.io import PUBLISHED_INPUT_SIZE
 
     return PUBLISHED_INPUT_SIZE
