@@ -162,3 +162,23 @@ def test_compressed_volume_is_decompressed_once(tmp_path):
     volume, peak = _peak_bytes(lambda: read_volume(tmp_path / "medium.nii.gz"))
     assert volume.shape == (256, 512, 512) and volume.data.nbytes == nbytes
     assert peak < 1.1 * nbytes, f"peak {peak / nbytes:.2f}x the volume size"
+
+
+NIBABEL_DATA = Path(nib.__file__).parent / "tests" / "data"
+
+
+def test_spm_normalised_mr_with_negative_undershoot_is_mr():
+    volume = read_volume(NIBABEL_DATA / "anatomical.nii")  # SPM output: values from -610 upward
+    assert volume.modality == "MR"
+    assert volume.shape == (25, 41, 33)
+
+
+def test_list_series_reads_headers_only_and_agrees_with_the_reader():
+    from napari_med3dvlm.io import list_series
+
+    for path in (COLIN27, NIBABEL_DATA / "anatomical.nii"):
+        (info,) = list_series(path)
+        volume = read_volume(path)
+        assert (info.shape, info.modality, info.description) == (volume.shape, volume.modality, volume.description)
+    with pytest.raises(VolumeReadError, match="3-D"):
+        list_series(NIBABEL_DATA / "example4d.nii.gz")

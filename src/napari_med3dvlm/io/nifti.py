@@ -40,7 +40,8 @@ def nifti_stem(path) -> str:
 def guess_modality(data: np.ndarray, description: str = "") -> str:
     """CT if the header says so or the values look like Hounsfield units, MR otherwise.
 
-    Air at about -1000 HU together with bone above +300 HU does not occur in MR intensities.
+    CT has a good share of air (about -1000 HU, or padding below it) together with tissue or bone
+    above +300 HU; MR intensities are non-negative apart from small interpolation undershoots.
     """
     if _CT_WORDS.search(description):
         return "CT"
@@ -48,7 +49,7 @@ def guess_modality(data: np.ndarray, description: str = "") -> str:
         return "MR"
     sample = sample_slices(data)
     finite = sample[np.isfinite(sample)] if np.issubdtype(sample.dtype, np.floating) else sample
-    if finite.size and float(finite.min()) <= -500 and float(finite.max()) >= 300:
+    if finite.size and np.mean(finite <= -900) >= 0.02 and float(finite.max()) >= 300:
         return "CT"
     return "MR"
 
@@ -151,3 +152,31 @@ def write_nifti_volume(volume: Volume, path) -> str:
     image.set_sform(affine, code=1)
     nib.save(image, str(path))
     return str(path)
+
+
+def nifti_series_info(path):
+    """A `SeriesInfo` from the header and one middle slice, without loading the volume."""
+    from .dicom import SeriesInfo
+
+    path = Path(path)
+    try:
+        image = nib.load(str(path))
+    except Exception as err:
+        raise VolumeReadError(f"{path.name}: not a readable NIfTI file ({err})") from err
+    if len(image.shape) < 3 or any(s != 1 for s in image.shape[3:]):
+        raise VolumeReadError(f"{path.name}: expected a 3-D volume, got shape {image.shape}")
+    shape = image.shape[:3]
+    description = image.header.get("descrip", np.array(b"")).tobytes().decode("latin-1").strip("\x00 ")
+    try:
+        middle = np.asarray(image.dataobj[:, :, shape[2] // 2])
+    except Exception as err:
+        raise VolumeReadError(f"{path.name}: image data could not be read ({err})") from err
+    dummy = np.broadcast_to(np.zeros((), np.uint8), shape)
+    display_shape = reorient_xyz(dummy, image.affine)[0].shape
+    return SeriesInfo(
+        uid_hash=short_hash(path.resolve()),
+        description=nifti_stem(path),
+        modality=guess_modality(middle.reshape(middle.shape[:2])[None], description),
+        n_slices=int(display_shape[0]),
+        shape=tuple(int(s) for s in display_shape),
+    )

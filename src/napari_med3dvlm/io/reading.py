@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ._util import VolumeReadError, short_hash
+from ._util import VolumeReadError
 from .dicom import (
     SeriesInfo,
     list_dicom_series,
@@ -15,7 +15,7 @@ from .dicom import (
     read_dicom_series,
     read_dicom_volumes,
 )
-from .nifti import is_nifti, read_nifti
+from .nifti import is_nifti, nifti_series_info, read_nifti
 from .volume import Volume
 
 
@@ -54,17 +54,6 @@ def _parts(path) -> tuple[list[Path], list, list[Path]]:
     return nifti, dicom_sources, items
 
 
-def _nifti_info(path: Path) -> SeriesInfo:
-    volume = read_nifti(path)
-    return SeriesInfo(
-        uid_hash=short_hash(path.resolve()),
-        description=volume.description,
-        modality=volume.modality,
-        n_slices=volume.shape[0],
-        shape=volume.shape,
-    )
-
-
 def _nothing_found(items) -> VolumeReadError:
     label = items[0].name if len(items) == 1 else f"{len(items)} selected paths"
     return VolumeReadError(f"{label}: no NIfTI or DICOM images found")
@@ -95,7 +84,7 @@ def read_volumes(path) -> list[Volume]:
 def list_series(path) -> list[SeriesInfo]:
     """What `read_volumes` would return, in the same order, from headers only (for a picker)."""
     nifti, dicom_sources, items = _parts(path)
-    infos = [_nifti_info(p) for p in nifti]
+    infos = [nifti_series_info(p) for p in nifti]
     for source in dicom_sources:
         infos.extend(list_dicom_series(source))
     if not infos:
