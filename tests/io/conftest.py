@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import sys
 import tarfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-from io_assets import CRANIUM, CRANIUM_SHAPE, CRANIUM_SPACING, PATIENT_TAGS
 
 from napari_med3dvlm.io.dicom_write import write_dicom_series
+
+# Known facts about the test volumes live next to the tests (importlib import mode adds no test
+# folder to sys.path).
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from io_assets import CRANIUM, CRANIUM_SHAPE, CRANIUM_SPACING, PATIENT_TAGS  # noqa: E402
 
 
 @pytest.fixture(scope="session")
