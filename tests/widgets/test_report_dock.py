@@ -96,3 +96,14 @@ def test_export_writes_markdown_and_json_without_identifiers(viewer_with_sample,
         assert "DOE" not in text and "1961" not in text
         assert str(tmp_path.parent) not in text  # no local paths either
     assert "Research use only" in md.read_text()
+
+
+def test_a_model_that_cannot_load_is_a_message_not_a_dead_viewer(viewer_with_sample, engine, qtbot, tmp_path):
+    viewer, _ = viewer_with_sample
+    engine.update_settings(engine.settings.updated(model_source=str(tmp_path / "missing-model")))
+    dock = ReportWidget(viewer)
+    with qtbot.waitSignal(dock.runner.failed, timeout=30_000) as failure:
+        dock.generate()
+    assert "Model source" in failure.args[0]
+    qtbot.waitUntil(lambda: dock.generate_button.isEnabled())
+    assert "Error" in dock.status.label.text() and dock.record is None

@@ -50,3 +50,22 @@ def test_open_path_adds_a_layer_through_the_reader(make_napari_viewer, engine, c
     assert layer is viewer.layers[-1] and layer.data.shape == ct_volume.shape
     assert tuple(layer.scale) == pytest.approx((2.5, 0.8, 0.8))
     assert not dock.series_row.isVisible()
+
+
+def test_a_folder_with_two_series_offers_a_choice(make_napari_viewer, engine, ct_volume, tmp_path):
+    from napari_med3dvlm.io.dicom_write import write_dicom_series
+
+    folder = tmp_path / "study"
+    write_dicom_series(ct_volume, folder / "a", spacing=(2.5, 0.8, 0.8), description="Axial soft tissue")
+    write_dicom_series(ct_volume[:, ::2, ::2], folder / "b", spacing=(2.5, 1.6, 1.6), description="Axial low res")
+    viewer = make_napari_viewer()
+    dock = VolumeWidget(viewer)
+    assert dock.open_path(folder) == 2
+    assert len(viewer.layers) == 0 and not dock.series_row.isHidden()
+    labels = [dock.series.itemText(i) for i in range(dock.series.count())]
+    assert any("low res" in label for label in labels)
+    index = next(i for i, label in enumerate(labels) if "low res" in label)
+    dock.series.setCurrentIndex(index)
+    dock.add_series_button.click()
+    assert len(viewer.layers) == 1 and viewer.layers[0].data.shape == (24, 24, 24)
+    assert tuple(viewer.layers[0].scale) == pytest.approx((2.5, 1.6, 1.6))

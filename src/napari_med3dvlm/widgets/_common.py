@@ -142,6 +142,30 @@ class BusyIndicator(QWidget):
         self.bar.hide()
 
 
+class TaskError(Exception):
+    """A task failure re-raised so that napari's worker reports it.
+
+    napari workers silently drop ``RuntimeError`` (they take it for a deleted Qt object), and
+    torch reports most failures as ``RuntimeError``.
+    """
+
+
+def guarded(task: Callable, *args, **kwargs):
+    """Run generator ``task`` and re-raise its ``RuntimeError`` as `TaskError`."""
+    try:
+        return (yield from task(*args, **kwargs))
+    except RuntimeError as err:
+        raise TaskError(str(err) or type(err).__name__) from err
+
+
+def guarded_call(func: Callable, *args, **kwargs):
+    """`guarded` for plain functions."""
+    try:
+        return func(*args, **kwargs)
+    except RuntimeError as err:
+        raise TaskError(str(err) or type(err).__name__) from err
+
+
 class StreamRunner(QObject):
     """Runs a task generator (``yield`` text pieces, ``return`` a result) in a napari worker.
 
@@ -170,7 +194,15 @@ class StreamRunner(QObject):
             raise RuntimeError("a task is already running")
         self.cancel_event = threading.Event()
         self._result = self._no_result = object()
-        worker = create_worker(task, *args, cancel_event=self.cancel_event, _start_thread=False, **kwargs)
+        worker = create_worker(
+            guarded,
+            task,
+            *args,
+            cancel_event=self.cancel_event,
+            _start_thread=False,
+            _ignore_errors=True,  # errors are shown as notifications by _on_error
+            **kwargs,
+        )
         worker.yielded.connect(self.piece.emit)
         worker.returned.connect(self._on_returned)
         worker.errored.connect(self._on_error)

@@ -22,7 +22,7 @@ from qtpy.QtWidgets import (
 from napari_med3dvlm.inference import ModelUnavailableError, get_engine
 from napari_med3dvlm.io import PUBLISHED_INPUT_SIZE, WINDOW_PRESETS, preprocess_volume
 
-from ._common import MODEL_INPUT_KEY, MODEL_WINDOW_KEY, LayerPicker, layer_array, layer_key, layer_modality, layer_window
+from ._common import MODEL_INPUT_KEY, guarded_call, MODEL_WINDOW_KEY, LayerPicker, layer_array, layer_key, layer_modality, layer_window
 
 AUTO = "auto (file / modality default)"
 
@@ -216,7 +216,7 @@ class VolumeWidget(QWidget):
                 size = PUBLISHED_INPUT_SIZE
             return model_input_for(layer, size)
 
-        worker = create_worker(compute, _start_thread=False)
+        worker = create_worker(guarded_call, compute, _start_thread=False, _ignore_errors=True)
         worker.returned.connect(lambda result: self._add_model_input(layer, *result))
         worker.errored.connect(lambda err: show_error(f"Could not prepare the model input: {err}"))
         self.model_input_worker = worker
