@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -223,3 +224,15 @@ def test_acquisition_view_gives_back_the_slices_of_the_series_plane(tmp_path, or
     view, spacing = acquisition_view(volume)
     np.testing.assert_array_equal(view, expected(stored))
     assert spacing == (2.0, 1.5, 1.25)
+
+
+def test_siemens_mosaic_is_flagged_and_decimal_rescale_applied():
+    import nibabel as nib
+
+    data = Path(nib.__file__).parent / "nicom" / "tests" / "data"
+    with pytest.warns(UserWarning, match="Siemens mosaic"):
+        read_volume(data / "0.dcm")
+    ds = pydicom.dcmread(data / "decimal_rescale.dcm")
+    volume = read_volume(data / "decimal_rescale.dcm")
+    expected = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    np.testing.assert_array_equal(volume.data[0], expected)

@@ -531,6 +531,8 @@ def _select(groups: list[_Group], series, path: Path) -> _Group:
 
 def _load(group: _Group, path: Path) -> Volume:
     slices, affine_lps, uniform, notes = _sorted_geometry(group)
+    if "MOSAIC" in [str(v).upper() for v in slices[0].header.get("ImageType", [])]:
+        notes.append("Siemens mosaic: the tiled slices are shown as one 2-D image (convert with dcm2niix)")
     for note in notes:
         warnings.warn(f"{group.description}: {note}", stacklevel=3)
     header = slices[0].header
