@@ -1,19 +1,33 @@
 """A tiny Med3DVLM saved to a temporary folder once per session, loaded through the real loader,
 and an engine using it that replaces the process-wide one for the duration of a test."""
 
+import importlib.util
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
-from tiny_vlm import tiny_vlm
 
 from napari_med3dvlm.inference import InferenceEngine, InferenceSettings, set_engine
 from napari_med3dvlm.inference.settings import CONFIG_DIR_ENV
+
+
+def tiny_vlm_module():
+    """tests/inference/tiny_vlm.py, found by path (the suite runs with --import-mode=importlib)."""
+    name = "med3dvlm_tests_tiny_vlm"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("tiny_vlm.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules[name] = module
+    return sys.modules[name]
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     from napari_med3dvlm.model import save_pretrained
 
-    model, tokenizer = tiny_vlm()
+    model, tokenizer = tiny_vlm_module().tiny_vlm()
     return save_pretrained(model, tokenizer, tmp_path_factory.mktemp("tiny_vlm"))
 
 

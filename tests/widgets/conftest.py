@@ -1,6 +1,7 @@
 """Docks against a real napari viewer (under Xvfb) and a tiny model saved to a temporary folder."""
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,11 +12,15 @@ from napari_med3dvlm.inference.settings import CONFIG_DIR_ENV
 
 
 def _tiny_vlm_module():
-    path = Path(__file__).parents[1] / "inference" / "tiny_vlm.py"
-    spec = importlib.util.spec_from_file_location("tiny_vlm_for_widgets", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """tests/inference/tiny_vlm.py, found by path (the suite runs with --import-mode=importlib)."""
+    name = "med3dvlm_tests_tiny_vlm"
+    if name not in sys.modules:
+        path = Path(__file__).parents[1] / "inference" / "tiny_vlm.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules[name] = module
+    return sys.modules[name]
 
 
 @pytest.fixture(scope="session")
