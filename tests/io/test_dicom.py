@@ -236,3 +236,17 @@ def test_siemens_mosaic_is_flagged_and_decimal_rescale_applied():
     volume = read_volume(data / "decimal_rescale.dcm")
     expected = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
     np.testing.assert_array_equal(volume.data[0], expected)
+
+
+def test_series_is_held_in_memory_once(cranium_dicom):
+    import gc
+    import tracemalloc
+
+    gc.collect()
+    tracemalloc.start()
+    try:
+        volume = read_volume(cranium_dicom)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1.3 * volume.data.nbytes, f"peak {peak / volume.data.nbytes:.2f}x the volume"

@@ -446,17 +446,15 @@ def _pixels(slices: list[_Slice], shape: tuple[int, int]) -> np.ndarray:
     so a series costs one volume-sized allocation in the common case.
     """
     out = None
-    cache: dict[int, np.ndarray] = {}
+    frames_of, frames = None, None
     for index, item in enumerate(slices):
         if item.frame is None:
-            raw = _decode(item.name, item.header)
+            raw = _take_pixels(item)
         else:
-            key = id(item.header)
-            if key not in cache:
-                cache.clear()
-                frames = _decode(item.name, item.header)
-                cache[key] = frames[None] if frames.ndim == 2 else frames
-            raw = cache[key][item.frame]
+            if frames_of is not item.header:
+                frames_of, frames = item.header, _take_pixels(item)
+                frames = frames[None] if frames.ndim == 2 else frames
+            raw = frames[item.frame]
         if raw.shape != shape:
             raise VolumeReadError(f"{item.name}: frame is {raw.shape}, the series is {shape}")
         values = _rescale(raw, item)
@@ -470,6 +468,15 @@ def _pixels(slices: list[_Slice], shape: tuple[int, int]) -> np.ndarray:
             out = out.astype(wider)
         out[index] = values
     return out
+
+
+def _take_pixels(item: _Slice) -> np.ndarray:
+    """Decode a file's pixels and drop them (bytes and pydicom's cached array) from its header,
+    so a loaded series is held in memory once: in the output volume."""
+    array = _decode(item.name, item.header)
+    if "PixelData" in item.header:
+        del item.header.PixelData
+    return array
 
 
 def _decode(name: str, ds) -> np.ndarray:
