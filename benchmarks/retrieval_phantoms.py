@@ -43,6 +43,38 @@ def link_folder(cases, folder: Path) -> None:
             os.symlink(nifti.resolve(), link)
 
 
+def take_screenshot(index: VolumeIndex, embedder, query: str, path: Path) -> None:
+    """The dock with real results for ``query`` and the best hit opened, as a user would see it
+    (needs a display; use xvfb-run on a headless machine)."""
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    from napari_med3dvlm.widgets.retrieval import RetrievalWidget
+
+    viewer = napari.Viewer(show=True)
+    viewer.window.resize(1500, 900)
+    widget = RetrievalWidget(viewer)
+    widget.embedder_factory = lambda: embedder
+    viewer.window.add_dock_widget(widget, name="Retrieval", area="right")
+    widget.set_index_path(index.path)
+    first_sentence = query.split(". ")[0].strip().rstrip(".")
+    widget.query_edit.setText(first_sentence)
+    widget.k_spin.setValue(6)
+    hits = search_text(index, embedder, first_sentence, k=6)
+    widget.show_results(hits)  # what the search worker hands the dock
+    viewer.open(str(hits[0].path), plugin="napari-med3dvlm")  # what a double-click does
+    viewer.dims.set_point(0, viewer.dims.range[0].start + (viewer.dims.range[0].stop - viewer.dims.range[0].start) / 2)
+    for _ in range(20):
+        QApplication.processEvents()
+    viewer.reset_view()
+    for _ in range(20):
+        QApplication.processEvents()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    viewer.screenshot(str(path), canvas_only=False)
+    viewer.close()
+    print(f"screenshot: {path}")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, type=Path, help="phantom split root (with M3D_Cap.json)")
@@ -53,6 +85,7 @@ def main(argv=None) -> int:
     parser.add_argument("--n", type=int, default=200, help="cases (the first N of the split)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--min-r1", type=float, default=0.90)
+    parser.add_argument("--screenshot", type=Path, help="also save the Retrieval dock showing the first query's results")
     args = parser.parse_args(argv)
 
     cases = test_cases(args.data, args.split, args.n)
@@ -81,6 +114,8 @@ def main(argv=None) -> int:
         print(f"text->volume R@{k:<2} {hits_at[k] / n:6.1%}   (chance {min(1.0, k / n):6.1%})")
     print(f"{per_query:.1f} ms per query (text encoding + search)")
     r1 = hits_at[1] / n
+    if args.screenshot:
+        take_screenshot(index, embedder, cases[0][2], args.screenshot)
     print(f"R@1 {r1:.3f} {'>=' if r1 >= args.min_r1 else '<'} {args.min_r1}")
     return 0 if r1 >= args.min_r1 else 1
 

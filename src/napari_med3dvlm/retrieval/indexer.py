@@ -102,7 +102,7 @@ def plan_index(index: VolumeIndex, root, model_id: str, sources: Sequence[Volume
 def _prepare(source: VolumeSource, digest: str, root_id: int, embedder: Embedder, loader):
     """Read, preprocess and describe one volume (runs in a worker thread, ahead of the encoder)."""
     volume = loader(source)
-    stack, _ = acquisition_view(volume)  # the slice stack layout the model was trained on
+    stack, stack_spacing = acquisition_view(volume)  # the slice stack layout the model was trained on
     image, _ = preprocess_volume(stack, volume.modality, embedder.window, embedder.spatial_size)
     row = {
         "key": f"{root_id}/{source.key}",
@@ -114,7 +114,7 @@ def _prepare(source: VolumeSource, digest: str, root_id: int, embedder: Embedder
         "modality": volume.modality or "",
         "shape": [int(s) for s in volume.shape],
         "spacing": [float(s) for s in volume.spacing],
-        "thumbnail": middle_slice_png(stack, volume.modality, embedder.window),
+        "thumbnail": middle_slice_png(stack, volume.modality, embedder.window, pixel_spacing=stack_spacing[1:]),
     }
     return image, row
 

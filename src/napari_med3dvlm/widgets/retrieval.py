@@ -41,6 +41,15 @@ def default_index_path() -> Path:
     return Path(platformdirs.user_data_dir("napari-med3dvlm")) / "index"
 
 
+def _display_path(path: Path) -> str:
+    """Paths under the home folder as ~/..., which is shorter and keeps user names off screenshots."""
+    path = Path(path)
+    try:
+        return "~/" + path.relative_to(Path.home()).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def _thumbnail_icon(png: bytes) -> QIcon:
     pixels = png_to_array(png).copy()
     height, width = pixels.shape
@@ -67,7 +76,7 @@ class RetrievalWidget(QWidget):
         self._cancel = threading.Event()
         self._progressed.connect(self._on_progress)
 
-        self.index_edit = QLineEdit(str(default_index_path()))
+        self.index_edit = QLineEdit(_display_path(default_index_path()))
         self.index_edit.setToolTip("Folder where the index is stored (created if missing)")
         self.index_edit.returnPressed.connect(lambda: self.set_index_path(self.index_edit.text()))
         browse = QPushButton("Choose…")
@@ -116,9 +125,11 @@ class RetrievalWidget(QWidget):
         row.addWidget(self.cancel_button)
         layout.addLayout(row)
         layout.addWidget(self.status)
+        layout.addWidget(self.query_edit)
         row = QHBoxLayout()
-        row.addWidget(self.query_edit, 1)
+        row.addWidget(QLabel("Results"))
         row.addWidget(self.k_spin)
+        row.addStretch(1)
         row.addWidget(self.search_button)
         layout.addLayout(row)
         row = QHBoxLayout()
@@ -135,7 +146,7 @@ class RetrievalWidget(QWidget):
         except Exception as err:  # unreadable folder, index from a newer version
             show_error(f"Cannot open the index: {err}")
             return None
-        self.index_edit.setText(str(self.index.path))
+        self.index_edit.setText(_display_path(self.index.path))
         roots = len(self.index.roots)
         self.status.setText(f"{len(self.index)} volumes from {roots} folder{'s' if roots != 1 else ''}")
         return self.index
@@ -230,7 +241,10 @@ class RetrievalWidget(QWidget):
         self.results.clear()
         for hit in self.hits:
             shape = "×".join(str(s) for s in hit.shape)
-            label = f"{hit.score:.3f}   {hit.relative_path}\n{hit.modality} {shape}  {hit.description}".rstrip()
+            details = f"{hit.modality} {shape}"
+            if hit.description and hit.description not in hit.relative_path:
+                details += f" · {hit.description}"
+            label = f"{hit.score:.3f}   {hit.relative_path}\n{details}"
             item = QListWidgetItem(_thumbnail_icon(hit.thumbnail), label)
             item.setData(Qt.ItemDataRole.UserRole, str(hit.path))
             item.setToolTip(str(hit.path))
