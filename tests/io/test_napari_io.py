@@ -129,3 +129,13 @@ def test_reader_raises_clearly_for_non_3d(tmp_path, bad):
     reader = get_reader(str(tmp_path / bad))
     with pytest.raises(ValueError, match="3-D"):
         reader(str(tmp_path / bad))
+
+
+def test_writer_follows_a_layer_moved_after_reading(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(str(COLIN27), plugin=PLUGIN)
+    layer.translate = (5.0, 6.0, 7.0)
+    layer.save(str(tmp_path / "moved.nii.gz"), plugin=PLUGIN)
+    volume = read_volume(tmp_path / "moved.nii.gz")
+    np.testing.assert_allclose(volume.origin, (5.0, 6.0, 7.0))
+    np.testing.assert_allclose(volume.spacing, layer.scale)

@@ -42,6 +42,18 @@ def volume_layer_data(volume: Volume, name: str | None = None) -> tuple:
     return (volume.data, kwargs, "image")
 
 
+def _layer_affine(original, scale, translate) -> np.ndarray:
+    """The reader's affine while the layer still sits where the reader put it (it keeps oblique
+    geometry exactly); otherwise one built from the layer's current scale and translate."""
+    if original is not None:
+        original = np.asarray(original, dtype=float)
+        if np.allclose(spacing_from_affine(original), scale, rtol=1e-4) and np.allclose(
+            origin_from_affine(original), translate, atol=1e-3
+        ):
+            return original
+    return affine_from_scale_translate(scale, translate)
+
+
 def volume_from_layer_data(data, meta: dict) -> Volume:
     """Rebuild a Volume from a layer's data and attributes (for writers and the model)."""
     data = np.asarray(data)
@@ -50,8 +62,7 @@ def volume_from_layer_data(data, meta: dict) -> Volume:
     layer_meta = dict(meta.get("metadata") or {})
     scale = tuple(meta.get("scale", (1.0, 1.0, 1.0)))[-3:]
     translate = tuple(meta.get("translate", (0.0, 0.0, 0.0)))[-3:]
-    affine = layer_meta.get("affine")
-    affine = np.asarray(affine, dtype=float) if affine is not None else affine_from_scale_translate(scale, translate)
+    affine = _layer_affine(layer_meta.get("affine"), scale, translate)
     window = layer_meta.get("window")
     return Volume(
         data=data,
