@@ -27,7 +27,7 @@ from .case import PhantomCase
 from .generator import NATIVE_PIXELS, NATIVE_SLICES, render_case
 from .report import write_report
 from .sampling import sample_case
-from .vqa import questions, yes_no_questions
+from .vqa import answer_prior, questions, yes_no_questions
 
 VQA_COLUMNS = ["Image Path", "Text", "Question Type", "Question", "Choice A", "Choice B", "Choice C", "Choice D",
                "Answer", "Answer Choice"]
@@ -111,7 +111,9 @@ def write_split(root, counts: dict[str, int], seed: int = 0, options: WriteOptio
     results: dict[str, list[dict]] = {}
     jobs = [(str(root), split, i, seed, options) for split, n in counts.items() for i in range(n)]
     if workers > 1 and len(jobs) > 1:
-        ctx = mp.get_context("forkserver")
+        answer_prior()  # computed once here; forked workers inherit it instead of recomputing
+        method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+        ctx = mp.get_context(method)
         with ctx.Pool(workers, initializer=_init_worker) as pool:
             outputs = pool.imap(_job, jobs, chunksize=8)
             for job, out in zip(jobs, outputs):
