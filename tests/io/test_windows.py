@@ -47,3 +47,4 @@ def test_explicit_center_width_and_unknown_names():
     assert contrast_limits(_ct(), (50, 350)) == (-125.0, 225.0)
     with pytest.raises(ValueError, match="unknown window preset"):
         contrast_limits(_ct(), "liver-ish")
+

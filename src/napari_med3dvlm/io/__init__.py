@@ -8,7 +8,7 @@ from ._napari import model_input_layer, volume_layer_data
 from ._util import VolumeReadError
 from .dicom import SeriesInfo
 from .nifti import write_nifti_volume
-from .orientation import acquisition_view
+from .orientation import acquisition_view, display_from_plane, plane_view
 from .preprocess import PUBLISHED_INPUT_SIZE, WINDOW_PRESETS, PreprocessTransform, preprocess_volume
 from .reading import list_series, read_volume, read_volumes
 from .volume import Volume
@@ -23,8 +23,10 @@ __all__ = [
     "VolumeReadError",
     "acquisition_view",
     "contrast_limits",
+    "display_from_plane",
     "list_series",
     "model_input_layer",
+    "plane_view",
     "preprocess_volume",
     "read_volume",
     "read_volumes",

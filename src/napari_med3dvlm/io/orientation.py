@@ -86,6 +86,29 @@ def stored_slice_plane(affine: np.ndarray, guess_thick_axis: bool = False) -> st
     return PLANES[int(io_orientation(affine)[axis, 0])]
 
 
+def plane_view(data: np.ndarray, plane: str = "axial") -> np.ndarray:
+    """(D, H, W) view of a display-ordered (z, y, x) array as slices of `plane` (see
+    `acquisition_view`); `display_from_plane` undoes it."""
+    if plane == "coronal":  # slices front to back; rows head to feet; columns patient right to left
+        return data.transpose(1, 0, 2)[:, ::-1, :]
+    if plane == "sagittal":  # slices right to left; rows head to feet; columns front to back
+        return data.transpose(2, 0, 1)[:, ::-1, :]
+    if plane == "axial":  # slices head to feet, as stacks are scrolled
+        return data[::-1]
+    raise ValueError(f"unknown plane {plane!r}; expected one of {PLANES}")
+
+
+def display_from_plane(array: np.ndarray, plane: str = "axial") -> np.ndarray:
+    """Inverse of `plane_view`: a (D, H, W) plane stack (or a map over it) back to (z, y, x)."""
+    if plane == "coronal":
+        return array[:, ::-1, :].transpose(1, 0, 2)
+    if plane == "sagittal":
+        return array[:, ::-1, :].transpose(1, 2, 0)
+    if plane == "axial":
+        return array[::-1]
+    raise ValueError(f"unknown plane {plane!r}; expected one of {PLANES}")
+
+
 def acquisition_view(volume) -> tuple[np.ndarray, tuple[float, float, float]]:
     """(D, H, W) view of a display-ordered volume as the slices of its acquisition plane, each
     slice shown as radiologists read that plane; and its (D, H, W) spacing.
@@ -97,9 +120,6 @@ def acquisition_view(volume) -> tuple[np.ndarray, tuple[float, float, float]]:
     phantom generator renders its training stacks in exactly this layout. No data is copied.
     """
     plane = volume.metadata.get("acquisition_plane", "axial")
-    data, (sz, sy, sx) = volume.data, volume.spacing
-    if plane == "coronal":  # slices front to back; rows head to feet; columns patient right to left
-        return data.transpose(1, 0, 2)[:, ::-1, :], (sy, sz, sx)
-    if plane == "sagittal":  # slices right to left; rows head to feet; columns front to back
-        return data.transpose(2, 0, 1)[:, ::-1, :], (sx, sz, sy)
-    return data[::-1], (sz, sy, sx)  # slices head to feet, as stacks are scrolled
+    sz, sy, sx = volume.spacing
+    spacing = {"axial": (sz, sy, sx), "coronal": (sy, sz, sx), "sagittal": (sx, sz, sy)}[plane]
+    return plane_view(volume.data, plane), spacing
