@@ -97,7 +97,8 @@ def read_nifti(path) -> Volume:
             array = np.asanyarray(image.dataobj)
     except Exception as err:  # truncated or corrupt data block
         raise VolumeReadError(f"{path.name}: image data could not be read ({err})") from err
-    array = array.reshape(shape) if array.shape != shape else array
+    while array.ndim > 3:  # trailing singleton axes (x, y, z, 1): an indexing view, never a copy
+        array = array[..., 0]
     if isinstance(array, np.memmap):
         array = np.asarray(array)  # a plain view of the map: no copy, slices stay ndarrays
 
