@@ -32,10 +32,49 @@ PLANE_AXES = {"axial": (0, 1, 2), "coronal": (1, 0, 2), "sagittal": (2, 0, 1)}
 
 @dataclass
 class PhantomImage:
+    """A rendered case. ``volume.data`` is the acquisition stack (slice axis first), what the model
+    is trained on; `display_volume` is the same pixels in the plugin's display orientation."""
+
     case: PhantomCase
-    volume: Volume  # HU, stack order, spacing and affine set
+    volume: Volume  # HU, stack order; affine maps (slice, row, column) indices to RAS+ mm
     organ_labels: np.ndarray  # uint8, same shape as volume.data (see anatomy.LABEL)
     finding_labels: np.ndarray  # uint8: finding index + 1, 0 elsewhere
+
+    def nifti_array_and_affine(self) -> tuple[np.ndarray, np.ndarray]:
+        """(column, row, slice)-indexed array and its voxel -> RAS+ affine: slices on NIfTI's
+        third axis, as scanners write them, so readers recognise the acquisition plane."""
+        data = self.volume.data.transpose(2, 1, 0)
+        affine = np.asarray(self.volume.affine)[:, [2, 1, 0, 3]]
+        return data, affine
+
+    def display_volume(self) -> Volume:
+        """The volume in `napari_med3dvlm.io` display order (z to Superior, y to Posterior, x to
+        Left) with its acquisition plane recorded, as the readers return files."""
+        from ..io.orientation import affine_from_scale_translate, display_from_plane
+
+        data = np.ascontiguousarray(display_from_plane(self.volume.data, self.case.plane))
+        sz, sy, sx = _canonical_spacing(self.volume.spacing, self.case.plane)
+        origin = self.volume.metadata["canonical_origin"]  # (z, y, x) mm of canonical voxel (0, 0, 0)
+        last_z = origin[0] + (data.shape[0] - 1) * sz
+        translate = (-last_z, origin[1], origin[2])  # LPS: S = -z, P = y, L = x
+        return Volume(
+            data=data,
+            spacing=(sz, sy, sx),
+            origin=translate,
+            affine=affine_from_scale_translate((sz, sy, sx), translate),
+            modality="CT",
+            window=None,
+            description=self.volume.description,
+            metadata={"acquisition_plane": self.case.plane, "phantom": self.case.to_dict()},
+        )
+
+
+def _canonical_spacing(stack_spacing, plane: str) -> tuple[float, float, float]:
+    axes = PLANE_AXES[plane]
+    canonical = [0.0, 0.0, 0.0]
+    for i, axis in enumerate(axes):
+        canonical[axis] = float(stack_spacing[i])
+    return tuple(canonical)
 
 
 def canonical_shape(plane: str, slices: int = NATIVE_SLICES, pixels: int = NATIVE_PIXELS) -> tuple[int, int, int]:
@@ -86,12 +125,13 @@ def render_case(case: PhantomCase, slices: int = NATIVE_SLICES, pixels: int = NA
     data = np.ascontiguousarray(hu.transpose(axes))
     volume = Volume(
         data=data,
-        spacing=tuple(float(spacing[a]) for a in axes),
+        spacing=tuple(round(float(spacing[a]), 5) for a in axes),
         affine=_affine(grid, axes),
         modality="CT",
         window=None,
         description=f"phantom {case.region} {case.phase} {case.plane}",
-        metadata={"phantom": case.to_dict()},
+        metadata={"phantom": case.to_dict(), "acquisition_plane": case.plane,
+                  "canonical_origin": (float(grid.z[0]), float(grid.y[0]), float(grid.x[0]))},
     )
     return PhantomImage(
         case=case,

@@ -67,7 +67,7 @@ def write_case(root: Path, case: PhantomCase, options: WriteOptions) -> dict:
     if options.nifti:
         import nibabel as nib
 
-        nii = nib.Nifti1Image(image.volume.data, image.volume.affine)
+        nii = nib.Nifti1Image(*image.nifti_array_and_affine())
         nii.header.set_xyzt_units("mm", "sec")
         nii.header["descrip"] = b"synthetic phantom CT"
         nib.save(nii, folder / f"{stem}.nii.gz")
