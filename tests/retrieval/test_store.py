@@ -62,6 +62,17 @@ def test_ann_search_agrees_with_exact_search(index):
     assert agree >= 9
 
 
+def test_large_tables_get_a_key_index(index, monkeypatch):
+    from napari_med3dvlm.retrieval import store
+
+    monkeypatch.setattr(store, "KEY_INDEX_ROWS", 50)
+    index.upsert(rows(unit(np.random.default_rng(4), 60)))
+    index.maintain()
+    assert any(list(i.columns) == ["key"] for i in index.table().list_indices())
+    index.upsert(rows(unit(np.random.default_rng(5), 5)))  # upserts still replace by key
+    assert len(index) == 60
+
+
 def test_upserts_replace_rows_by_key(index):
     rng = np.random.default_rng(1)
     index.upsert(rows(unit(rng, 10)))

@@ -20,6 +20,8 @@ import pyarrow as pa
 
 TABLE = "volumes"
 SHARD_PREFIX = "shard_"
+#: Rows from which the key column gets a B-tree index (upserts join on it).
+KEY_INDEX_ROWS = 10_000
 INFO_FILE = "med3dvlm_index.json"
 FORMAT_VERSION = 1
 #: An exact numpy scan costs about 0.4 ms per million float32 values on 2 CPU cores; the HNSW index
@@ -233,6 +235,10 @@ class VolumeIndex:
         has_index = bool(_vector_indices(table))
         if rows >= self.ann_threshold and not has_index:
             self.build_ann_index()
+        if rows >= KEY_INDEX_ROWS and not any("key" in list(i.columns) for i in table.list_indices()):
+            from lancedb.index import BTree
+
+            table.create_index("key", config=BTree())  # keeps per-batch upserts and hit lookups fast
         table.optimize()  # merges small fragments and folds new rows into an existing vector index
 
     def build_ann_index(self, index_type: str = "IVF_HNSW_SQ") -> None:
