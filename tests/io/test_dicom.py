@@ -250,3 +250,20 @@ def test_series_is_held_in_memory_once(cranium_dicom):
     finally:
         tracemalloc.stop()
     assert peak < 1.3 * volume.data.nbytes, f"peak {peak / volume.data.nbytes:.2f}x the volume"
+
+
+def test_messages_do_not_repeat_folder_names(tmp_path, two_series_dir):
+    """Exports are often filed under the patient's name; warnings and errors never show it."""
+    import shutil
+
+    folder = tmp_path / "DOE_JANE_1961"
+    shutil.copytree(two_series_dir, folder)
+    first = sorted((folder / "exam" / "ct").iterdir())[0]
+    (folder / "exam" / "ct" / "broken.dcm").write_bytes(first.read_bytes()[:300])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(VolumeReadError) as error:
+            read_volume(folder)
+    messages = [str(w.message) for w in caught] + [str(error.value)]
+    assert any("broken.dcm" in m for m in messages)
+    assert not any("DOE" in m or "exam" in m for m in messages), messages

@@ -89,7 +89,15 @@ def _read_head(path: Path) -> bytes:
 
 
 def _label(path) -> str:
-    return Path(path).name if isinstance(path, (str, Path)) else f"{len(path)} selected files"
+    """How messages refer to a source: folder names often name the patient, so they never appear."""
+    if not isinstance(path, (str, Path)):
+        return f"{len(path)} selected files"
+    path = Path(path)
+    if path.is_dir():
+        return "the folder"
+    if zipfile.is_zipfile(path):
+        return "the zip archive"
+    return path.name
 
 
 def _iter_sources(path, limit: int | None = None, examine: int | None = None):
@@ -117,7 +125,7 @@ def _iter_sources(path, limit: int | None = None, examine: int | None = None):
                 except OSError:
                     continue
                 if has_dicom_magic(head) or name.lower().endswith(DICOM_SUFFIXES):
-                    yield str(file.relative_to(path)), file
+                    yield name, file  # base name only: folder names may name the patient
                     found += 1
                     if limit and found >= limit:
                         return
@@ -133,7 +141,7 @@ def _iter_sources(path, limit: int | None = None, examine: int | None = None):
                     with archive.open(info) as member:
                         head = member.read(_MAGIC_OFFSET + 4)
                     if has_dicom_magic(head) or info.filename.lower().endswith(DICOM_SUFFIXES):
-                        yield info.filename, archive.read(info)
+                        yield Path(info.filename).name, archive.read(info)
                         found += 1
                         if limit and found >= limit:
                             return

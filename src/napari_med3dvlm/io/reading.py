@@ -55,7 +55,10 @@ def _parts(path) -> tuple[list[Path], list, list[Path]]:
 
 
 def _nothing_found(items) -> VolumeReadError:
-    label = items[0].name if len(items) == 1 else f"{len(items)} selected paths"
+    if len(items) == 1:
+        label = "the folder" if items[0].is_dir() else items[0].name
+    else:
+        label = f"{len(items)} selected paths"
     return VolumeReadError(f"{label}: no NIfTI or DICOM images found")
 
 
