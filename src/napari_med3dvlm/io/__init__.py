@@ -4,7 +4,7 @@ Every reader returns `Volume` objects in one display orientation (see `orientati
 consumer of pixels for the model goes through `preprocess_volume`.
 """
 
-from ._napari import model_input_layer, volume_layer_data
+from ._napari import model_input_layer, volume_from_layer_data, volume_layer_data
 from ._util import VolumeReadError
 from .dicom import SeriesInfo
 from .nifti import write_nifti_volume
@@ -30,6 +30,7 @@ __all__ = [
     "preprocess_volume",
     "read_volume",
     "read_volumes",
+    "volume_from_layer_data",
     "volume_layer_data",
     "write_nifti_volume",
 ]

@@ -2,7 +2,7 @@
 
 A folder or zip holding several series opens as one image layer per series, each named by its
 series description: nothing is picked silently. To offer a choice instead (the Volume dock does),
-call `list_series(path)` and then `read_volume(path, series=...)`.
+call `napari_med3dvlm.io.list_series(path)` and then `read_volume(path, series=...)`.
 """
 
 from __future__ import annotations
@@ -11,11 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ._util import VolumeReadError, short_hash
 from .nifti import write_nifti_volume
 from .orientation import affine_from_scale_translate, origin_from_affine, spacing_from_affine
 from .preprocess import PreprocessTransform, preprocess_volume
-from .reading import is_supported, list_series, read_volumes  # noqa: F401  (list_series: for docks)
+from .reading import is_supported, read_volumes
 from .volume import Volume
 from .windows import contrast_limits
 
@@ -72,7 +71,10 @@ def volume_from_layer_data(data, meta: dict) -> Volume:
         modality=str(layer_meta.get("modality", "CT")),
         window=tuple(window) if window is not None else None,
         description=str(meta.get("name", "")),
-        metadata={"source_hash": layer_meta.get("source_hash", "")},
+        metadata={
+            "source_hash": layer_meta.get("source_hash", ""),
+            "acquisition_plane": layer_meta.get("acquisition_plane", "axial"),
+        },
     )
 
 
@@ -138,12 +140,9 @@ def model_input_layer(
 
 
 __all__ = [
-    "VolumeReadError",
     "get_reader",
-    "list_series",
     "model_input_layer",
     "read_layers",
-    "short_hash",
     "volume_from_layer_data",
     "volume_layer_data",
     "write_nifti",
