@@ -1,10 +1,12 @@
 """The real SigLIP path: a tiny DCFormer-nano + BERT dual encoder with the MiniLM tokenizer, through
 the index, text search and volume search."""
 
+import copy
 import importlib.util
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 from transformers import AutoTokenizer
 
@@ -61,3 +63,29 @@ def test_an_index_refuses_queries_from_another_model(tmp_path, collection, tiny_
     index_folder(index, collection, CountingEmbedder())
     with pytest.raises(ValueError, match="re-index"):
         search_text(index, tiny_siglip, "liver")
+
+
+def test_the_settings_model_is_loaded_once_and_fingerprinted(tmp_path, tiny_siglip):
+    from napari_med3dvlm.inference import InferenceEngine, InferenceSettings, set_engine
+    from napari_med3dvlm.model import save_siglip
+    from napari_med3dvlm.retrieval import embedder as embedder_module
+
+    model = copy.deepcopy(tiny_siglip.model)
+    model.config.input_size = [32, 32, 16]  # (H, W, D), the reference convention
+    folder = save_siglip(model, tmp_path / "my_siglip", base_text_encoder=None, tokenizer=tiny_siglip.tokenizer)
+    previous = set_engine(InferenceEngine(InferenceSettings(model_source=str(folder), device="cpu")))
+    try:
+        embedder_module._cache.clear()
+        first = embedder_module.get_embedder()
+        assert embedder_module.get_embedder() is first  # cached: one model per process
+        assert first.spatial_size == (16, 32, 32)
+        assert first.model_id.startswith("local:my_siglip@")  # no full local path in the index
+        np.testing.assert_allclose(first.embed_texts(["liver"]), tiny_siglip.embed_texts(["liver"]), atol=1e-5)
+
+        with torch.no_grad():
+            model.mm_vision_proj.bias.add_(0.1)  # retrained weights under the same name
+        save_siglip(model, folder, base_text_encoder=None, tokenizer=tiny_siglip.tokenizer)
+        assert embedder_module.model_fingerprint(str(folder)) != first.model_id
+    finally:
+        embedder_module._cache.clear()
+        set_engine(previous)

@@ -129,10 +129,10 @@ def get_embedder(source: str | None = None, device: str | None = None) -> SigLIP
     """One loaded SigLIP per (source, device) for the whole process: the dock and a CLI run in the
     same interpreter share it. ``source`` None: the model chosen in Settings."""
     if source is None or device is None:
+        from napari_med3dvlm.inference import get_engine
         from napari_med3dvlm.inference.device import pick_device
-        from napari_med3dvlm.inference.settings import load_settings
 
-        settings = load_settings()
+        settings = get_engine().settings  # what the Settings dock shows (saved + this session's changes)
         source = source or settings.model_source
         device = device or str(pick_device(settings.device))
     key = (str(source), str(device))
