@@ -61,6 +61,9 @@ def _ribs(c: Canvas, s: float, ry: float, rx: float, zlim, period: float = 30.0)
 def _spine(c: Canvas, s: float, y: float, zlim, body_r: float = 17.0):
     c.cylinder((y * s, 0), (body_r * s, body_r * s * 1.1), zlim, 700.0, LABEL["bone"])
     c.cylinder((y * s, 0), ((body_r - 3) * s, (body_r - 3) * s * 1.1), zlim, hu("cancellous bone", "non-contrast"), LABEL["bone"])
+    # intervertebral discs: a soft-tissue slab every ~3 cm along the column
+    for z0 in np.arange(-200.0, 200.0, 32.0):
+        c.cylinder((y * s, 0), (body_r * s, body_r * s * 1.1), (z0 * s, (z0 + 7) * s), 90.0, LABEL["bone"])
     c.cylinder(((y + body_r + 8) * s, 0), (8 * s, 7 * s), zlim, hu("csf", "non-contrast"), LABEL["body"])
     c.cylinder(((y + body_r + 21) * s, 0), (6 * s, 4 * s), zlim, 650.0, LABEL["bone"])
     for side in (-1, 1):  # laminae and paraspinal muscles
@@ -144,8 +147,8 @@ def build_abdomen(c: Canvas, case: PhantomCase) -> None:
         c.cylinder((yx[0] * s, yx[1] * s), (18 * s, 18 * s), (-20 * s, 1e4), hu("bowel wall", ph), LABEL["bowel"], within=(LABEL["cavity"],))
         c.cylinder((yx[0] * s, yx[1] * s), (12 * s, 12 * s), (-20 * s, 1e4), hu("air", ph), LABEL["bowel"], within=(LABEL["bowel"],))
     rng = np.random.default_rng(case.seed + 7)
-    for _ in range(16):
-        center = (rng.uniform(0, 145) * s, rng.uniform(-80, 10) * s, rng.uniform(-80, 80) * s)
+    for _ in range(26):
+        center = (rng.uniform(-5, 150) * s, rng.uniform(-85, 45) * s, rng.uniform(-90, 90) * s)
         radii = (rng.uniform(12, 18) * s, rng.uniform(10, 14) * s, rng.uniform(14, 24) * s)
         c.ellipsoid(center, radii, hu("bowel wall", ph), LABEL["bowel"], within=(LABEL["cavity"],))
         c.ellipsoid(center, tuple(r * 0.55 for r in radii), hu("fluid", ph) + 12, LABEL["bowel"], within=(LABEL["bowel"],))
