@@ -47,6 +47,7 @@ def open_viewer(paths=(), show: bool = True):
     import napari
 
     viewer = napari.Viewer(title="Med3DVLM", show=show)
+    viewer.window.resize(1500, 950)
     if paths:
         viewer.open(list(paths), plugin=PLUGIN)
     else:
@@ -125,6 +126,7 @@ def _demo(viewer, docks, args) -> int:
         chat.runner.failed.connect(failures.append)
         chat.send(args.question)
         _wait(chat.runner, args.timeout)
+    _raise_dock(report)  # the Report tab in front for the screenshot
     for _ in range(5):
         QCoreApplication.processEvents()
     shot = args.out / "screenshot.png"
@@ -137,6 +139,16 @@ def _demo(viewer, docks, args) -> int:
             widget.grab().save(str(path))
             print(f"dock image: {path}")
     return 0
+
+
+def _raise_dock(widget) -> None:
+    from qtpy.QtWidgets import QDockWidget
+
+    parent = widget.parent()
+    while parent is not None and not isinstance(parent, QDockWidget):
+        parent = parent.parent()
+    if parent is not None:
+        parent.raise_()
 
 
 def _wait_worker(worker, timeout_s: float) -> None:

@@ -98,3 +98,16 @@ def test_changing_the_model_source_reloads(engine, tiny_model_dir):
     engine.update_settings(engine.settings.updated(dtype="bfloat16"))
     assert not engine.is_loaded
     assert next(engine.load()[0].parameters()).dtype == torch.bfloat16
+
+
+def test_report_records_where_the_model_actually_ran(engine, ct_volume):
+    engine.update_settings(engine.settings.updated(device="auto", dtype="auto"))
+    stream = stream_report(engine, VolumeInput(ct_volume))
+    while True:
+        try:
+            next(stream)
+        except StopIteration as stop:
+            record = stop.value
+            break
+    assert record.settings["device"] == "cpu" and record.settings["dtype"] == "float32"
+    assert record.to_dict()["generation"]["device"] == "cpu"

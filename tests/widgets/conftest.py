@@ -49,12 +49,6 @@ def engine(tiny_model_dir, config_dir):
 
 def open_sample(viewer):
     """The plugin's phantom CT sample (as a user opens it from File > Open Sample)."""
-    if importlib.util.find_spec("napari_med3dvlm.phantoms._napari") is None:  # TEMP until the phantom lands
-        z, y, x = np.mgrid[:40, :96, :96]
-        data = np.full(z.shape, -1000, dtype=np.int16)
-        data[((y - 48) / 40) ** 2 + ((x - 48) / 44) ** 2 < 1] = 40
-        data[(y - 60) ** 2 + (x - 48) ** 2 < 40] = 700
-        return viewer.add_image(data, name="phantom", scale=(2.5, 0.8, 0.8), metadata={"modality": "CT"})
     layers = viewer.open_sample("napari-med3dvlm", "phantom_ct")
     return layers[0]
 

@@ -177,6 +177,13 @@ class InferenceEngine:
             )
         return ModelUnavailableError(f"Could not load model '{display_model_id(source)}': {err}")
 
+    @property
+    def runtime(self) -> dict:
+        """Where the loaded model actually runs (``auto`` settings resolved), for provenance."""
+        model, _ = self.load()
+        param = next(model.parameters())
+        return {"device": param.device.type, "dtype": dtype_name(param.dtype)}
+
     # -- images ---------------------------------------------------------------------------------
 
     @property

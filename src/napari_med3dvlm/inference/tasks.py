@@ -61,7 +61,7 @@ def stream_report(
         text="".join(pieces).strip(),
         request=request,
         model_id=engine.model_id,
-        settings=settings.to_dict(),
+        settings={**settings.to_dict(), **engine.runtime},
         preprocessing=encoded.transform.to_dict(),
         volume=volume.info(encoded.signature),
         started=started,

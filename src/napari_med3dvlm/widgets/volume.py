@@ -64,7 +64,7 @@ class VolumeWidget(QWidget):
 
         self.layer_picker = LayerPicker(napari_viewer, self)
         self.info = QLabel("No volume")
-        self.info.setWordWrap(True)
+        self.info.setMinimumHeight(2 * self.info.fontMetrics().lineSpacing() + 4)  # never clipped
         self.window = QComboBox()
         self.window.addItem(AUTO, None)
         for name, (center, width) in WINDOW_PRESETS.items():
@@ -80,12 +80,12 @@ class VolumeWidget(QWidget):
         open_row.addWidget(self.open_folder_button)
         form = QFormLayout()
         form.addRow("Layer", self.layer_picker)
-        form.addRow(self.info)
         form.addRow("Window", self.window)
         layout = QVBoxLayout(self)
         layout.addLayout(open_row)
         layout.addWidget(self.series_row)
         layout.addLayout(form)
+        layout.addWidget(self.info)
         layout.addWidget(self.model_view)
         layout.addWidget(self.status)
         layout.addStretch(1)
