@@ -87,3 +87,21 @@ def test_cancel_stops_indexing_between_volumes(dock, tmp_path, qtbot):
     assert indexed.args[0].cancelled
     assert len(VolumeIndex(tmp_path / "index")) < 8
     assert "cancelled" in widget.status.text()
+
+
+def test_a_missing_model_is_a_notification_not_a_crash(dock, tmp_path, qtbot, monkeypatch):
+    from napari_med3dvlm.widgets import retrieval as module
+
+    viewer, widget, embedder = dock
+    shown = []
+    monkeypatch.setattr(module, "show_error", shown.append)
+
+    def no_model():
+        raise FileNotFoundError("The embedded demo SigLIP encoder has not been trained yet")
+
+    widget.embedder_factory = no_model
+    widget.query_edit.setText("liver")
+    widget.search()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=20_000)
+    assert shown and "not been trained" in shown[0]
+    assert widget.search_button.isEnabled() and widget.add_button.isEnabled()

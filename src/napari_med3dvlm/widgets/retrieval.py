@@ -270,7 +270,9 @@ class RetrievalWidget(QWidget):
         return self.busy
 
     def _start(self, function, on_return) -> None:
-        worker = create_worker(function, _start_thread=False)
+        # Errors are shown as notifications by _on_error; without _ignore_errors the worker would also
+        # re-raise them in the GUI thread.
+        worker = create_worker(function, _start_thread=False, _ignore_errors=True)
         worker.returned.connect(on_return)
         worker.errored.connect(self._on_error)
         worker.finished.connect(self._on_finished)
