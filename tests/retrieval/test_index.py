@@ -110,3 +110,14 @@ def test_unreadable_files_are_reported_not_fatal(tmp_path, collection, embedder)
     report = index_folder(tmp_path / "db", collection, embedder)
     assert report.embedded == 6
     assert [path for path, _ in report.failed] == ["broken.nii.gz"]
+
+
+def test_content_hash_sees_edits_even_with_the_old_timestamp(tmp_path):
+    from napari_med3dvlm.retrieval.sources import content_hash
+
+    path = write_nifti(tmp_path / "a.nii.gz", phantom(1))
+    before = content_hash([path])
+    stat = path.stat()
+    write_nifti(path, phantom(2))  # same size is likely (same shape); restore the old mtime too
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert content_hash([path]) != before
