@@ -109,5 +109,20 @@ def test_report_records_where_the_model_actually_ran(engine, ct_volume):
         except StopIteration as stop:
             record = stop.value
             break
+    assert not record.stopped  # finished by itself, not by a stop request
     assert record.settings["device"] == "cpu" and record.settings["dtype"] == "float32"
     assert record.to_dict()["generation"]["device"] == "cpu"
+
+
+def test_closing_the_stream_early_stops_generation(engine, ct_volume):
+    hook = slow_down(engine)
+    try:
+        cancel = threading.Event()
+        encoded = engine.encode(ct_volume)
+        stream = engine.stream(report_prompt(engine.proj_out_num), encoded, engine.settings.updated(max_new_tokens=200), cancel)
+        next(stream)
+        start = time.perf_counter()
+        stream.close()
+        assert cancel.is_set() and time.perf_counter() - start < 0.5
+    finally:
+        hook.remove()

@@ -47,6 +47,7 @@ def test_report_streams_without_blocking_the_viewer(viewer_with_sample, engine, 
             assert dock.stop_button.isEnabled() and not dock.generate_button.isEnabled()
     assert len(pieces) > 10
     assert dock.record is not None and dock.text.toPlainText() == dock.record.text != ""
+    assert not dock.record.stopped and "Done" in dock.status.label.text()
     assert beat.ticks > 5 and beat.max_gap < 0.1, f"event loop stalled {beat.max_gap * 1000:.0f} ms"
     qtbot.waitUntil(lambda: dock.generate_button.isEnabled())
     dock.copy_button.click()

@@ -287,6 +287,7 @@ class InferenceEngine:
 
         thread = threading.Thread(target=run, name="med3dvlm-generate", daemon=True)
         thread.start()
+        drained = False
         try:
             while True:
                 try:
@@ -299,8 +300,9 @@ class InferenceEngine:
                     continue
                 if piece:
                     yield piece
+            drained = True
         finally:
-            if thread.is_alive():
+            if not drained:  # the consumer stopped early: stop generating too
                 cancel_event.set()
             thread.join()
         if failure:

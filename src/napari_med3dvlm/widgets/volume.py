@@ -97,6 +97,7 @@ class VolumeWidget(QWidget):
         self.window.currentIndexChanged.connect(lambda _: self.apply_window())
         self.model_view.toggled.connect(self.show_model_input)
         self._layer_changed(self.layer_picker.layer())
+        self.setMinimumHeight(self.sizeHint().height())  # squeezed docks clip their combo boxes
 
     # -- opening ----------------------------------------------------------------------------------
 
