@@ -65,13 +65,20 @@ def test_answer_prior_baseline_is_near_chance_in_every_category():
 def test_yes_no_answers_match_ground_truth():
     case = PhantomCase("x", 3, "head", "non-contrast", "sagittal",
                        [Finding("haemorrhage", "brain", "left temporal", side="left", size_cm=4.0)])
+    seen = set()
     for seed in range(20):
         for qtype, question, answer in yes_no_questions(case, random.Random(seed)):
             if question == "Is this a sagittal image?" or question == "Was this scan acquired without intravenous contrast?":
                 assert answer == "Yes"
             if question == "Is there a haemorrhage in the left temporal lobe?":
                 assert answer == "Yes"
-            if question.startswith("Are the lateral ventricles"):
+            if question == "Does the brain show an abnormality?":
+                assert answer == "Yes"
+            if question == "Do the lateral ventricles show an abnormality?":
                 assert answer == "No"
+            if question.startswith("Is the haemorrhage located in the"):
+                assert answer == ("Yes" if "left temporal" in question else "No")
+            seen.add(qtype)
+    assert seen == {1, 2, 3, 4, 5}
     answers = Counter(a for s in range(200) for _, _, a in yes_no_questions(sample_case(s), random.Random(s)))
     assert 0.3 < answers["Yes"] / sum(answers.values()) < 0.7

@@ -1,4 +1,5 @@
-"""`python -m napari_med3dvlm.phantoms split|case`: write a phantom data set or show one case."""
+"""`python -m napari_med3dvlm.phantoms split|case|gallery`: write a phantom data set, show one case, or
+save the documentation screenshots."""
 
 from __future__ import annotations
 
@@ -36,7 +37,18 @@ def build_parser() -> argparse.ArgumentParser:
     case = sub.add_parser("case", help="print one case's ground truth, report and questions")
     case.add_argument("seed", type=int)
     case.set_defaults(func=run_case)
+    gallery = sub.add_parser("gallery", help="save napari screenshots of the documentation cases (needs a display)")
+    gallery.add_argument("--out", required=True, help="folder for phantom_<name>.png")
+    gallery.set_defaults(func=run_gallery)
     return parser
+
+
+def run_gallery(args) -> int:
+    from .gallery import save_gallery
+
+    for name, info in save_gallery(args.out).items():
+        print(f"{name} ({info['window']} window, slice {info['slice']}): {info['report']}")
+    return 0
 
 
 def run_split(args) -> int:

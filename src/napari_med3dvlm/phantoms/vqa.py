@@ -220,9 +220,21 @@ def yes_no_questions(case: PhantomCase, rng: random.Random) -> list[tuple[int, s
                   and not any(g.site == s for g in case.findings)]
         k, s = rng.choice(absent)
         out.append((4, f"Is there a {KIND_NOUN[k]} in the {SITE_NAMES[s]}?", "No"))
-    enlargeable = [o for (k, o), v in CATALOGUE.items() if k == "enlargement" and v[0] == case.region]
-    organ = rng.choice(enlargeable)
-    big = any(f.kind == "enlargement" and f.organ == organ for f in case.findings)
-    out.append((3, f"Is the {'heart' if organ == 'heart' else organ} enlarged?" if organ != "lateral ventricles"
-                else "Are the lateral ventricles enlarged?", "Yes" if big else "No"))
+    organs = sorted({o for (k, o), v in CATALOGUE.items() if v[0] == case.region})
+    abnormal = sorted({f.organ for f in case.findings})
+    normal = [o for o in organs if o not in abnormal]
+    if abnormal and (rng.random() < 0.5 or not normal):
+        organ, answer = rng.choice(abnormal), "Yes"
+    else:
+        organ, answer = rng.choice(normal), "No"
+    verb = "Do" if organ in ("lateral ventricles",) else "Does"
+    out.append((3, f"{verb} the {organ} show an abnormality?", answer))
+    kinds = [f.kind for f in truths]
+    located = [f for f in truths if kinds.count(f.kind) == 1]
+    if located:
+        f = rng.choice(located)
+        sites = [s for (k, o), v in CATALOGUE.items() if k == f.kind and v[0] == case.region for s in v[1]]
+        site = f.site if rng.random() < 0.5 else rng.choice([s for s in sites if s != f.site])
+        out.append((5, f"Is the {KIND_NOUN[f.kind]} located in the {SITE_NAMES[site]}?",
+                    "Yes" if site == f.site else "No"))
     return out
