@@ -8,8 +8,9 @@ Prints ratios against baselines measured in the same run:
 - query latency (p50, p95) of ``VolumeIndex.search`` (exact numpy path and LanceDB ANN path) against
   a bare brute-force numpy scan of the same vectors, with recall of the planted target;
 - the exact-scan latency over growing table sizes, which sets ``store.ANN_MIN_FLOATS``;
-- indexing throughput in volumes/s with a SigLIP encoder (a fresh nano model at 64x128x128 unless
-  ``--model`` names one), and re-index throughput of an unchanged folder (hashing only).
+- indexing throughput in volumes/s with a SigLIP encoder (a fresh one, nano DCFormer at 64x128x128
+  by default, ``--vision-variant small --input-size 128 256 256`` for the published size; or
+  ``--model``), and re-index throughput of an unchanged folder (hashing only).
 
 Embeddings are synthetic but clustered like a real collection (many series per anatomy/finding):
 uniform random vectors in 768-d have no meaningful neighbours and make every ANN look broken.
@@ -156,11 +157,13 @@ def throughput(args, workdir: Path) -> None:
         from napari_med3dvlm.model.siglip import SigLIPConfig
 
         text = BertConfig(vocab_size=1000, hidden_size=64, num_hidden_layers=1, num_attention_heads=2, intermediate_size=128)
-        config = SigLIPConfig(vision_variant="nano", hidden_size=256, text_config=text.to_dict())
+        config = SigLIPConfig(vision_variant=args.vision_variant, hidden_size=256, text_config=text.to_dict())
         vocab = workdir / "vocab.txt"
         vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(995)]))
         tokenizer = BertTokenizerFast(vocab_file=str(vocab))
-        embedder = SigLIPEmbedder(SigLIPModel(config), tokenizer, "nano-siglip", spatial_size=(64, 128, 128))
+        embedder = SigLIPEmbedder(
+            SigLIPModel(config), tokenizer, f"{args.vision_variant}-siglip", spatial_size=tuple(args.input_size)
+        )
 
     root = workdir / "volumes"
     for i in range(args.volumes):
@@ -182,7 +185,9 @@ def main(argv=None) -> int:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--index-type", default="IVF_HNSW_SQ", choices=("IVF_HNSW_SQ", "IVF_PQ", "IVF_FLAT"))
     parser.add_argument("--volumes", type=int, default=16, help="volumes for the throughput run")
-    parser.add_argument("--model", help="model source for the throughput run (default: a fresh nano SigLIP)")
+    parser.add_argument("--model", help="model source for the throughput run (default: a fresh SigLIP, below)")
+    parser.add_argument("--vision-variant", default="nano", help="DCFormer variant of the fresh SigLIP")
+    parser.add_argument("--input-size", type=int, nargs=3, default=(64, 128, 128), metavar=("D", "H", "W"))
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--skip-indexing", action="store_true")
     args = parser.parse_args(argv)
