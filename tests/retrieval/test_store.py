@@ -99,3 +99,11 @@ def test_hits_point_into_the_root_folder(index, tmp_path):
     hit = index.search(np.eye(DIM, dtype=np.float32)[0], k=1)[0]
     assert hit.path.parent == (tmp_path / "root").resolve()
     assert hit.shape == (4, 8, 8) and hit.modality == "CT"
+
+
+def test_two_handles_on_one_index_keep_each_others_roots(tmp_path):
+    first, second = VolumeIndex(tmp_path / "db"), VolumeIndex(tmp_path / "db")  # e.g. the dock and a CLI run
+    a = first.root_id(tmp_path / "a")
+    b = second.root_id(tmp_path / "b")
+    assert a != b
+    assert set(first.roots.values()) == {(tmp_path / "a").resolve(), (tmp_path / "b").resolve()}

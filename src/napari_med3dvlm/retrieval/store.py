@@ -73,11 +73,17 @@ class VolumeIndex:
         self.path.mkdir(parents=True, exist_ok=True)
         self._ann_threshold = ann_threshold
         self._db = lancedb.connect(str(self.path))
-        self._info = self._read_info()
+        self._read_info()  # fail early on an index from a newer version
         self._matrix_cache = None  # (table version, keys, matrix) for exact search
         self._lock = threading.Lock()
 
     # -- bookkeeping -------------------------------------------------------------------------
+    # The JSON file is re-read on every use: the dock, a CLI run and other processes may share one
+    # index, and a cached copy written back would drop their roots.
+    @property
+    def _info(self) -> dict:
+        return self._read_info()
+
     def _read_info(self) -> dict:
         file = self.path / INFO_FILE
         if file.exists():
@@ -87,10 +93,10 @@ class VolumeIndex:
             return info
         return {"format": FORMAT_VERSION, "model_id": None, "dim": None, "roots": {}}
 
-    def _write_info(self) -> None:
+    def _write_info(self, info: dict) -> None:
         file = self.path / INFO_FILE
         tmp = file.with_name(file.name + f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self._info, indent=2), encoding="utf-8")
+        tmp.write_text(json.dumps(info, indent=2), encoding="utf-8")
         os.replace(tmp, file)  # atomic: a reader sees the old or the new file, never half of one
 
     @property
@@ -115,14 +121,15 @@ class VolumeIndex:
     def root_id(self, root: str | os.PathLike, create: bool = True) -> int:
         """The id a root folder is stored under (added on first use)."""
         root = str(Path(root).expanduser().resolve())
-        for key, value in self._info["roots"].items():
+        info = self._read_info()
+        for key, value in info["roots"].items():
             if value == root:
                 return int(key)
         if not create:
             raise KeyError(f"{root} is not in this index")
-        new_id = max((int(k) for k in self._info["roots"]), default=-1) + 1
-        self._info["roots"][str(new_id)] = root
-        self._write_info()
+        new_id = max((int(k) for k in info["roots"]), default=-1) + 1
+        info["roots"][str(new_id)] = root
+        self._write_info(info)
         return new_id
 
     def set_model(self, model_id: str, dim: int) -> None:
@@ -135,8 +142,9 @@ class VolumeIndex:
         if TABLE in self._tables():
             self._db.drop_table(TABLE)
         self._matrix_cache = None
-        self._info.update(model_id=model_id, dim=int(dim))
-        self._write_info()
+        info = self._read_info()
+        info.update(model_id=model_id, dim=int(dim))
+        self._write_info(info)
 
     def _tables(self) -> list[str]:
         names = self._db.list_tables()
@@ -285,8 +293,9 @@ class VolumeIndex:
         if table is None or k <= 0:
             return []
         query = np.asarray(query, dtype=np.float32).reshape(-1)
-        if self.dim is not None and query.shape[0] != self.dim:
-            raise ValueError(f"query has {query.shape[0]} dimensions; this index stores {self.dim}")
+        dim = self.dim
+        if dim is not None and query.shape[0] != dim:
+            raise ValueError(f"query has {query.shape[0]} dimensions; this index stores {dim}")
         if exact is None:
             exact = not self.uses_ann(table)
         if exact:
@@ -300,7 +309,10 @@ class VolumeIndex:
             top = top[np.argsort(-scores[top])]
             rows = table.take_row_ids([int(row_ids[i]) for i in top]).select(_HIT_COLUMNS).with_row_id()
             by_id = {row["_rowid"]: row for row in rows.to_arrow().to_pylist()}
-            return [self._hit(by_id[int(row_ids[i])], float(scores[i])) for i in top if int(row_ids[i]) in by_id]
+            roots = self.roots
+            return [
+                self._hit(by_id[int(row_ids[i])], float(scores[i]), roots) for i in top if int(row_ids[i]) in by_id
+            ]
         result = (
             table.search(query)
             .distance_type("cosine")
@@ -310,10 +322,12 @@ class VolumeIndex:
             .select([*_HIT_COLUMNS, "_distance"])
             .to_arrow()
         )
-        return [self._hit(row, 1.0 - float(row["_distance"])) for row in result.to_pylist()]
+        roots = self.roots
+        return [self._hit(row, 1.0 - float(row["_distance"]), roots) for row in result.to_pylist()]
 
-    def _hit(self, row: dict, score: float) -> SearchHit:
-        root = self.roots.get(row["root_id"], Path("."))
+    @staticmethod
+    def _hit(row: dict, score: float, roots: dict[int, Path]) -> SearchHit:
+        root = roots.get(row["root_id"], Path("."))
         return SearchHit(
             score=score,
             key=row["key"],
