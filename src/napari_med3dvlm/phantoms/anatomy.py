@@ -65,11 +65,30 @@ def _spine(c: Canvas, s: float, y: float, zlim, body_r: float = 17.0):
     for z0 in np.arange(-200.0, 200.0, 32.0):
         c.cylinder((y * s, 0), (body_r * s, body_r * s * 1.1), (z0 * s, (z0 + 7) * s), 90.0, LABEL["bone"])
     c.cylinder(((y + body_r + 8) * s, 0), (8 * s, 7 * s), zlim, hu("csf", "non-contrast"), LABEL["body"])
-    c.cylinder(((y + body_r + 21) * s, 0), (6 * s, 4 * s), zlim, 650.0, LABEL["bone"])
+    inside_body = (LABEL["body"], LABEL["muscle"], LABEL["cavity"])
+    c.cylinder(((y + body_r + 20) * s, 0), (6 * s, 4 * s), zlim, 650.0, LABEL["bone"], within=inside_body)
     for side in (-1, 1):  # laminae and paraspinal muscles
-        c.cylinder(((y + body_r + 14) * s, side * 13 * s), (5 * s, 5 * s), zlim, 650.0, LABEL["bone"])
+        c.cylinder(((y + body_r + 13) * s, side * 13 * s), (5 * s, 5 * s), zlim, 650.0, LABEL["bone"], within=inside_body)
         c.cylinder(((y + body_r + 16) * s, side * 34 * s), (14 * s, 20 * s), zlim, 55.0, LABEL["muscle"],
-                   within=(LABEL["body"], LABEL["muscle"], LABEL["cavity"]))
+                   within=inside_body)
+
+
+def _lung_vessels(c: Canvas, case: PhantomCase, count: int) -> None:
+    """Pulmonary vessels: short thin segments, thicker and denser towards the hila, so lungs
+    are not an empty black field (they stay far smaller than any reported nodule)."""
+    s, ph = case.scale, case.phase
+    rng = np.random.default_rng(case.seed + 11)
+    for side, name in ((-1, "right lung"), (1, "left lung")):
+        for _ in range(count):
+            hilar = rng.random() < 0.4
+            x = side * (rng.uniform(30, 55) if hilar else rng.uniform(40, 130)) * s
+            centre = (rng.uniform(-110, 120) * s, rng.uniform(-60, 70) * s, x)
+            width = (rng.uniform(3.0, 5.0) if hilar else rng.uniform(1.5, 3.0)) * s
+            length = rng.uniform(8, 22) * s
+            radii = [width, width, width]
+            radii[int(rng.integers(3))] = length
+            value = hu("artery", ph) * 0.6 if rng.random() < 0.5 else hu("systemic vein", ph) * 0.8
+            c.ellipsoid(centre, tuple(radii), value, LABEL["vessel"], within=(LABEL[name],))
 
 
 def build_chest(c: Canvas, case: PhantomCase) -> None:
@@ -83,6 +102,7 @@ def build_chest(c: Canvas, case: PhantomCase) -> None:
     for side, name in ((-1, "right lung"), (1, "left lung")):
         c.ellipsoid((0, 5 * s, side * 72 * s), (150 * s, 82 * s, 66 * s), hu("lung", ph), LABEL[name],
                     within=(LABEL["cavity"],))
+    _lung_vessels(c, case, count=70)
     # mediastinum: heart (myocardium + blood pool), great vessels, airway, oesophagus
     enlarged = _enlargement(case, "heart")
     hx = (enlarged.size_cm * 5.0 if enlarged else 62.0) * s
@@ -152,7 +172,7 @@ def build_abdomen(c: Canvas, case: PhantomCase) -> None:
         radii = (rng.uniform(12, 18) * s, rng.uniform(10, 14) * s, rng.uniform(14, 24) * s)
         c.ellipsoid(center, radii, hu("bowel wall", ph), LABEL["bowel"], within=(LABEL["cavity"],))
         c.ellipsoid(center, tuple(r * 0.55 for r in radii), hu("fluid", ph) + 12, LABEL["bowel"], within=(LABEL["bowel"],))
-    _spine(c, s, 88, (-1e4, 1e4), body_r=19)
+    _spine(c, s, 84, (-1e4, 1e4), body_r=19)
 
 
 def build_head(c: Canvas, case: PhantomCase) -> None:

@@ -43,7 +43,7 @@ def best_slice(finding_labels: np.ndarray, label: int | None = None) -> int:
     return int(np.argmax(mask.reshape(mask.shape[0], -1).sum(axis=1)))
 
 
-def save_gallery(out_dir, names=None, size=(640, 640)) -> dict[str, dict]:
+def save_gallery(out_dir, names=None, size=(760, 720)) -> dict[str, dict]:
     """Screenshot each gallery case (training grid, acquisition stack as stored) in napari."""
     import napari
     from PIL import Image
@@ -54,6 +54,8 @@ def save_gallery(out_dir, names=None, size=(640, 640)) -> dict[str, dict]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     viewer = napari.Viewer(show=True)
+    for dock in (viewer.window._qt_viewer.dockLayerList, viewer.window._qt_viewer.dockLayerControls):
+        dock.setVisible(False)
     viewer.window._qt_window.resize(*size)
     results = {}
     try:
