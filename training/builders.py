@@ -57,7 +57,9 @@ def build_language_model(model_cfg: dict, device: str = "cpu") -> torch.nn.Modul
         architecture = model_cfg.get("language_model_architecture")
     if architecture:
         config = config_from_dict(architecture)
-        with torch.device(device):
+        # Frozen random weights must come out the same in every stage that rebuilds them.
+        with torch.random.fork_rng(devices=[]), torch.device(device):
+            torch.manual_seed(int(model_cfg.get("init_seed", 0)))
             return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     if str(device) == "meta":
         raise ValueError("building on the meta device needs model.language_model_architecture")

@@ -98,7 +98,10 @@ class LoopConfig:
     @classmethod
     def from_dict(cls, values: dict) -> "LoopConfig":
         known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in values.items() if k in known})
+        values = {k: v for k, v in values.items() if k in known}
+        if values.get("mixed_precision") in (False, None):
+            values["mixed_precision"] = "no"  # YAML reads a bare `no` as false
+        return cls(**values)
 
 
 @dataclass
@@ -113,6 +116,12 @@ class TrainState:
 
 
 def make_accelerator(cfg: LoopConfig, project_dir: Path) -> Accelerator:
+    # `all` runs stages with different precision in one process; the process group (PartialState)
+    # stays, only the per-stage state is rebuilt.
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
     return Accelerator(
         mixed_precision=cfg.mixed_precision,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,

@@ -72,6 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     config = apply_overrides(load_preset(args.preset), args.overrides)
+    threads = config.get("train", {}).get("num_threads")
+    if threads:
+        # On a shared CPU one thread per process is far faster than two that wait on each other.
+        import torch
+
+        torch.set_num_threads(int(threads))
     stages = list(STAGES) if args.stage == "all" else [args.stage]
     for stage in stages:
         summary = run_stage(config, stage, force=args.force)

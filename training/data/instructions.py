@@ -84,7 +84,11 @@ class InstructionDataset(Dataset):
         item = self.base[index]
         rng = random.Random((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
         prompt, target = to_example(item, self.kind, self.proj_out_num, rng)
-        return {"image": torch.as_tensor(item["image"]), "prompt": prompt, "target": target}
+        sample = {"prompt": prompt, "target": target}
+        for key in ("image", "vision_low", "vision_high"):
+            if key in item:
+                sample[key] = torch.as_tensor(item[key])
+        return sample
 
 
 class MixedDataset(ConcatDataset):
@@ -122,8 +126,13 @@ class VLMCollator:
             input_ids[row, : len(ids)] = torch.tensor(ids)
             labels[row, : len(labs)] = torch.tensor(labs)
             attention[row, : len(ids)] = 1
-        images = torch.stack([torch.as_tensor(item["image"], dtype=torch.float32) for item in items])
-        return {"images": images, "input_ids": input_ids, "attention_mask": attention, "labels": labels}
+        batch = {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+        if "vision_low" in items[0]:  # cached encoder tokens (see training.data.features)
+            batch["vision_low"] = torch.stack([item["vision_low"].float() for item in items])
+            batch["vision_high"] = torch.stack([item["vision_high"].float() for item in items])
+        else:
+            batch["images"] = torch.stack([torch.as_tensor(item["image"], dtype=torch.float32) for item in items])
+        return batch
 
 
 class CaptionTextCollator:

@@ -25,6 +25,6 @@ def vqa_dataset(config: dict, split: str = "train", kind: str = "closed"):
     data = config["data"]
     if kind == "yn":
         csv = _path(config, "vqa_yn_train" if split == "train" else "vqa_yn_test")
-        return VQADataset(data["root"], csv, mode="open")
+        return VQADataset(data["root"], csv, mode="yn")
     csv = _path(config, "vqa_train" if split == "train" else "vqa_test")
     return VQADataset(data["root"], csv, mode=kind)

@@ -46,17 +46,60 @@ def count_parameters(params) -> int:
     return int(sum(p.numel() for p in params))
 
 
-def instruction_dataset(config: dict, stage: str, proj_out_num: int, split: str = "train"):
-    """Caption / closed / open / yes-no samples mixed as listed in the stage's ``tasks``."""
-    seed = int(stage_config(config, stage).get("seed", 0))
+def instruction_dataset(config: dict, stage: str, model, split: str = "train"):
+    """Caption / closed / open / yes-no samples mixed as listed in the stage's ``tasks``.
+
+    With ``cache_vision_features`` (frozen encoder only) the items carry cached encoder tokens
+    instead of volumes, and the returned model is wrapped to take them (`CachedFeatureVLM`).
+    """
+    stage_cfg = stage_config(config, stage)
+    seed = int(stage_cfg.get("seed", 0))
     augment = AugmentConfig.from_dict(config["data"].get("augment")) if split == "train" else None
+    tasks = stage_cfg.get("tasks", ["caption"])
+    bases = [sources.caption_dataset(config, split) if t == "caption" else sources.vqa_dataset(config, split, t) for t in tasks]
+    cache = None
+    if stage_cfg.get("cache_vision_features") and not any(p.requires_grad for p in model.vision_tower.parameters()):
+        from ..data.features import CachedFeatureVLM, CachedImageDataset, build_cache
+
+        cache = build_cache(model, bases, Path(config["output_dir"]) / "vision_cache")
+        bases = [CachedImageDataset(base, cache) for base in bases]
+        model = CachedFeatureVLM(model)
+    elif augment is not None:
+        bases = [AugmentedDataset(base, augment, seed=seed) for base in bases]
+    repeats = stage_cfg.get("task_repeats") or {}
     parts = []
-    for task in stage_config(config, stage).get("tasks", ["caption"]):
-        base = sources.caption_dataset(config, split) if task == "caption" else sources.vqa_dataset(config, split, task)
-        if augment is not None:
-            base = AugmentedDataset(base, augment, seed=seed)
-        parts.append(InstructionDataset(base, task, proj_out_num, seed=seed))
-    return MixedDataset(parts)
+    for base, task in zip(bases, tasks):
+        # Repeating a small task (one report per case, a dozen questions) balances the mix.
+        parts.extend([InstructionDataset(base, task, model_proj_out_num(model), seed=seed)] * int(repeats.get(task, 1)))
+    return MixedDataset(parts), model
+
+
+def model_proj_out_num(model) -> int:
+    return getattr(model, "vlm", model).config.proj_out_num
+
+
+def unwrap_vlm(model):
+    """The Med3DVLMForCausalLM inside a `CachedFeatureVLM` (or the model itself)."""
+    return getattr(model, "vlm", model)
+
+
+def vlm_loss(model, batch):
+    if "vision_low" in batch:
+        out = model(
+            vision_low=batch["vision_low"],
+            vision_high=batch["vision_high"],
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            labels=batch["labels"],
+        )
+    else:
+        out = model(
+            input_ids=batch["input_ids"],
+            images=batch["images"],
+            attention_mask=batch["attention_mask"],
+            labels=batch["labels"],
+        )
+    return out.loss, {}
 
 
 def save_result(config: dict, stage: str, tensors: dict[str, torch.Tensor], info: dict) -> Path:

@@ -36,11 +36,12 @@ def _sample_indices(length: int, count: int | None, seed: int = 42) -> list[int]
 
 # ---------------------------------------------------------------------- retrieval
 @torch.no_grad()
-def retrieval_scores(siglip, tokenizer, dataset, count: int, blank: bool, batch_size: int = 16, max_length: int = 512):
-    """Similarity matrix (images x texts) for the first ``count`` test pairs."""
+def retrieval_embeddings(siglip, tokenizer, dataset, count: int, blank: bool, batch_size: int = 16, max_length: int = 512):
+    """(image embeddings, text embeddings) of the first ``count`` test pairs."""
     image_feats, text_feats = [], []
-    for start in range(0, min(count, len(dataset)), batch_size):
-        items = [dataset[i] for i in range(start, min(start + batch_size, count, len(dataset)))]
+    count = min(count, len(dataset))
+    for start in range(0, count, batch_size):
+        items = [dataset[i] for i in range(start, min(start + batch_size, count))]
         images = torch.stack([torch.as_tensor(it["image"], dtype=torch.float32) for it in items])
         if blank:
             images = torch.zeros_like(images)
@@ -50,20 +51,7 @@ def retrieval_scores(siglip, tokenizer, dataset, count: int, blank: bool, batch_
         )
         image_feats.append(siglip.encode_image(images))
         text_feats.append(siglip.encode_text(tokens["input_ids"], tokens["attention_mask"]))
-    return torch.cat(image_feats) @ torch.cat(text_feats).t()
-
-
-def recall_at_k(similarity: torch.Tensor, ks=(1, 5, 10)) -> dict[str, float]:
-    """R@k both ways; ties are broken against the query (a constant row scores chance, not 1)."""
-    n = similarity.shape[0]
-    out = {}
-    for name, matrix in (("image_to_text", similarity), ("text_to_image", similarity.t())):
-        diagonal = matrix.diagonal().unsqueeze(1)
-        rank = (matrix > diagonal).sum(dim=1) + ((matrix == diagonal).sum(dim=1) - 1) / 2
-        for k in ks:
-            if k <= n:
-                out[f"{name}_R@{k}"] = float((rank < k).float().mean())
-    return out
+    return torch.cat(image_feats).numpy(), torch.cat(text_feats).numpy()
 
 
 # ---------------------------------------------------------------------- generation
@@ -98,12 +86,12 @@ def task_samples(config: dict, kind: str, count: int | None, proj_out_num: int):
         dataset = sources.caption_dataset(config, "test")
     else:
         dataset = sources.vqa_dataset(config, "test", kind)
-    rng = random.Random(42)
     out = {"prompt": [], "image": [], "reference": [], "letter": [], "type": []}
     for index in _sample_indices(len(dataset), count):
         item = dataset[index]
         if kind == "caption":
-            prompt = prompts.report_prompt(proj_out_num, rng=rng)
+            # The plugin's report request (the first template): equal-length prompts batch together.
+            prompt = prompts.report_prompt(proj_out_num)
             reference = str(_get(item, "text", "report"))
         elif kind == "closed":
             question = str(_get(item, "question", "Question"))
@@ -120,17 +108,61 @@ def task_samples(config: dict, kind: str, count: int | None, proj_out_num: int):
     return out
 
 
+TEXT_METRICS = ("bleu1", "rouge1", "meteor")
+
+
 def score_task(kind: str, samples: dict, answers: list[str]) -> dict:
-    from ..evaluation import metrics
+    """The reference's metrics (`training.evaluation`) for one task's answers."""
+    from ..evaluation import closed_accuracy, open_metrics, text_metrics
 
     if kind == "closed":
-        per_type: dict[str, list[bool]] = defaultdict(list)
-        for answer, letter, qtype in zip(answers, samples["letter"], samples["type"]):
-            per_type[qtype].append(metrics.closed_correct(answer, letter))
-        result = {f"accuracy/{t}": sum(v) / len(v) for t, v in sorted(per_type.items())}
-        result["accuracy"] = sum(sum(v) for v in per_type.values()) / max(1, len(answers))
-        return result
-    return metrics.text_scores(answers, samples["reference"])
+        return closed_accuracy(answers, samples["letter"], samples["type"])
+    if kind == "caption":
+        return text_metrics(answers, samples["reference"], TEXT_METRICS)
+    result = open_metrics(answers, samples["reference"], samples["type"], TEXT_METRICS)
+    if kind == "yn":
+        hits = [a.strip().lower().startswith(r.strip().lower()) for a, r in zip(answers, samples["reference"])]
+        result["accuracy"] = sum(hits) / max(1, len(hits))
+    return result
+
+
+def summarize(results: dict) -> dict[str, dict[str, float | None]]:
+    """Headline numbers, model vs blanked image: ``{metric: {"model": x, "blank": y}}``."""
+
+    def pick(key: str, *path: str):
+        node = results.get(key)
+        for part in path:
+            if not isinstance(node, dict) or part not in node:
+                return None
+            node = node[part]
+        return node
+
+    rows: dict[str, dict] = {}
+    for name, key, path in (
+        ("retrieval IR@1 (image->text)", "retrieval", None),
+        ("retrieval TR@1 (text->image)", "retrieval", None),
+        ("closed VQA accuracy", "closed", ("accuracy", "overall")),
+        ("open VQA METEOR", "open", ("overall", "meteor")),
+        ("yes/no VQA accuracy", "yn", ("accuracy",)),
+        ("report METEOR", "caption", ("meteor",)),
+    ):
+        if key == "retrieval":
+            metric = "IR@1" if "IR@1" in name else "TR@1"
+            sizes = results.get("retrieval", {})
+            size = next(iter(sizes), None)
+            rows[f"{name}, {size}"] = {
+                "model": pick("retrieval", size, metric) if size else None,
+                "blank": pick("retrieval/blank", size, metric) if size else None,
+            }
+            continue
+        rows[name] = {"model": pick(key, *path), "blank": pick(f"{key}/blank", *path)}
+    for category in sorted((results.get("closed", {}).get("accuracy") or {})):
+        if category != "overall":
+            rows[f"closed VQA {category}"] = {
+                "model": pick("closed", "accuracy", category),
+                "blank": pick("closed/blank", "accuracy", category),
+            }
+    return rows
 
 
 def load_trained_vlm(config: dict):
@@ -156,11 +188,13 @@ def run(config: dict) -> dict:
         tokenizer = AutoTokenizer.from_pretrained(str(result_dir(config, "siglip") / "siglip"))
         captions = sources.caption_dataset(config, "test")
         max_length = int(config["model"].get("text_max_length", 512))
-        for n in ecfg.get("retrieval_sizes", [100]):
-            if n > len(captions):
-                continue
-            results[f"retrieval@{n}"] = recall_at_k(retrieval_scores(siglip, tokenizer, captions, n, False, max_length=max_length))
-            results[f"retrieval@{n}/blank"] = recall_at_k(retrieval_scores(siglip, tokenizer, captions, n, True, max_length=max_length))
+        from ..evaluation import retrieval_metrics
+
+        sizes = ecfg.get("retrieval_sizes", [100])
+        for blank in (False, True):
+            images, texts = retrieval_embeddings(siglip, tokenizer, captions, max(sizes), blank, max_length=max_length)
+            results["retrieval/blank" if blank else "retrieval"] = retrieval_metrics(images, texts, sizes=sizes)
+        print(f"[eval] retrieval: {json.dumps(results['retrieval'])}")
         del siglip
 
     model, tokenizer = load_trained_vlm(config)
@@ -189,6 +223,7 @@ def run(config: dict) -> dict:
                 question = prompt.replace(prompts.IMAGE_TOKEN, "")
                 predictions.write(json.dumps({"task": key, "question": question, "answer": answer, "reference": reference}) + "\n")
     predictions.close()
+    results["summary"] = summarize(results)
     results["minutes"] = round((time.time() - start) / 60, 2)
     (out_dir / "results.json").write_text(json.dumps(results, indent=2))
     _write_model_card(config, results)

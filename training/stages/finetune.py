@@ -26,8 +26,9 @@ from .common import (
     stage_dir,
     subset,
     trainable_parameters,
+    unwrap_vlm,
+    vlm_loss,
 )
-from .projector import vlm_loss
 
 
 def restore_projector_stage(model, config: dict) -> bool:
@@ -82,18 +83,19 @@ def prepare_finetune_model(config: dict, model=None, tokenizer=None):
 
 def run(config: dict) -> dict:
     model, tokenizer, restored = prepare_finetune_model(config)
-    dataset = instruction_dataset(config, "finetune", model.config.proj_out_num)
-    collate = VLMCollator(tokenizer, max_length=int(config["model"].get("max_length", 512)))
     trainable = trainable_parameters(model)
-    model, state, accelerator = train(
+    dataset, wrapped = instruction_dataset(config, "finetune", model)
+    collate = VLMCollator(tokenizer, max_length=int(config["model"].get("max_length", 512)))
+    wrapped, state, accelerator = train(
         name="finetune",
-        model=model,
+        model=wrapped,
         dataset=dataset,
         collate_fn=collate,
         compute_loss=vlm_loss,
         cfg=loop_config(config, "finetune"),
         output_dir=stage_dir(config, "finetune"),
     )
+    model = unwrap_vlm(wrapped)
     info = {
         "steps": state.global_step,
         "minutes": round(state.elapsed_s / 60, 2),

@@ -21,17 +21,9 @@ from .common import (
     stage_dir,
     subset,
     trainable_parameters,
+    unwrap_vlm,
+    vlm_loss,
 )
-
-
-def vlm_loss(model, batch):
-    out = model(
-        input_ids=batch["input_ids"],
-        images=batch["images"],
-        attention_mask=batch["attention_mask"],
-        labels=batch["labels"],
-    )
-    return out.loss, {}
 
 
 def load_vision_from_siglip(model, config: dict) -> bool:
@@ -54,19 +46,20 @@ def run(config: dict) -> dict:
     rows = attach_image_token_rows(model.language_model, [model.config.image_token_id])
     rows.rows.requires_grad_(True)
 
-    dataset = instruction_dataset(config, "projector", model.config.proj_out_num)
+    trainable = trainable_parameters(model)
+    dataset, wrapped = instruction_dataset(config, "projector", model)
     collate = VLMCollator(tokenizer, max_length=int(config["model"].get("max_length", 512)))
     cfg = loop_config(config, "projector")
-    trainable = trainable_parameters(model)
-    model, state, accelerator = train(
+    wrapped, state, accelerator = train(
         name="projector",
-        model=model,
+        model=wrapped,
         dataset=dataset,
         collate_fn=collate,
         compute_loss=vlm_loss,
         cfg=cfg,
         output_dir=stage_dir(config, "projector"),
     )
+    model = unwrap_vlm(wrapped)
     tensors = {f"mm_projector.{k}": v for k, v in model.mm_projector.state_dict().items()}
     tensors.update({f"vision_tower.{k}": v for k, v in model.vision_tower.state_dict().items()})
     tensors["image_token_rows"] = rows.rows
