@@ -4,7 +4,7 @@ for the model, so the test needs no weights)."""
 import json
 
 import pytest
-from retrieval_toys import CountingEmbedder
+from retrieval_toys import CountingEmbedder, make_collection
 
 from napari_med3dvlm import cli
 from napari_med3dvlm.retrieval import embedder as embedder_module
@@ -45,3 +45,18 @@ def test_index_then_search_from_the_command_line(tmp_path, collection, toy_model
 def test_search_without_an_index_says_how_to_build_one(tmp_path, toy_model, capsys):
     assert cli.main(["search", "anything", "--db", str(tmp_path / "missing")]) == 2
     assert "napari-med3dvlm index" in capsys.readouterr().err
+
+
+def test_index_without_a_folder_refreshes_every_indexed_folder(tmp_path, collection, toy_model, capsys):
+    db = tmp_path / "db"
+    other = tmp_path / "other"
+    make_collection(other, 2, start_seed=30)
+    assert cli.main(["index", str(collection), "--db", str(db)]) == 0
+    assert cli.main(["index", str(other), "--db", str(db)]) == 0
+    capsys.readouterr()
+    make_collection(other, 1, start_seed=40)
+    before = toy_model.volumes_embedded
+    assert cli.main(["index", "--db", str(db)]) == 0
+    out = capsys.readouterr().out
+    assert "collection: 6 volumes: 0 embedded" in out and "other: 3 volumes: 1 embedded" in out
+    assert toy_model.volumes_embedded == before + 1

@@ -64,7 +64,7 @@ def test_index_query_and_open_a_result(dock, tmp_path, qtbot):
     assert shown.args[0][0].path == hits[0].path and shown.args[0][0].score > 0.999
 
 
-def test_refreshing_a_folder_reuses_the_index(dock, tmp_path, qtbot):
+def test_refreshing_reuses_the_index(dock, tmp_path, qtbot):
     viewer, widget, embedder = dock
     root = tmp_path / "collection"
     make_collection(root, 3)
@@ -73,6 +73,12 @@ def test_refreshing_a_folder_reuses_the_index(dock, tmp_path, qtbot):
             widget.add_folder(root)
         qtbot.waitUntil(lambda: not widget.busy)
     assert embedder.volumes_embedded == 3  # the second pass only hashed files
+
+    make_collection(root, 1, start_seed=50)  # a new volume arrives
+    with qtbot.waitSignal(widget.indexing_finished, timeout=60_000) as refreshed:
+        qtbot.mouseClick(widget.refresh_button, Qt.MouseButton.LeftButton)
+    assert (refreshed.args[0].embedded, refreshed.args[0].unchanged) == (1, 3)
+    assert embedder.volumes_embedded == 4
 
 
 def test_cancel_stops_indexing_between_volumes(dock, tmp_path, qtbot):

@@ -5,7 +5,7 @@ No Qt here: the Retrieval dock and the ``index`` / ``search`` commands both call
 """
 
 from .embedder import Embedder, SigLIPEmbedder
-from .indexer import IndexReport, index_folder, plan_index
+from .indexer import IndexReport, index_folder, plan_index, refresh_index
 from .search import search_text, search_volume
 from .sources import VolumeSource, scan_folder
 from .store import ANN_MIN_FLOATS, SearchHit, VolumeIndex
@@ -20,6 +20,7 @@ __all__ = [
     "VolumeSource",
     "index_folder",
     "plan_index",
+    "refresh_index",
     "scan_folder",
     "search_text",
     "search_volume",

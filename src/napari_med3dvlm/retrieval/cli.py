@@ -18,7 +18,10 @@ def register(subparsers) -> None:
             "are skipped, changed ones re-embedded, deleted ones removed. Safe to interrupt and re-run."
         ),
     )
-    index.add_argument("folder", metavar="DIR", type=Path, help="folder tree of NIfTI files and DICOM series")
+    index.add_argument(
+        "folder", metavar="DIR", type=Path, nargs="?",
+        help="folder tree of NIfTI files and DICOM series (leave out to refresh every folder in the index)",
+    )
     index.add_argument("--db", required=True, type=Path, help="index folder (created if missing)")
     index.add_argument("--batch-size", type=int, default=4, help="volumes per encoder batch and per commit")
     _add_model(index)
@@ -68,6 +71,15 @@ def run_index(args) -> int:
         print(f"\r[{done}/{total}] {message[:60]:<60}", end="", file=sys.stderr, flush=True)
 
     try:
+        if args.folder is None:
+            from .indexer import refresh_index
+
+            reports = refresh_index(VolumeIndex(args.db), embedder, batch_size=args.batch_size, progress=progress,
+                                    cancel=cancel)
+            print(file=sys.stderr)
+            for report in reports:
+                print(f"{report.root.name}: {report.summary()}")
+            return 0
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under accelerate launch / torchrun: shard the work
             from .indexer import index_folder_distributed
 

@@ -224,6 +224,27 @@ def index_folder(
     return report
 
 
+def refresh_index(
+    index: VolumeIndex | str | os.PathLike,
+    embedder: Embedder,
+    *,
+    batch_size: int = 4,
+    progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+) -> list[IndexReport]:
+    """Refresh every folder already in the index (roots that no longer exist are left alone)."""
+    index = index if isinstance(index, VolumeIndex) else VolumeIndex(index)
+    reports = []
+    for root in index.roots.values():
+        if cancel is not None and cancel.is_set():
+            break
+        if not root.is_dir():
+            log.warning("indexed folder %s is missing; its entries are kept", root.name)
+            continue
+        reports.append(index_folder(index, root, embedder, batch_size=batch_size, progress=progress, cancel=cancel))
+    return reports
+
+
 def _model_matches(index: VolumeIndex, embedder: Embedder) -> bool:
     return index.model_id == embedder.model_id and index.dim is not None
 

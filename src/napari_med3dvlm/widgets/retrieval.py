@@ -28,7 +28,14 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_med3dvlm.retrieval import VolumeIndex, index_folder, search_text, search_volume
+from napari_med3dvlm.retrieval import (
+    IndexReport,
+    VolumeIndex,
+    index_folder,
+    refresh_index,
+    search_text,
+    search_volume,
+)
 from napari_med3dvlm.retrieval import embedder as _embedder
 from napari_med3dvlm.retrieval.thumbnail import png_to_array
 
@@ -48,6 +55,20 @@ def _display_path(path: Path) -> str:
         return "~/" + path.relative_to(Path.home()).as_posix()
     except ValueError:
         return str(path)
+
+
+def _combined(reports: list[IndexReport], path: Path) -> IndexReport:
+    """One summary for a refresh of several folders."""
+    total = IndexReport(root=path)
+    for report in reports:
+        total.total += report.total
+        total.unchanged += report.unchanged
+        total.embedded += report.embedded
+        total.removed += report.removed
+        total.failed.extend(report.failed)
+        total.cancelled |= report.cancelled
+        total.seconds += report.seconds
+    return total
 
 
 def _thumbnail_icon(png: bytes) -> QIcon:
@@ -85,6 +106,10 @@ class RetrievalWidget(QWidget):
         self.add_button = QPushButton("Add folder…")
         self.add_button.setToolTip("Index every NIfTI file and DICOM series under a folder (re-adding refreshes it)")
         self.add_button.clicked.connect(self._choose_folder)
+        self.refresh_button = QPushButton("Refresh")
+        self.refresh_button.setToolTip("Re-scan every folder in the index: new and changed volumes are embedded, "
+                                       "deleted ones removed")
+        self.refresh_button.clicked.connect(self.refresh)
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
         self.cancel_button.clicked.connect(self.cancel)
@@ -121,6 +146,7 @@ class RetrievalWidget(QWidget):
         layout.addLayout(row)
         row = QHBoxLayout()
         row.addWidget(self.add_button)
+        row.addWidget(self.refresh_button)
         row.addWidget(self.progress, 1)
         row.addWidget(self.cancel_button)
         layout.addLayout(row)
@@ -183,6 +209,28 @@ class RetrievalWidget(QWidget):
                 index, folder, self.embedder_factory(), progress=lambda *update: self._progressed.emit(update),
                 cancel=self._cancel,
             )
+
+        self._start(run, self._on_indexed)
+
+    def refresh(self) -> None:
+        """Refresh every folder already in the index, in a worker."""
+        index = self._current_index()
+        if index is None or self._busy_or_warn():
+            return
+        if not index.roots:
+            show_info("This index has no folders yet: use Add folder…")
+            return
+        self._cancel = threading.Event()
+        self.progress.setRange(0, 0)
+        self.progress.show()
+        self.status.setText("Refreshing the index…")
+
+        def run():
+            reports = refresh_index(
+                index, self.embedder_factory(), progress=lambda *update: self._progressed.emit(update),
+                cancel=self._cancel,
+            )
+            return _combined(reports, index.path)
 
         self._start(run, self._on_indexed)
 
@@ -290,7 +338,7 @@ class RetrievalWidget(QWidget):
         self._set_busy(False)
 
     def _set_busy(self, busy: bool) -> None:
-        for button in (self.add_button, self.search_button, self.layer_search_button):
+        for button in (self.add_button, self.refresh_button, self.search_button, self.layer_search_button):
             button.setEnabled(not busy)
         self.cancel_button.setEnabled(busy)
         self.busy_changed.emit(busy)
