@@ -59,6 +59,7 @@ def take_screenshot(index: VolumeIndex, embedder, query: str, path: Path) -> Non
     widget.set_index_path(index.path)
     first_sentence = query.split(". ")[0].strip().rstrip(".")
     widget.query_edit.setText(first_sentence)
+    widget.query_edit.setCursorPosition(0)
     widget.k_spin.setValue(6)
     hits = search_text(index, embedder, first_sentence, k=6)
     widget.show_results(hits)  # what the search worker hands the dock
