@@ -11,9 +11,10 @@ from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
     QFileDialog,
-    QFormLayout,
+    QGridLayout,
     QHBoxLayout,
     QLabel,
+    QLayout,
     QPushButton,
     QVBoxLayout,
     QWidget,
@@ -73,15 +74,18 @@ class VolumeWidget(QWidget):
         self.model_view = QCheckBox("Show what the model sees")
         self.model_view.setToolTip("Overlay the cropped, resized and windowed model input")
         self.status = QLabel("")
-        self.status.setWordWrap(True)
+        self.status.setWordWrap(False)  # word-wrapped labels upset the dock's minimum height
 
         open_row = QHBoxLayout()
         open_row.addWidget(self.open_file_button)
         open_row.addWidget(self.open_folder_button)
-        form = QFormLayout()
-        form.addRow("Layer", self.layer_picker)
-        form.addRow("Window", self.window)
+        form = QGridLayout()
+        for row, (label, combo) in enumerate((("Layer", self.layer_picker), ("Window", self.window))):
+            form.addWidget(QLabel(label), row, 0)
+            form.addWidget(combo, row, 1)
+        form.setColumnStretch(1, 1)
         layout = QVBoxLayout(self)
+        layout.setSizeConstraint(QLayout.SizeConstraint.SetMinimumSize)  # a squeezed dock clips combo boxes
         layout.addLayout(open_row)
         layout.addWidget(self.series_row)
         layout.addLayout(form)
@@ -97,7 +101,6 @@ class VolumeWidget(QWidget):
         self.window.currentIndexChanged.connect(lambda _: self.apply_window())
         self.model_view.toggled.connect(self.show_model_input)
         self._layer_changed(self.layer_picker.layer())
-        self.setMinimumHeight(self.sizeHint().height())  # squeezed docks clip their combo boxes
 
     # -- opening ----------------------------------------------------------------------------------
 
@@ -240,4 +243,4 @@ class VolumeWidget(QWidget):
         )
         self.layer_picker.set_layer(layer)
         d, h, w = data.shape
-        self.status.setText(f"Model input: {d} x {h} x {w}, windowed to [0, 1], cropped to the foreground.")
+        self.status.setText(f"Model input: {d} x {h} x {w} (windowed, cropped, resized)")
