@@ -149,3 +149,20 @@ def test_sampler_mix():
     assert {c.plane for c in cases} == set(PLANES) and {c.phase for c in cases} == set(PHASES)
     sizes = [f.size_cm for c in cases for f in c.findings if f.kind in ("cyst", "mass", "haemorrhage", "calcification")]
     assert min(sizes) >= 2.0
+
+
+@pytest.mark.parametrize(
+    "finding",
+    [
+        Finding("cyst", "liver", "liver right lobe", size_cm=4.0, count=3),
+        Finding("mass", "spleen", "spleen", size_cm=3.5, count=2),
+        Finding("calcification", "kidney", "left kidney", side="left", size_cm=2.0, count=2),
+    ],
+)
+def test_reported_count_is_the_number_of_separate_lesions(finding):
+    from scipy import ndimage
+
+    image = render_case(_case(findings=[finding], seed=8))
+    labels, n = ndimage.label(image.finding_labels == 1)
+    sizes = ndimage.sum(labels > 0, labels, range(1, n + 1))
+    assert sum(size >= 8 for size in sizes) == finding.count

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .case import PhantomCase
-from .geometry import Canvas, cylinder_field, ellipsoid_field
+from .geometry import Canvas, cylinder_field
 from .tissues import hu
 
 ORGANS = (
@@ -93,7 +93,7 @@ def _lung_vessels(c: Canvas, case: PhantomCase, count: int) -> None:
 
 def build_chest(c: Canvas, case: PhantomCase) -> None:
     s, ph = case.scale, case.phase
-    cav = _trunk(c, s, 118, 170)
+    _trunk(c, s, 118, 170)
     _ribs(c, s, 118, 170, (-1e4, 1e4))
     c.cylinder((-100 * s, 0), (9 * s, 16 * s), (-120 * s, 90 * s), 500.0, LABEL["bone"])  # sternum
     # liver dome under the right hemidiaphragm, then the lungs over it
@@ -123,7 +123,7 @@ def build_chest(c: Canvas, case: PhantomCase) -> None:
 
 def build_abdomen(c: Canvas, case: PhantomCase) -> None:
     s, ph = case.scale, case.phase
-    cav = _trunk(c, s, 125, 168)
+    _trunk(c, s, 125, 168)
     _ribs(c, s, 125, 168, (-1e4, -30 * s))
     for side, name in ((-1, "right lung"), (1, "left lung")):  # lung bases
         c.ellipsoid((-185 * s, 35 * s, side * 80 * s), (70 * s, 65 * s, 60 * s), hu("lung", ph), LABEL[name],

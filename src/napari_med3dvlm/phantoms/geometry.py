@@ -93,7 +93,7 @@ class Canvas:
         self.finding = np.zeros(grid.shape, dtype=np.uint8)
 
     def paint(self, box, inside: np.ndarray, value: float, organ: int | None = None,
-              finding: int | None = None, within=None) -> int:
+              finding: int | None = None, within=None, protect_findings: bool = False) -> int:
         """Set ``value`` where ``inside``; ``within`` (a label or a tuple of labels) restricts painting
         to those organ labels (a lesion stays inside its organ). Returns the number of voxels painted."""
         if within is not None:
@@ -102,6 +102,8 @@ class Canvas:
                 inside = inside & (labels == within)
             else:
                 inside = inside & np.isin(labels, within)
+        if protect_findings:  # fluid settles around lesions, it does not paint over them
+            inside = inside & (self.finding[box] == 0)
         if not inside.any():
             return 0
         self.hu[box][inside] = value
@@ -111,9 +113,21 @@ class Canvas:
             self.finding[box][inside] = finding
         return int(inside.sum())
 
-    def ellipsoid(self, center, radii, value, organ=None, finding=None, within=None, zlim=None) -> int:
+    def ellipsoid(self, center, radii, value, organ=None, finding=None, within=None, zlim=None,
+                  protect_findings: bool = False) -> int:
         box, r = ellipsoid_field(self.grid, center, radii, zlim)
-        return self.paint(box, r <= 1.0, value, organ, finding, within)
+        return self.paint(box, r <= 1.0, value, organ, finding, within, protect_findings)
+
+    def fraction_inside(self, center, radii, labels) -> float:
+        """Share of an ellipsoid's expected voxels that fall on ``labels`` and on no finding yet
+        (0 when it leaves the field of view or its organ)."""
+        box, r = ellipsoid_field(self.grid, center, radii)
+        inside = r <= 1.0
+        expected = 4.0 / 3.0 * np.pi * float(np.prod(radii)) / float(np.prod(self.grid.spacing))
+        if not inside.any():
+            return 0.0
+        ok = np.isin(self.organ[box][inside], labels) & (self.finding[box][inside] == 0)
+        return float(ok.sum()) / max(expected, float(inside.sum()))
 
     def shell(self, center, radii, thickness_mm, value, organ=None, zlim=None) -> int:
         """Ellipsoidal shell of roughly constant thickness (skull, chest wall)."""

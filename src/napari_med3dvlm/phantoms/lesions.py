@@ -1,7 +1,8 @@
 """Painting focal findings, effusions and ascites into a built anatomy.
 
-Lesions are clipped to their host organ, so what the report calls "a 4 cm cyst in the left kidney"
-is a fluid-density sphere inside the left kidney label and nowhere else. Each finding gets its own
+Lesions are placed inside their host organ (by rejection sampling) and clipped to it, so what the
+report calls "a 4 cm cyst in the left kidney" is a fluid-density sphere in the left kidney (kidney
+lesions may bulge out of the kidney, as exophytic ones do), and "two cysts" are two separate ones. Each finding gets its own
 label value (index + 1) in `Canvas.finding`.
 """
 
@@ -40,8 +41,17 @@ for _side, _sx in (("right", -1), ("left", 1)):
 _SEVERITY_DEPTH = {"small": 0.25, "moderate": 0.45, "large": 0.7}
 
 
+#: Labels a lesion may extend into besides its host: kidney lesions may be exophytic.
+_SPILL = {"kidney": (_L["cavity"],), "pancreas": (_L["cavity"],)}
+#: A placement is accepted when this share of the lesion lies in its host and on no other lesion.
+_MIN_INSIDE = 0.85
+
+
 def paint_findings(c: Canvas, case: PhantomCase, rng: np.random.Generator) -> None:
-    for index, f in enumerate(case.findings):
+    """Focal lesions first (so they are placed in intact organs), then fluid, which flows
+    around them, then the labels of enlarged organs."""
+    order = {"enlargement": 2, "effusion": 1}
+    for index, f in sorted(enumerate(case.findings), key=lambda item: order.get(item[1].kind, 0)):
         label = index + 1
         if f.kind == "effusion":
             _effusion(c, case, f, label)
@@ -51,44 +61,63 @@ def paint_findings(c: Canvas, case: PhantomCase, rng: np.random.Generator) -> No
             _focal(c, case, f, label, rng)
 
 
-def _lesion_centres(case: PhantomCase, f: Finding, rng) -> list[tuple[tuple[float, ...], float]]:
-    """(centre, diameter mm) of each lesion: the largest at the site, smaller ones spread round it."""
+def _allowed(f: Finding) -> tuple[int, ...]:
+    return SITES[f.site][2] + _SPILL.get(f.organ, ())
+
+
+def _place_lesions(c: Canvas, case: PhantomCase, f: Finding, rng) -> list[tuple[np.ndarray, tuple]]:
+    """(centre, radii) of each lesion: the largest near the site's centre, the others around it,
+    each mostly inside the host organ and separated from the others by a visible gap.
+
+    Rejection sampling over candidate centres; if no candidate passes, the best one is kept."""
     s = case.scale
     base, jitter, _ = SITES[f.site]
-    centre = np.asarray(base, dtype=float) * s + rng.uniform(-jitter, jitter, 3) * s
-    out = [(tuple(centre), f.size_cm * 10.0)]
-    for k in range(1, f.count):
-        angle = rng.uniform(0, 2 * np.pi)
-        offset_mm = f.size_cm * 10.0 * 0.5 + 16.0
-        direction = np.array([np.sin(angle) * 0.6, np.cos(angle) * 0.6, np.sin(angle + 1.3)])
-        direction /= np.linalg.norm(direction)
-        size = max(20.0, f.size_cm * 10.0 * rng.uniform(0.55, 0.8))
-        out.append((tuple(centre + direction * (offset_mm + size / 2) * (1 if k == 1 else -1)), size))
-    return out
+    allowed = _allowed(f)
+    diameters = [f.size_cm * 10.0] + [max(20.0, f.size_cm * 10.0 * rng.uniform(0.55, 0.8)) for _ in range(f.count - 1)]
+    placed: list[tuple[np.ndarray, tuple]] = []
+    for i, diameter in enumerate(diameters):
+        shape = rng.uniform(0.85, 1.0, 3)
+        shape[rng.integers(3)] = 1.0  # the stated size is the largest diameter
+        radii = tuple(float(r) for r in diameter / 2.0 * shape)
+        best, best_score = None, -1.0
+        for attempt in range(80):
+            if i == 0:
+                spread = (jitter + attempt * 1.5) * s
+                centre = np.asarray(base, dtype=float) * s + rng.uniform(-spread, spread, 3)
+            else:
+                direction = rng.normal(size=3)
+                direction /= np.linalg.norm(direction)
+                distance = placed[0][1][0] + radii[0] + rng.uniform(8.0, 30.0)
+                centre = placed[0][0] + direction * max(distance, max(placed[0][1]) + max(radii) + 8.0)
+            if any(np.linalg.norm(centre - p) < max(pr) + max(radii) + 8.0 for p, pr in placed):
+                continue
+            score = c.fraction_inside(centre, radii, allowed)
+            if score > best_score:
+                best, best_score = centre, score
+            if score >= _MIN_INSIDE:
+                break
+        if best is not None:
+            placed.append((best, radii))
+    return placed
 
 
 def _focal(c: Canvas, case: PhantomCase, f: Finding, label: int, rng) -> None:
     ph = case.phase
-    hosts = SITES[f.site][2]
-    for centre, diameter in _lesion_centres(case, f, rng):
-        radii = tuple(diameter / 2.0 * a for a in rng.uniform(0.85, 1.0, 3))
-        if f.kind == "cyst":
-            c.ellipsoid(centre, radii, hu("cyst", ph), finding=label, within=hosts)
-        elif f.kind == "calcification":
-            c.ellipsoid(centre, radii, hu("calcification", ph), finding=label, within=hosts + (_L["cavity"],))
-        elif f.kind == "haemorrhage":
-            if f.organ == "brain":
-                halo = tuple(r + 4.0 for r in radii)
-                c.ellipsoid(centre, halo, hu("oedema", ph), within=hosts)
-            c.ellipsoid(centre, radii, hu("haemorrhage", ph), finding=label, within=hosts + (_L["cavity"],))
+    allowed = _allowed(f)
+    for centre, radii in _place_lesions(c, case, f, rng):
+        centre = tuple(centre)
+        if f.kind in ("cyst", "calcification", "haemorrhage"):
+            if f.kind == "haemorrhage" and f.organ == "brain":
+                c.ellipsoid(centre, tuple(r + 4.0 for r in radii), hu("oedema", ph), within=SITES[f.site][2],
+                            protect_findings=True)
+            c.ellipsoid(centre, radii, hu(f.kind, ph), finding=label, within=allowed)
         elif f.kind == "mass":
             if f.organ == "brain":
-                halo = tuple(r * 1.5 for r in radii)
-                c.ellipsoid(centre, halo, hu("oedema", ph), within=hosts)
-            c.ellipsoid(centre, radii, hu("mass", ph), finding=label, within=hosts + (_L["cavity"],))
-            if diameter >= 30.0:
-                core = tuple(r * 0.45 for r in radii)
-                c.ellipsoid(centre, core, hu("necrosis", ph), finding=label, within=hosts + (_L["cavity"],))
+                c.ellipsoid(centre, tuple(r * 1.5 for r in radii), hu("oedema", ph), within=SITES[f.site][2],
+                            protect_findings=True)
+            c.ellipsoid(centre, radii, hu("mass", ph), finding=label, within=allowed)
+            if 2.0 * max(radii) >= 30.0:
+                c.ellipsoid(centre, tuple(r * 0.45 for r in radii), hu("necrosis", ph), finding=label, within=allowed)
         else:
             raise ValueError(f"not a focal finding: {f.kind}")
 
@@ -106,19 +135,23 @@ def _effusion(c: Canvas, case: PhantomCase, f: Finding, label: int) -> None:
             zz = c.grid.z[box[0]][:, None, None]
             threshold = (87 - 164 * depth) * s - np.clip(zz, 0, None) * depth * 0.6
             inside = np.broadcast_to(yy > threshold, r.shape)
-            c.paint(box, inside, fluid, organ=_L["pleural space"], finding=label, within=(_L[lung],))
+            c.paint(box, inside, fluid, organ=_L["pleural space"], finding=label, within=(_L[lung],),
+                    protect_findings=True)
     elif f.organ == "pericardium":
         thick = {"small": 7.0, "moderate": 12.0, "large": 18.0}[f.severity or "moderate"] * s
-        hx = 62 * s
+        big = next((g for g in case.findings if g.kind == "enlargement" and g.organ == "heart"), None)
+        hx = (big.size_cm * 5.0 if big else 62.0) * s  # as drawn by anatomy.build_chest
         c.ellipsoid((75 * s, -25 * s, 18 * s), (58 * s + thick, 55 * s + thick, hx + thick), fluid,
-                    organ=_L["pericardium"], finding=label, within=(_L["cavity"], _L["right lung"], _L["left lung"]))
+                    organ=_L["pericardium"], finding=label, within=(_L["cavity"], _L["right lung"], _L["left lung"]),
+                    protect_findings=True)
     elif f.organ == "peritoneal cavity":
         box, r = cylinder_field(c.grid, (0, 0), (99 * s, 142 * s), (-1e4, 1e4))
         rim = r > 1.0 - depth * 0.45
-        c.paint(box, rim, fluid, organ=_L["peritoneal cavity"], finding=label, within=(_L["cavity"],))
+        c.paint(box, rim, fluid, organ=_L["peritoneal cavity"], finding=label, within=(_L["cavity"],),
+                protect_findings=True)
         # fluid also fills the pelvis (the lowest part of the field) and around the liver
         c.ellipsoid((150 * s, -10 * s, 0), (70 * depth * s + 20 * s, 60 * s, 90 * s), fluid,
-                    organ=_L["peritoneal cavity"], finding=label, within=(_L["cavity"],))
+                    organ=_L["peritoneal cavity"], finding=label, within=(_L["cavity"],), protect_findings=True)
     else:
         raise ValueError(f"no effusion model for {f.organ}")
 
