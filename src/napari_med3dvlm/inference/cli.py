@@ -126,7 +126,11 @@ def run_ask(args) -> int:
         print(f"note: {len(volumes)} series found, using the first (pick one with --series)", file=sys.stderr)
     volume = _with_window(volumes[0], parse_window(args.window))
     try:
+        started = False
         for piece in Conversation().stream_answer(engine, volume, args.question, args.choices):
+            if not started:  # answers often begin with a space or newline
+                piece = piece.lstrip()
+                started = bool(piece)
             sys.stdout.write(piece)
             sys.stdout.flush()
     except ModelUnavailableError as err:
