@@ -121,3 +121,24 @@ def test_content_hash_sees_edits_even_with_the_old_timestamp(tmp_path):
     write_nifti(path, phantom(2))  # same size is likely (same shape); restore the old mtime too
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert content_hash([path]) != before
+
+
+def test_a_coronal_series_queried_as_a_layer_finds_itself(tmp_path, embedder):
+    import nibabel as nib
+
+    root = tmp_path / "collection"
+    root.mkdir()
+    # Stored (x, y, z) with the third voxel axis running anterior-posterior: a coronal acquisition.
+    data = np.asarray(phantom(3, shape=(20, 8, 24)), dtype=np.int16)  # (x, slices, z) before the swap
+    affine = np.array([[1.0, 0, 0, 0], [0, 0, 4.0, 0], [0, 1.0, 0, 0], [0, 0, 0, 1]])
+    nib.save(nib.Nifti1Image(data, affine), str(root / "coronal.nii.gz"))
+    for seed in range(3):
+        write_nifti(root / f"axial_{seed}.nii.gz", phantom(seed))
+    index = VolumeIndex(tmp_path / "db")
+    index_folder(index, root, embedder)
+
+    volume = read_volume(root / "coronal.nii.gz")
+    assert volume.metadata["acquisition_plane"] == "coronal"
+    layer_data, plane = volume.data, volume.metadata["acquisition_plane"]  # what the dock gets from a layer
+    best = search_volume(index, embedder, layer_data, "CT", k=1, plane=plane)[0]
+    assert best.relative_path == "coronal.nii.gz" and best.score > 0.999
