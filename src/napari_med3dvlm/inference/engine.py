@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+from transformers import StoppingCriteriaList, TextIteratorStreamer
 
 from napari_med3dvlm.io import preprocess_volume
 
@@ -65,16 +65,6 @@ def display_model_id(source: str) -> str:
     if kind == "folder":
         return "local:" + Path(source).expanduser().name
     return source
-
-
-class _CancelCriteria(StoppingCriteria):
-    """Ends generation at the next token once the event is set (the Stop button)."""
-
-    def __init__(self, event: threading.Event):
-        self.event = event
-
-    def __call__(self, input_ids, scores, **kwargs):
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
 class InferenceEngine:
@@ -253,6 +243,8 @@ class InferenceEngine:
         Generation runs in its own thread so the caller (a napari worker or the CLI) only waits on
         a queue. Closing the iterator early also stops the generation.
         """
+        from napari_med3dvlm.model.vlm import StopOnEvent  # checked after every token: Stop is prompt
+
         settings = settings or self._settings
         cancel_event = cancel_event or threading.Event()
         if isinstance(image_features, EncodedImage):
@@ -268,7 +260,7 @@ class InferenceEngine:
             input_ids=inputs["input_ids"].to(device),
             attention_mask=inputs["attention_mask"].to(device),
             streamer=streamer,
-            stopping_criteria=StoppingCriteriaList([_CancelCriteria(cancel_event)]),
+            stopping_criteria=StoppingCriteriaList([StopOnEvent(cancel_event)]),
             eos_token_id=eos,
             pad_token_id=pad,
             **settings.generation_kwargs(),
