@@ -61,13 +61,18 @@ def _is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m training.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("stage", choices=[*STAGES, "all"])
     parser.add_argument("--preset", default="demo", help=f"one of {available_presets()} or a YAML path")
     parser.add_argument("--force", action="store_true", help="re-run a stage that already finished")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. finetune.max_steps=10")
-    args = parser.parse_args(argv)
+    # Intermixed: overrides may follow --preset, as in the documented command lines.
+    return parser.parse_intermixed_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

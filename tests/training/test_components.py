@@ -25,6 +25,14 @@ def test_overrides_keep_yaml_types_and_reach_nested_keys():
         apply_overrides(config, ["no_equals_sign"])
 
 
+def test_command_line_takes_overrides_after_the_preset():
+    from training.run import parse_args
+
+    args = parse_args(["finetune", "--preset", "demo", "finetune.max_steps=5", "train.seed=1"])
+    assert args.stage == "finetune" and args.preset == "demo"
+    assert args.overrides == ["finetune.max_steps=5", "train.seed=1"]
+
+
 def test_demo_preset_sizes_fit_dcformer_nano_and_smollm2():
     from napari_med3dvlm.model.dcformer import stage_token_counts
 
