@@ -106,18 +106,23 @@ def _focal(c: Canvas, case: PhantomCase, f: Finding, label: int, rng) -> None:
     allowed = _allowed(f)
     for centre, radii in _place_lesions(c, case, f, rng):
         centre = tuple(centre)
-        if f.kind in ("cyst", "calcification", "haemorrhage"):
-            if f.kind == "haemorrhage" and f.organ == "brain":
+        if f.kind in ("cyst", "calcification"):
+            c.ellipsoid(centre, radii, hu(f.kind, ph), finding=label, within=allowed)
+        elif f.kind == "haemorrhage":
+            if f.organ == "brain":
                 c.ellipsoid(centre, tuple(r + 4.0 for r in radii), hu("oedema", ph), within=SITES[f.site][2],
                             protect_findings=True)
-            c.ellipsoid(centre, radii, hu(f.kind, ph), finding=label, within=allowed)
+                c.ellipsoid(centre, radii, hu("haemorrhage", ph), finding=label, within=allowed)
+            else:  # clot inside a thin serum rim: visible even against unenhanced liver (60 HU)
+                c.ellipsoid(centre, radii, hu("serum", ph), finding=label, within=allowed)
+                c.ellipsoid(centre, tuple(r * 0.85 for r in radii), hu("haemorrhage", ph), finding=label, within=allowed)
         elif f.kind == "mass":
             if f.organ == "brain":
                 c.ellipsoid(centre, tuple(r * 1.5 for r in radii), hu("oedema", ph), within=SITES[f.site][2],
                             protect_findings=True)
             c.ellipsoid(centre, radii, hu("mass", ph), finding=label, within=allowed)
-            if 2.0 * max(radii) >= 30.0:
-                c.ellipsoid(centre, tuple(r * 0.45 for r in radii), hu("necrosis", ph), finding=label, within=allowed)
+            # a necrotic centre: keeps masses visible where they match their organ before contrast
+            c.ellipsoid(centre, tuple(r * 0.5 for r in radii), hu("necrosis", ph), finding=label, within=allowed)
         else:
             raise ValueError(f"not a focal finding: {f.kind}")
 

@@ -35,9 +35,10 @@ TISSUE_HU: dict[str, tuple[float, float, float, float]] = {
     "rib": (650, 650, 650, 650),
     # findings
     "cyst": (6, 6, 6, 6),
-    "mass": (32, 150, 75, 62),
-    "necrosis": (15, 15, 20, 20),
-    "haemorrhage": (68, 68, 68, 68),
+    "mass": (30, 150, 75, 62),
+    "necrosis": (8, 8, 10, 10),
+    "haemorrhage": (75, 75, 75, 75),  # clot
+    "serum": (20, 20, 22, 22),  # the thin lower-density rim of a retracting haematoma
     "calcification": (750, 750, 750, 750),
     "oedema": (18, 18, 20, 20),
 }
