@@ -47,3 +47,16 @@ def test_multiple_choice_questions_send_the_choices(viewer_with_sample, qtbot):
     turn = dock.conversation(layer).turns[-1]
     assert turn.choices == ("liver", "spleen", "kidney", "pancreas")
     assert "A. liver" in dock.transcript()
+
+
+def test_a_failed_question_is_given_back(viewer_with_sample, engine, qtbot, tmp_path):
+    viewer, layer = viewer_with_sample
+    engine.update_settings(engine.settings.updated(model_source=str(tmp_path / "missing-model")))
+    dock = ChatWidget(viewer)
+    dock.input.setText("Is the liver enlarged?")
+    with qtbot.waitSignal(dock.runner.failed, timeout=30_000):
+        assert dock.send()
+    qtbot.waitUntil(lambda: dock.send_button.isEnabled())
+    assert dock.input.text() == "Is the liver enlarged?"
+    assert dock.conversation(layer).turns == [] and dock.transcript() == ""
+    assert "Model source" in dock.status.label.text()

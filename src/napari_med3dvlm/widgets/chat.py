@@ -33,6 +33,7 @@ class ChatWidget(QWidget):
         self.viewer = napari_viewer
         self.conversations: dict[str, Conversation] = {}
         self._answer_started = False
+        self._pending_question = ""
         self.runner = StreamRunner(self)
 
         self.layer_picker = LayerPicker(napari_viewer, self)
@@ -81,7 +82,7 @@ class ChatWidget(QWidget):
         self.layer_picker.layer_changed.connect(lambda _: self._render())
         self.runner.piece.connect(self._append)
         self.runner.done.connect(self._done)
-        self.runner.failed.connect(lambda message: self.status.idle(f"Error: {message}"))
+        self.runner.failed.connect(self._failed)
         self.runner.running_changed.connect(self._running_changed)
         self._running_changed(False)
 
@@ -107,6 +108,7 @@ class ChatWidget(QWidget):
             self.status.idle("Fill in all four choices, or untick multiple choice.")
             return False
         conversation = self.conversation(layer)
+        self._pending_question = question
         self.input.clear()
         self._append_message("You", question, _USER_COLOR, choices)
         self._start_model_message()
@@ -158,6 +160,12 @@ class ChatWidget(QWidget):
     def _done(self, answer) -> None:
         self.status.idle("")
         self._render()  # the stored turns, tidied (stripped answers)
+
+    def _failed(self, message: str) -> None:
+        self.status.idle(f"Error: {message}")
+        if not self.input.text():
+            self.input.setText(self._pending_question)  # nothing typed is lost
+        self._render()
 
     def transcript(self) -> str:
         return self.view.toPlainText()
