@@ -126,3 +126,10 @@ def test_closing_the_stream_early_stops_generation(engine, ct_volume):
         assert cancel.is_set() and time.perf_counter() - start < 0.5
     finally:
         hook.remove()
+
+
+def test_cpu_threads_are_given_back_on_unload(engine):
+    before = torch.get_num_threads()
+    engine.load()
+    engine.unload()
+    assert torch.get_num_threads() == before

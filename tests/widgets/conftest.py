@@ -45,6 +45,7 @@ def engine(tiny_model_dir, config_dir):
     previous = set_engine(engine)
     yield engine
     set_engine(previous)
+    engine.unload()
 
 
 def open_sample(viewer):

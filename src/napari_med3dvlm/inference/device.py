@@ -8,6 +8,7 @@ model generates.
 from __future__ import annotations
 
 import os
+import sys
 
 import torch
 
@@ -48,18 +49,31 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def configure_cpu_threads(device: torch.device, reserve: int = 1) -> int:
-    """Use all cores but ``reserve`` for torch on CPU; returns the thread count set."""
+def gui_running() -> bool:
+    """Whether a Qt application (napari) lives in this process."""
+    for name in ("PyQt6.QtCore", "PyQt5.QtCore", "PySide6.QtCore", "PySide2.QtCore"):
+        module = sys.modules.get(name)
+        if module is not None and module.QCoreApplication.instance() is not None:
+            return True
+    return False
+
+
+def configure_cpu_threads(device: torch.device, reserve: int | None = None) -> int:
+    """On CPU, give torch every core but ``reserve`` (default: one while a GUI is running, so the
+    viewer stays responsive; none on the command line). Returns the previous thread count."""
+    previous = torch.get_num_threads()
     if device.type != "cpu":
-        return torch.get_num_threads()
+        return previous
+    if reserve is None:
+        reserve = 1 if gui_running() else 0
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
         cores = os.cpu_count() or 1
     threads = max(1, cores - reserve)
-    if torch.get_num_threads() != threads:
+    if previous != threads:
         torch.set_num_threads(threads)
-    return threads
+    return previous
 
 
 def is_out_of_memory(err: BaseException) -> bool:

@@ -81,6 +81,7 @@ class InferenceEngine:
         self._model = None
         self._tokenizer = None
         self._loaded_key = None
+        self._threads_before: int | None = None
         self._load_lock = threading.RLock()
         self._generate_lock = threading.Lock()
         self.features = FeatureCache(cache_size)
@@ -107,9 +108,13 @@ class InferenceEngine:
         return self._model is not None
 
     def unload(self) -> None:
+        """Drop the model and features, and give torch its threads back."""
         with self._load_lock:
             self._model = self._tokenizer = self._loaded_key = None
             self.features.clear()
+            if self._threads_before is not None:
+                torch.set_num_threads(self._threads_before)
+                self._threads_before = None
 
     def load(self):
         """The (model, tokenizer) pair, loading it on first call; thread-safe."""
@@ -121,7 +126,7 @@ class InferenceEngine:
             self.unload()
             device = self._device_or_raise(s.device)
             dtype = pick_dtype(device, s.dtype)
-            configure_cpu_threads(device)
+            self._threads_before = configure_cpu_threads(device)
             source = s.model_source
             kind = source_kind(source)
             if kind == "folder" and not Path(source).expanduser().is_dir():
