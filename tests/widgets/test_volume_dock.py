@@ -37,7 +37,7 @@ def test_model_input_overlay_toggles_and_lines_up(viewer_with_sample, qtbot):
     assert overlay not in viewer.layers
 
 
-def test_open_path_adds_a_layer_through_the_reader(make_napari_viewer, engine, ct_volume, tmp_path):
+def test_open_path_adds_a_layer_through_the_reader(make_napari_viewer, engine, ct_volume, tmp_path, qtbot):
     import nibabel as nib
 
     path = tmp_path / "scan.nii.gz"
@@ -45,14 +45,15 @@ def test_open_path_adds_a_layer_through_the_reader(make_napari_viewer, engine, c
     nib.save(nib.Nifti1Image(np.ascontiguousarray(ct_volume.transpose(2, 1, 0)), affine), str(path))
     viewer = make_napari_viewer()
     dock = VolumeWidget(viewer)
-    assert dock.open_path(path) == 1
+    dock.open_path(path)
+    qtbot.waitUntil(lambda: not dock.reading, timeout=30_000)
     layer = dock.layer_picker.layer()
     assert layer is viewer.layers[-1] and layer.data.shape == ct_volume.shape
     assert tuple(layer.scale) == pytest.approx((2.5, 0.8, 0.8))
     assert not dock.series_row.isVisible()
 
 
-def test_a_folder_with_two_series_offers_a_choice(make_napari_viewer, engine, ct_volume, tmp_path):
+def test_a_folder_with_two_series_offers_a_choice(make_napari_viewer, engine, ct_volume, tmp_path, qtbot):
     from napari_med3dvlm.io.dicom_write import write_dicom_series
 
     folder = tmp_path / "study"
@@ -60,12 +61,24 @@ def test_a_folder_with_two_series_offers_a_choice(make_napari_viewer, engine, ct
     write_dicom_series(ct_volume[:, ::2, ::2], folder / "b", spacing=(2.5, 1.6, 1.6), description="Axial low res")
     viewer = make_napari_viewer()
     dock = VolumeWidget(viewer)
-    assert dock.open_path(folder) == 2
+    dock.open_path(folder)
+    qtbot.waitUntil(lambda: not dock.reading, timeout=30_000)
+    assert dock.series.count() == 2
     assert len(viewer.layers) == 0 and not dock.series_row.isHidden()
     labels = [dock.series.itemText(i) for i in range(dock.series.count())]
     assert any("low res" in label for label in labels)
     index = next(i for i, label in enumerate(labels) if "low res" in label)
     dock.series.setCurrentIndex(index)
     dock.add_series_button.click()
+    qtbot.waitUntil(lambda: not dock.reading, timeout=30_000)
     assert len(viewer.layers) == 1 and viewer.layers[0].data.shape == (24, 24, 24)
     assert tuple(viewer.layers[0].scale) == pytest.approx((2.5, 1.6, 1.6))
+
+
+def test_an_unreadable_path_is_a_message(make_napari_viewer, engine, tmp_path, qtbot):
+    (tmp_path / "notes.txt").write_text("not an image")
+    viewer = make_napari_viewer()
+    dock = VolumeWidget(viewer)
+    dock.open_path(tmp_path)
+    qtbot.waitUntil(lambda: not dock.reading, timeout=30_000)
+    assert "Could not open" in dock.status.text() and len(viewer.layers) == 0

@@ -49,7 +49,9 @@ class VolumeWidget(QWidget):
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
         self.viewer = napari_viewer
-        self._pending = []  # volumes read from the last opened path, when it held several series
+        self._path: Path | None = None
+        self._pending = []  # series (headers) of the last opened path
+        self.read_worker = None
         self.model_input_worker = None
 
         self.open_file_button = QPushButton("Open file…")
@@ -104,41 +106,75 @@ class VolumeWidget(QWidget):
 
     # -- opening ----------------------------------------------------------------------------------
 
-    def open_path(self, path) -> int:
-        """Read a file or folder; adds it directly, or lists its series to pick from. Returns the count."""
-        from napari_med3dvlm.io import read_volumes
+    def open_path(self, path):
+        """List the series in a file or folder (headers only, in the background); a single series
+        is then read and added, several are offered in the series list. Returns the worker."""
+        from napari_med3dvlm.io import list_series
 
-        try:
-            volumes = read_volumes(path)
-        except Exception as err:  # noqa: BLE001 - unreadable input is a message, not a crash
-            show_error(f"Could not open {Path(path).name}: {err}")
-            return 0
-        self._pending = list(volumes)
+        self._path = Path(path)
+        self.status.setText(f"Reading {self._path.name}…")
+        worker = create_worker(guarded_call, list_series, self._path, _start_thread=False, _ignore_errors=True)
+        worker.returned.connect(self._series_listed)
+        self._track(worker)
+        return worker
+
+    def _series_listed(self, infos) -> None:
+        self._pending = list(infos)
         self.series.clear()
-        for i, volume in enumerate(volumes, start=1):
-            self.series.addItem(self._series_label(i, volume))
-        self.series_row.setVisible(len(volumes) > 1)
-        if len(volumes) == 1:
+        for number, info in enumerate(infos, start=1):
+            self.series.addItem(self._series_label(number, info))
+        self.series_row.setVisible(len(infos) > 1)
+        if len(infos) == 1:
             self.add_series(0)
         else:
-            self.status.setText(f"{len(volumes)} series found: pick one and press Add series.")
-        return len(volumes)
+            self.status.setText(f"{len(infos)} series found: pick one and press Add series.")
 
     @staticmethod
-    def _series_label(number: int, volume) -> str:
-        shape = " x ".join(str(s) for s in volume.shape)
-        text = f"{number}: {volume.modality} {shape}"
-        return f"{text} · {volume.description}" if volume.description else text
+    def _series_label(number: int, info) -> str:
+        shape = " x ".join(str(s) for s in info.shape)
+        text = f"{number}: {info.modality} {shape}"
+        return f"{text} · {info.description}" if info.description else text
 
     def add_series(self, index: int):
+        """Read series ``index`` of the opened path in the background and add it; returns the worker."""
+        from napari_med3dvlm.io import read_volume
+
         if not 0 <= index < len(self._pending):
             return None
-        volume = self._pending[index]
+        info = self._pending[index]
+        self.status.setText(f"Reading series {index + 1}…")
+        series = info if len(self._pending) > 1 else None
+        worker = create_worker(
+            guarded_call, read_volume, self._path, series, _start_thread=False, _ignore_errors=True
+        )
+        worker.returned.connect(lambda volume: self._add_volume(volume, index))
+        self._track(worker)
+        return worker
+
+    @property
+    def reading(self) -> bool:
+        """Whether a file or folder is being read."""
+        return self.read_worker is not None
+
+    def _track(self, worker) -> None:
+        worker.errored.connect(self._read_failed)
+        worker.finished.connect(lambda: self._read_finished(worker))
+        self.read_worker = worker
+        worker.start()
+
+    def _read_finished(self, worker) -> None:
+        if self.read_worker is worker:
+            self.read_worker = None
+
+    def _add_volume(self, volume, index: int) -> None:
         name = volume.description or f"{volume.modality} series {index + 1}"
         layer = add_volume_layer(self.viewer, volume, name)
         self.layer_picker.set_layer(layer)
         self.status.setText("")
-        return layer
+
+    def _read_failed(self, err) -> None:
+        show_error(f"Could not open {self._path.name}: {err}")
+        self.status.setText(f"Could not open {self._path.name}.")
 
     def _open_file_dialog(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Open volume", "", "Volumes (*.nii *.nii.gz *.dcm *.zip);;All files (*)")
