@@ -108,3 +108,18 @@ def test_a_model_that_cannot_load_is_a_message_not_a_dead_viewer(viewer_with_sam
     assert "Model source" in failure.args[0]
     qtbot.waitUntil(lambda: dock.generate_button.isEnabled())
     assert "Error" in dock.status.label.text() and dock.record is None
+
+
+def test_each_layer_keeps_its_own_report(viewer_with_sample, qtbot):
+    import numpy as np
+
+    viewer, layer = viewer_with_sample
+    dock = ReportWidget(viewer)
+    with qtbot.waitSignal(dock.runner.done, timeout=60_000):
+        dock.generate()
+    first = dock.record
+    other = viewer.add_image(np.zeros((8, 16, 16), dtype=np.int16), name="other", metadata={"modality": "CT"})
+    dock.layer_picker.set_layer(other)
+    assert dock.record is None and dock.text.toPlainText() == "" and not dock.export_button.isEnabled()
+    dock.layer_picker.set_layer(layer)
+    assert dock.record is first and dock.text.toPlainText() == first.text

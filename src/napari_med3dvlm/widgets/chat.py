@@ -81,6 +81,7 @@ class ChatWidget(QWidget):
         self.closed_mode.toggled.connect(self.choices_box.setVisible)
         self.layer_picker.layer_changed.connect(lambda _: self._render())
         self.runner.piece.connect(self._append)
+        napari_viewer.layers.events.removed.connect(lambda event: self.conversations.pop(layer_key(event.value), None))
         self.runner.done.connect(self._done)
         self.runner.failed.connect(self._failed)
         self.runner.running_changed.connect(self._running_changed)

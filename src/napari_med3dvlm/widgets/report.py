@@ -19,14 +19,15 @@ from qtpy.QtWidgets import (
 
 from napari_med3dvlm.inference import DISCLAIMER, ReportRecord, get_engine, stream_report
 
-from ._common import BusyIndicator, LayerPicker, StreamRunner, volume_input
+from ._common import BusyIndicator, LayerPicker, StreamRunner, layer_key, volume_input
 
 
 class ReportWidget(QWidget):
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
         self.viewer = napari_viewer
-        self.record: ReportRecord | None = None
+        self.records: dict[str, ReportRecord] = {}  # the last report of each layer
+        self._target = None
         self._first_piece = True
         self.runner = StreamRunner(self)
 
@@ -63,18 +64,26 @@ class ReportWidget(QWidget):
         self.stop_button.clicked.connect(self.runner.stop)
         self.copy_button.clicked.connect(self.copy)
         self.export_button.clicked.connect(self._export_dialog)
-        self.layer_picker.layer_changed.connect(lambda _: self._update_buttons())
+        self.layer_picker.layer_changed.connect(self._layer_changed)
         self.runner.piece.connect(self._append)
+        napari_viewer.layers.events.removed.connect(lambda event: self.records.pop(layer_key(event.value), None))
         self.runner.done.connect(self._done)
         self.runner.failed.connect(lambda message: self.status.idle(f"Error: {message}"))
         self.runner.running_changed.connect(lambda _: self._update_buttons())
         self._update_buttons()
 
+    @property
+    def record(self) -> ReportRecord | None:
+        """The finished report of the selected layer, if any."""
+        layer = self.layer_picker.layer()
+        return None if layer is None else self.records.get(layer_key(layer))
+
     def generate(self) -> None:
         layer = self.layer_picker.layer()
         if layer is None or self.runner.running:
             return
-        self.record = None
+        self._target = layer_key(layer)
+        self.records.pop(self._target, None)
         self.text.clear()
         self.status.busy("Loading the model and encoding the volume…")
         self._first_piece = True
@@ -96,10 +105,16 @@ class ReportWidget(QWidget):
         self.text.setTextCursor(cursor)
 
     def _done(self, record: ReportRecord) -> None:
-        self.record = record
-        self.text.setPlainText(record.text)
+        self.records[self._target] = record
+        self._layer_changed()
         state = "Stopped" if record.stopped else "Done"
         self.status.idle(f"{state} in {record.duration_s:.1f} s · {record.model_id}")
+
+    def _layer_changed(self, *_) -> None:
+        if not self.runner.running:
+            record = self.record
+            self.text.setPlainText(record.text if record else "")
+            self.status.idle("")
         self._update_buttons()
 
     def copy(self) -> None:
@@ -124,6 +139,7 @@ class ReportWidget(QWidget):
         self.generate_button.setEnabled(not running and self.layer_picker.layer() is not None)
         self.stop_button.setEnabled(running)
         self.copy_button.setEnabled(not running)
+        self.layer_picker.setEnabled(not running)
         self.export_button.setEnabled(not running and self.record is not None)
 
     def closeEvent(self, event) -> None:
