@@ -131,8 +131,12 @@ def build_abdomen(c: Canvas, case: PhantomCase) -> None:
     big = _enlargement(case, "liver")
     lz = (big.size_cm * 5.0 if big else 80.0) * s
     grow = 1.12 if big else 1.0
-    lc = (-65 * s + (lz - 80 * s) * 0.6, -5 * s, -52 * s)
-    c.ellipsoid(lc, (lz, 82 * s * grow, 88 * s * grow), hu("liver", ph), LABEL["liver"], within=(LABEL["cavity"], LABEL["right lung"]))
+    # right lobe, then the thinner left lobe reaching across the midline in front of the stomach
+    lc = (-65 * s + (lz - 80 * s) * 0.6, 0, -62 * s)
+    liver_ok = (LABEL["cavity"], LABEL["right lung"])
+    c.ellipsoid(lc, (lz, 82 * s * grow, 80 * s * grow), hu("liver", ph), LABEL["liver"], within=liver_ok)
+    c.ellipsoid((lc[0] - 12 * s, -30 * s, 2 * s), (lz * 0.55, 42 * s * grow, 62 * s * grow), hu("liver", ph),
+                LABEL["liver"], within=liver_ok)
     # portal vein and intrahepatic branches, hepatic veins
     c.ellipsoid((-25 * s, 8 * s, -18 * s), (10 * s, 9 * s, 38 * s), hu("portal vein", ph), LABEL["vessel"])
     for dz, dx in ((-30, -60), (-55, -30), (-10, -95)):
@@ -167,7 +171,7 @@ def build_abdomen(c: Canvas, case: PhantomCase) -> None:
         c.cylinder((yx[0] * s, yx[1] * s), (18 * s, 18 * s), (-20 * s, 1e4), hu("bowel wall", ph), LABEL["bowel"], within=(LABEL["cavity"],))
         c.cylinder((yx[0] * s, yx[1] * s), (12 * s, 12 * s), (-20 * s, 1e4), hu("air", ph), LABEL["bowel"], within=(LABEL["bowel"],))
     rng = np.random.default_rng(case.seed + 7)
-    for _ in range(26):
+    for _ in range(40):
         center = (rng.uniform(-5, 150) * s, rng.uniform(-85, 45) * s, rng.uniform(-90, 90) * s)
         radii = (rng.uniform(12, 18) * s, rng.uniform(10, 14) * s, rng.uniform(14, 24) * s)
         c.ellipsoid(center, radii, hu("bowel wall", ph), LABEL["bowel"], within=(LABEL["cavity"],))
