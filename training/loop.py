@@ -292,6 +292,7 @@ def train(
                         f"[{name}] {per_step:.2f} s/step: schedule {state.total_steps} -> {new_total[0]} steps"
                     )
                 state.total_steps = schedule.total_steps = new_total[0]
+                schedule.warmup_steps = min(schedule.warmup_steps, int(round(cfg.warmup_ratio * new_total[0])))
                 progress.total = state.total_steps
                 calibrated = True
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -154,3 +155,26 @@ def test_only_the_image_token_row_trains():
     assert isinstance(lm.embed, nn.Embedding)
     assert torch.equal(lm.embed.weight[:5], before[:5]) and not torch.equal(lm.embed.weight[5], before[5])
     assert torch.equal(lm.embed.weight[5], rows.rows.detach()[0])
+
+
+def test_time_budget_fits_the_whole_schedule(tmp_path):
+    import time
+
+    from training.loop import LoopConfig, train
+
+    data = [{"x": torch.rand(4)} for _ in range(64)]
+
+    def slow_loss(model, batch):
+        time.sleep(0.03)
+        return model(batch["x"]).pow(2).mean(), {}
+
+    cfg = LoopConfig(epochs=100, max_steps=400, batch_size=2, lr=0.1, warmup_ratio=0.1, max_minutes=0.02,
+                     calibrate_steps=3, save_every=1000, log_every=1)
+    model, state, _ = train(
+        name="budget", model=nn.Linear(4, 1), dataset=data,
+        collate_fn=lambda items: {"x": torch.stack([i["x"] for i in items])},
+        compute_loss=slow_loss, cfg=cfg, output_dir=tmp_path,
+    )
+    assert state.finished and 3 < state.total_steps < 400 and state.global_step == state.total_steps
+    lrs = [json.loads(line)["lr"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert max(lrs) > 0.09 and lrs[-1] == pytest.approx(0.0)  # warmed up, then fully decayed
