@@ -178,6 +178,10 @@ def run(config: dict) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.time()
     results: dict = {}
+    previous = out_dir / "results.json"
+    if ecfg.get("update") and previous.exists():
+        # Re-score some parts (e.g. ``eval.tasks=[]`` for retrieval only) and keep the others.
+        results = json.loads(previous.read_text())
 
     from .merge import _load_siglip
 
@@ -197,8 +201,9 @@ def run(config: dict) -> dict:
         print(f"[eval] retrieval: {json.dumps(results['retrieval'])}")
         del siglip
 
-    model, tokenizer = load_trained_vlm(config)
-    proj_out_num = model.config.proj_out_num
+    tasks = ecfg.get("tasks", ["closed", "open", "yn", "caption"])
+    model, tokenizer = load_trained_vlm(config) if tasks else (None, None)
+    proj_out_num = model.config.proj_out_num if model is not None else 0
     counts = {
         "caption": ecfg.get("caption_samples"),
         "closed": ecfg.get("vqa_samples"),
@@ -206,8 +211,8 @@ def run(config: dict) -> dict:
         "yn": ecfg.get("yn_samples", ecfg.get("vqa_samples")),
     }
     new_tokens = {"caption": int(ecfg.get("max_new_tokens", 256)), "closed": 24, "open": 24, "yn": 8}
-    predictions = open(out_dir / "predictions.jsonl", "w", encoding="utf-8")
-    for kind in ecfg.get("tasks", ["closed", "open", "yn", "caption"]):
+    predictions = open(out_dir / "predictions.jsonl", "a" if ecfg.get("update") else "w", encoding="utf-8")
+    for kind in tasks:
         try:
             samples = task_samples(config, kind, counts[kind], proj_out_num)
         except (FileNotFoundError, KeyError) as error:
@@ -224,7 +229,8 @@ def run(config: dict) -> dict:
                 predictions.write(json.dumps({"task": key, "question": question, "answer": answer, "reference": reference}) + "\n")
     predictions.close()
     results["summary"] = summarize(results)
-    results["minutes"] = round((time.time() - start) / 60, 2)
+    earlier = results.get("minutes", 0.0) if ecfg.get("update") else 0.0
+    results["minutes"] = round(earlier + (time.time() - start) / 60, 2)
     (out_dir / "results.json").write_text(json.dumps(results, indent=2))
     _write_model_card(config, results)
     return results
