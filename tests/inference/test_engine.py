@@ -55,7 +55,7 @@ def test_cancel_stops_promptly_and_keeps_partial_text(engine, ct_volume):
                 pieces.append(next(stream))
         except StopIteration as stop:
             record = stop.value
-        assert time.perf_counter() - start < 0.5
+        assert time.perf_counter() - start < 1.0
     finally:
         hook.remove()
     assert record.stopped and record.text == "".join(pieces).strip() and record.text
@@ -123,7 +123,7 @@ def test_closing_the_stream_early_stops_generation(engine, ct_volume):
         next(stream)
         start = time.perf_counter()
         stream.close()
-        assert cancel.is_set() and time.perf_counter() - start < 0.5
+        assert cancel.is_set() and time.perf_counter() - start < 1.0
     finally:
         hook.remove()
 

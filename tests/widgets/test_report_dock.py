@@ -70,10 +70,11 @@ def test_stop_keeps_the_partial_report(viewer_with_sample, engine, qtbot):
         stopped_at = time.perf_counter()
         with qtbot.waitSignal(dock.runner.done, timeout=5_000):
             dock.stop_button.click()
-        assert time.perf_counter() - stopped_at < 0.5
+        assert time.perf_counter() - stopped_at < 1.0  # a full run takes over 2 s
     finally:
         hook.remove()
     assert dock.record.stopped
+    assert len(engine.load()[1](dock.record.text)["input_ids"]) < 150  # well short of the 200 asked for
     assert dock.text.toPlainText() == dock.record.text == "".join(pieces).strip() != ""
     assert "stopped" in dock.status.label.text().lower()
 
