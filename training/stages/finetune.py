@@ -8,6 +8,9 @@ output embedding matrices (``full``).
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import torch
 from peft import LoraConfig, get_peft_model
 
 from ..builders import build_vlm
@@ -16,6 +19,7 @@ from ..data.instructions import VLMCollator
 from ..image_token import attach_image_token_rows
 from ..loop import train
 from .common import (
+    RESULT_FILE,
     count_parameters,
     instruction_dataset,
     keep_in_eval_mode,
@@ -74,11 +78,35 @@ def prepare_finetune_model(config: dict, model=None, tokenizer=None):
             out.weight.requires_grad_(True)
     elif embeddings == "image_token":
         rows.rows.requires_grad_(True)
+    if stage_cfg.get("init_from"):
+        continue_from(model, Path(stage_cfg["init_from"]))
     if stage_cfg.get("train_vision", False):
         model.vision_tower.requires_grad_(True)
     else:
         keep_in_eval_mode(model.vision_tower)
     return model, tokenizer, restored
+
+
+def continue_from(model, folder: Path) -> None:
+    """Start from an earlier fine-tuning result (its ``final/`` folder): a second round with a fresh
+    schedule, e.g. when a time-budgeted run stopped early."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    state = load_file(str(folder / RESULT_FILE))
+    model.vision_tower.load_state_dict(subset(state, "vision_tower."), strict=True)
+    model.mm_projector.load_state_dict(subset(state, "mm_projector."), strict=True)
+    rows = model.language_model.get_input_embeddings()
+    with torch.no_grad():
+        rows.rows.copy_(state["image_token_rows"])
+        if "embed_tokens" in state:
+            rows.base.weight.copy_(state["embed_tokens"])
+        if "lm_head" in state:
+            model.language_model.get_output_embeddings().weight.copy_(state["lm_head"])
+    adapter = load_file(str(folder / "adapter" / "adapter_model.safetensors"))
+    result = set_peft_model_state_dict(model.language_model, adapter)
+    if getattr(result, "unexpected_keys", None):
+        raise RuntimeError(f"adapter in {folder} does not match: {result.unexpected_keys[:5]}")
 
 
 def run(config: dict) -> dict:
