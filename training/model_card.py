@@ -46,6 +46,13 @@ def render_model_card(config: dict, results: dict) -> str:
     for stage in ("siglip", "projector", "finetune"):
         info = _stage_info(config, stage)
         cfg = {**config.get("train", {}), **config.get(stage, {})}
+        earlier = info.get("continued_from")
+        if earlier:
+            stages.append(
+                f"| {stage} (first round) | {earlier.get('steps', 'n/a')} | {cfg.get('batch_size')} | - | "
+                f"{earlier.get('minutes', 'n/a')} | {earlier.get('trainable_parameters', 'n/a')} |"
+            )
+            stage = f"{stage} (continued)"
         stages.append(
             f"| {stage} | {info.get('steps', 'n/a')} | {cfg.get('batch_size')} | {cfg.get('lr')} | "
             f"{info.get('minutes', 'n/a')} | {info.get('trainable_parameters', 'n/a')} |"

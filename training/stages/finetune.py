@@ -8,6 +8,7 @@ output embedding matrices (``full``).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -131,6 +132,9 @@ def run(config: dict) -> dict:
         "trainable_parameters": count_parameters(trainable.values()),
         "restored_projector_stage": restored,
     }
+    init_from = stage_config(config, "finetune").get("init_from")
+    if init_from and (Path(init_from) / "info.json").exists():
+        info["continued_from"] = json.loads((Path(init_from) / "info.json").read_text())
     if accelerator.is_main_process:
         save_finetune_result(config, model, info)
     return info
