@@ -33,18 +33,30 @@ class Heartbeat:
         self.timer.stop()
 
 
-def test_report_streams_without_blocking_the_viewer(viewer_with_sample, engine, qtbot):
-    viewer, layer = viewer_with_sample
-    engine.update_settings(engine.settings.updated(max_new_tokens=150))  # loading + ~1 s of tokens
-    dock = ReportWidget(viewer)
-    viewer.window.add_dock_widget(dock, name="Report")
-    assert dock.layer_picker.layer() is layer
+def generate_with_heartbeat(dock, qtbot):
     pieces = []
     dock.runner.piece.connect(pieces.append)
     with Heartbeat() as beat:
         with qtbot.waitSignal(dock.runner.done, timeout=60_000):
             dock.generate_button.click()
             assert dock.stop_button.isEnabled() and not dock.generate_button.isEnabled()
+    dock.runner.piece.disconnect(pieces.append)
+    return beat, pieces
+
+
+def test_report_streams_without_blocking_the_viewer(viewer_with_sample, engine, qtbot):
+    viewer, layer = viewer_with_sample
+    engine.update_settings(engine.settings.updated(max_new_tokens=150))  # loading + ~1 s of tokens
+    dock = ReportWidget(viewer)
+    viewer.window.add_dock_widget(dock, name="Report")
+    assert dock.layer_picker.layer() is layer
+    beat, pieces = generate_with_heartbeat(dock, qtbot)
+    if beat.max_gap >= 0.1:
+        # One retry, again from an unloaded model, absorbs a scheduler hiccup on a shared machine;
+        # work done on the GUI thread would stall both runs.
+        engine.unload()
+        qtbot.waitUntil(lambda: dock.generate_button.isEnabled())
+        beat, pieces = generate_with_heartbeat(dock, qtbot)
     assert len(pieces) > 10
     assert dock.record is not None and dock.text.toPlainText() == dock.record.text != ""
     assert not dock.record.stopped and "Done" in dock.status.label.text()
