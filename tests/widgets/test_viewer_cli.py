@@ -1,12 +1,20 @@
 import json
+import os
+import subprocess
+import sys
 
 from napari_med3dvlm.cli import main
+from napari_med3dvlm.inference.settings import CONFIG_DIR_ENV
 
 
-def test_headless_demo_writes_a_report_and_a_screenshot(engine, tiny_model_dir, tmp_path, capsys):
+def test_headless_demo_writes_a_report_and_a_screenshot(tiny_model_dir, tmp_path):
+    """As a user runs it: its own process (a fresh napari), on the X server pytest-xvfb started."""
     out = tmp_path / "demo"
-    code = main(["demo", "--headless", "--out", str(out), "--model", str(tiny_model_dir), "--max-new-tokens", "16"])
-    assert code == 0, capsys.readouterr().err
+    env = dict(os.environ, **{CONFIG_DIR_ENV: str(tmp_path / "config")})
+    command = [sys.executable, "-m", "napari_med3dvlm", "demo", "--headless", "--out", str(out)]
+    command += ["--model", str(tiny_model_dir), "--max-new-tokens", "16"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
     assert {p.name for p in out.iterdir()} >= {"report.md", "report.json", "screenshot.png"}
     assert json.loads((out / "report.json").read_text())["report"]
     from PIL import Image
@@ -25,7 +33,8 @@ def test_view_and_demo_are_registered(capsys):
     assert "--headless" in capsys.readouterr().out
 
 
-def test_view_opens_the_sample_with_every_dock(engine):
+def test_view_opens_the_sample_with_every_dock(engine, make_napari_viewer):
+    # make_napari_viewer is requested for its fresh napari app state, which open_viewer's Viewer uses.
     from napari_med3dvlm.viewer_cli import open_viewer
 
     viewer, docks = open_viewer(show=False)
