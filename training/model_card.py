@@ -46,13 +46,18 @@ def render_model_card(config: dict, results: dict) -> str:
     for stage in ("siglip", "projector", "finetune"):
         info = _stage_info(config, stage)
         cfg = {**config.get("train", {}), **config.get(stage, {})}
+        rounds = []
         earlier = info.get("continued_from")
-        if earlier:
+        while earlier:  # earlier fine-tuning rounds this one continued from, oldest first
+            rounds.insert(0, earlier)
+            earlier = earlier.get("continued_from")
+        for number, previous in enumerate(rounds, start=1):
             stages.append(
-                f"| {stage} (first round) | {earlier.get('steps', 'n/a')} | {cfg.get('batch_size')} | - | "
-                f"{earlier.get('minutes', 'n/a')} | {earlier.get('trainable_parameters', 'n/a')} |"
+                f"| {stage} (round {number}) | {previous.get('steps', 'n/a')} | {cfg.get('batch_size')} | - | "
+                f"{previous.get('minutes', 'n/a')} | {previous.get('trainable_parameters', 'n/a')} |"
             )
-            stage = f"{stage} (continued)"
+        if rounds:
+            stage = f"{stage} (round {len(rounds) + 1})"
         stages.append(
             f"| {stage} | {info.get('steps', 'n/a')} | {cfg.get('batch_size')} | {cfg.get('lr')} | "
             f"{info.get('minutes', 'n/a')} | {info.get('trainable_parameters', 'n/a')} |"
