@@ -15,9 +15,11 @@ DEMO_QUESTION = "Which organ shows an abnormality?"
 
 
 def register(subparsers) -> None:
+    from napari_med3dvlm.inference.cli import add_model_options
+
     view = subparsers.add_parser("view", help="open napari with the phantom sample (or PATHs) and all docks")
     view.add_argument("paths", nargs="*", metavar="PATH", help="volumes to open instead of the phantom sample")
-    _add_model_options(view)
+    add_model_options(view)
     view.set_defaults(func=run_view)
 
     demo = subparsers.add_parser(
@@ -28,17 +30,8 @@ def register(subparsers) -> None:
     demo.add_argument("--question", default=DEMO_QUESTION, help="a question for the Chat dock")
     demo.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for each generation")
     demo.add_argument("--dock-images", type=Path, help="also save each dock as dock_<name>.png in this folder")
-    _add_model_options(demo)
+    add_model_options(demo)
     demo.set_defaults(func=run_demo)
-
-
-def _add_model_options(parser) -> None:
-    group = parser.add_argument_group("model (default: the saved settings)")
-    group.add_argument("--model", help="'embedded', a local model folder, or a hub id")
-    group.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"))
-    group.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"))
-    group.add_argument("--max-new-tokens", type=int)
-    group.add_argument("--temperature", type=float)
 
 
 def open_viewer(paths=(), show: bool = True):

@@ -40,13 +40,19 @@ def register(subparsers) -> None:
     ask.set_defaults(func=run_ask)
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
+def add_model_options(parser: argparse.ArgumentParser):
+    """The model and generation options every generating command shares (read by engine_from_args)."""
     group = parser.add_argument_group("model and generation (default: the saved settings)")
     group.add_argument("--model", help="'embedded', a local model folder, or a hub id")
     group.add_argument("--device", choices=DEVICES)
     group.add_argument("--dtype", choices=DTYPES)
     group.add_argument("--max-new-tokens", type=int)
     group.add_argument("--temperature", type=float, help="0 = greedy (deterministic)")
+    return group
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    group = add_model_options(parser)
     group.add_argument(
         "--window", help="CT display window for the model: a preset name or CENTER,WIDTH (default: soft tissue)"
     )
