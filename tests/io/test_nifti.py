@@ -51,7 +51,7 @@ def test_any_stored_orientation_reads_as_lps_display(tmp_path, axcodes):
 
 
 def test_ras_file_shows_anterior_up_and_patient_left_on_the_right(tmp_path):
-    """Written by hand in RAS storage, independent of our own orientation helpers."""
+    """Written by hand in RAS storage, independent of our own orientation code."""
     stored = np.zeros((8, 7, 6), dtype=np.int16)  # (i -> Right, j -> Anterior, k -> Superior)
     stored[0, 6, 5] = 100  # patient left (low i), anterior (high j), superior (high k)
     nib.save(nib.Nifti1Image(stored, np.diag([2.0, 2.0, 3.0, 1.0])), tmp_path / "ras.nii")
