@@ -94,7 +94,14 @@ def load_volumes(path, series: int | None = None) -> list[VolumeInput]:
             raise SystemExit(f"--series {series} is out of range: {path} has {len(volumes)} series")
         volumes = [volumes[series]]
     return [
-        VolumeInput(data=v.data, modality=v.modality, window=v.window, spacing=v.spacing) for v in volumes
+        VolumeInput(
+            data=v.data,
+            modality=v.modality,
+            window=v.window,
+            spacing=v.spacing,
+            plane=v.metadata.get("acquisition_plane") or "axial",
+        )
+        for v in volumes
     ]
 
 

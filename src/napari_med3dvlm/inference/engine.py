@@ -191,17 +191,20 @@ class InferenceEngine:
         model, _ = self.load()
         return tuple(int(s) for s in model.config.image_size)
 
-    def signature(self, data, modality: str = "CT", window=None) -> str:
-        return volume_signature(data, window, model_id=self._settings.model_source, modality=modality)
+    def signature(self, data, modality: str = "CT", window=None, plane: str = "axial") -> str:
+        return volume_signature(data, window, model_id=self._settings.model_source, modality=f"{modality}|{plane}")
 
-    def encode(self, data, modality: str = "CT", window=None) -> EncodedImage:
-        """Features of a (z, y, x) volume, from the cache when this volume was encoded before."""
-        key = self.signature(data, modality, window)
+    def encode(self, data, modality: str = "CT", window=None, plane: str = "axial") -> EncodedImage:
+        """Features of a display-ordered (z, y, x) volume acquired in ``plane``, from the cache when
+        this volume was encoded before. The model gets the plane's slice stack, as in training."""
+        key = self.signature(data, modality, window, plane)
         cached = self.features.get(key)
         if cached is not None:
             return cached
         model, _ = self.load()
-        tensor, transform = preprocess_volume(data, modality=modality, window=window, spatial_size=self.image_size)
+        tensor, transform = preprocess_volume(
+            data, modality=modality, window=window, spatial_size=self.image_size, plane=plane
+        )
         param = next(model.parameters())
         try:
             with torch.inference_mode():

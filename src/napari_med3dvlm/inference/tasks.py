@@ -28,6 +28,7 @@ class VolumeInput:
     modality: str = "CT"
     window: tuple[float, float] | str | None = None
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    plane: str = "axial"  # acquisition plane of the display-ordered data
 
     def info(self, signature: str = "") -> VolumeInfo:
         return VolumeInfo(
@@ -50,7 +51,7 @@ def stream_report(
     settings = settings or engine.settings
     cancel_event = cancel_event or threading.Event()
     started = time.time()
-    encoded = engine.encode(volume.data, volume.modality, volume.window)
+    encoded = engine.encode(volume.data, volume.modality, volume.window, volume.plane)
     request = prompts.report_text(template)
     prompt = prompts.image_prefix(engine.proj_out_num) + request
     pieces = []
@@ -105,7 +106,7 @@ class Conversation:
         if not question:
             raise ValueError("the question is empty")
         choices = tuple(c.strip() for c in choices) if choices else None
-        encoded = engine.encode(volume.data, volume.modality, volume.window)
+        encoded = engine.encode(volume.data, volume.modality, volume.window, volume.plane)
         prompt = self.prompt(engine, question, choices)
         pieces = []
         try:

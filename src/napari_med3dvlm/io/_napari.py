@@ -121,11 +121,12 @@ def model_input_layer(
             kwargs["crop_foreground"] = tuple(transform.crop_start) != (0, 0, 0) or tuple(
                 transform.crop_stop
             ) != tuple(transform.input_shape)
-        tensor, transform = preprocess_volume(volume.data, **kwargs)
+        plane = volume.metadata.get("acquisition_plane") or "axial"
+        tensor, transform = preprocess_volume(volume.data, plane=plane, **kwargs)
     elif transform is None:
         raise ValueError("pass the PreprocessTransform that produced this tensor")
     array = tensor.detach().cpu().numpy() if hasattr(tensor, "detach") else np.asarray(tensor)
-    array = array.reshape(array.shape[-3:])
+    array = np.ascontiguousarray(transform.to_display(array.reshape(array.shape[-3:])))
     scale, translate = transform.layer_scale_translate(volume.spacing, volume.origin)
     kwargs = {
         "name": f"{name} (model input)",

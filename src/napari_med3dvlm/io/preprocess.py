@@ -4,6 +4,8 @@ training (so the model sees at run time exactly what it was trained on).
 Med3DVLM was trained on display-windowed 8-bit slices scaled to [0, 1], foreground-cropped and
 trilinearly resized (REFERENCE.md, section 5). So: window (CT) or percentile scaling (MR) to [0, 1],
 min-max, crop to voxels > 0, resize, and add batch and channel axes: (B, 1, D, H, W).
+The training stacks put the series' slice axis first whatever the plane, so a display-ordered
+(z, y, x) layer is first viewed as the slice stack of its acquisition plane (``plane=``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,14 @@ WINDOW_PRESETS: dict[str, tuple[float, float]] = {
 #: The published model's input size (D, H, W).
 PUBLISHED_INPUT_SIZE = (128, 256, 256)
 
+#: How `orientation.plane_view` builds a plane stack from display axes: stack axis k is display axis
+#: perm[k], reversed where flipped[k].
+PLANE_LAYOUT: dict[str, tuple[tuple[int, int, int], tuple[bool, bool, bool]]] = {
+    "axial": ((0, 1, 2), (True, False, False)),
+    "coronal": ((1, 0, 2), (False, True, False)),
+    "sagittal": ((2, 0, 1), (False, True, False)),
+}
+
 
 @dataclass(frozen=True)
 class PreprocessTransform:
@@ -37,6 +47,7 @@ class PreprocessTransform:
     intensity: str  # "window" or "percentile"
     low: float
     high: float
+    plane: str | None = None  # the input was a display-ordered layer viewed as this plane's stack
 
     @property
     def zoom(self) -> tuple[float, float, float]:
@@ -52,13 +63,28 @@ class PreprocessTransform:
         return (idx + 0.5) / zoom - 0.5 + np.asarray(self.crop_start)
 
     def layer_scale_translate(self, scale=(1.0, 1.0, 1.0), translate=(0.0, 0.0, 0.0)):
-        """napari scale/translate that overlays the model input on the original layer."""
+        """napari scale/translate that overlays the model input (after `to_display`) on the
+        original layer."""
         scale = np.asarray(scale, dtype=float)
-        zoom = np.asarray(self.zoom)
-        new_scale = scale / zoom
-        origin_index = self.to_input_index((0, 0, 0))
-        new_translate = np.asarray(translate, dtype=float) + origin_index * scale
+        translate = np.asarray(translate, dtype=float)
+        perm, flipped = PLANE_LAYOUT[self.plane] if self.plane else ((0, 1, 2), (False, False, False))
+        new_scale, new_translate = np.empty(3), np.empty(3)
+        for k, axis in enumerate(perm):
+            n, start, stop = self.input_shape[k], self.crop_start[k], self.crop_stop[k]
+            if flipped[k]:
+                start, stop = n - stop, n - start
+            zoom = self.output_shape[k] / (stop - start)
+            new_scale[axis] = scale[axis] / zoom
+            new_translate[axis] = translate[axis] + (0.5 / zoom - 0.5 + start) * scale[axis]
         return tuple(new_scale), tuple(new_translate)
+
+    def to_display(self, array: np.ndarray) -> np.ndarray:
+        """A model-space (D, H, W) array in the display order of the layer it came from."""
+        if not self.plane:
+            return array
+        from .orientation import display_from_plane
+
+        return display_from_plane(array, self.plane)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -117,11 +143,20 @@ def preprocess_volume(
     window: tuple[float, float] | str | None = None,
     spatial_size: tuple[int, int, int] = PUBLISHED_INPUT_SIZE,
     crop_foreground: bool = True,
+    plane: str | None = None,
 ) -> tuple[torch.Tensor, PreprocessTransform]:
-    """Volume (z, y, x) -> model input (1, 1, D, H, W) float32 in [0, 1], and its transform."""
+    """Volume -> model input (1, 1, D, H, W) float32 in [0, 1], and its transform.
+
+    ``data`` is a slice stack (D, H, W) as in training, or, with ``plane``, a display-ordered
+    (z, y, x) layer acquired in that plane ("axial", "coronal" or "sagittal").
+    """
     data = np.asarray(data)
     if data.ndim != 3:
         raise ValueError(f"expected a 3-D volume (z, y, x), got shape {data.shape}")
+    if plane:
+        from .orientation import plane_view
+
+        data = plane_view(data, plane)
     if min(data.shape) < 2:
         raise ValueError(f"volume too thin to preprocess: shape {data.shape}")
     kind, low, high = intensity_range(data, modality, window)
@@ -145,5 +180,6 @@ def preprocess_volume(
         intensity=kind,
         low=low,
         high=high,
+        plane=plane or None,
     )
     return tensor.contiguous(), transform

@@ -57,7 +57,13 @@ def volume_input(layer) -> VolumeInput:
         modality=layer_modality(layer),
         window=layer_window(layer),
         spacing=tuple(float(s) for s in layer.scale[-3:]),
+        plane=layer_plane(layer),
     )
+
+
+def layer_plane(layer) -> str:
+    """The acquisition plane our reader recorded (axial for layers from elsewhere)."""
+    return (getattr(layer, "metadata", None) or {}).get("acquisition_plane") or "axial"
 
 
 def layer_key(layer) -> str:

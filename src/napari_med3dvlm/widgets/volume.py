@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error
 from qtpy.QtWidgets import (
@@ -23,7 +25,17 @@ from qtpy.QtWidgets import (
 from napari_med3dvlm.inference import ModelUnavailableError, get_engine
 from napari_med3dvlm.io import PUBLISHED_INPUT_SIZE, WINDOW_PRESETS, preprocess_volume
 
-from ._common import MODEL_INPUT_KEY, guarded_call, MODEL_WINDOW_KEY, LayerPicker, layer_array, layer_key, layer_modality, layer_window
+from ._common import (
+    MODEL_INPUT_KEY,
+    MODEL_WINDOW_KEY,
+    LayerPicker,
+    guarded_call,
+    layer_array,
+    layer_key,
+    layer_modality,
+    layer_plane,
+    layer_window,
+)
 
 AUTO = "auto (file / modality default)"
 
@@ -39,10 +51,14 @@ def add_volume_layer(viewer, volume, name: str | None = None):
 def model_input_for(layer, image_size=PUBLISHED_INPUT_SIZE):
     """(model input array (D, H, W), scale, translate) overlaying ``layer`` in world coordinates."""
     tensor, transform = preprocess_volume(
-        layer_array(layer), modality=layer_modality(layer), window=layer_window(layer), spatial_size=image_size
+        layer_array(layer),
+        modality=layer_modality(layer),
+        window=layer_window(layer),
+        spatial_size=image_size,
+        plane=layer_plane(layer),
     )
     scale, translate = transform.layer_scale_translate(layer.scale[-3:], layer.translate[-3:])
-    return tensor[0, 0].numpy(), scale, translate
+    return np.ascontiguousarray(transform.to_display(tensor[0, 0].numpy())), scale, translate
 
 
 class VolumeWidget(QWidget):
