@@ -193,3 +193,33 @@ def test_save_and_reload_through_automodel(tmp_path):
     images, ids = torch.rand(2, 1, 8, 16, 16), torch.randint(1, 64, (2, 5))
     with torch.no_grad():
         assert torch.allclose(model(images, ids).logits, reloaded(images, ids).logits, atol=1e-6)
+
+
+def test_precomputed_text_vectors_give_the_same_loss_and_gradients_as_tokens():
+    """The frozen-text-encoder training path (text pooled once per report) trains the same model."""
+    from training.data.instructions import CaptionTextCollator, PooledTextCollator, pool_texts
+
+    class Tok:
+        def __call__(self, texts, max_length, truncation, padding, return_tensors):
+            ids = [[1 + (ord(c) % 60) for c in t[:max_length]] for t in texts]
+            width = max(len(i) for i in ids)
+            return {
+                "input_ids": torch.tensor([i + [0] * (width - len(i)) for i in ids]),
+                "attention_mask": torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i in ids]),
+            }
+
+    torch.manual_seed(0)
+    model = _tiny_model(text_pooling="mean").eval()
+    texts = ["cyst in the left kidney", "normal chest", "liver mass", "normal chest"]
+    items = [{"image": torch.rand(1, 16, 32, 32), "text": t} for t in texts]
+    table = pool_texts(model, Tok(), texts, max_length=24, batch_size=2)
+    assert len(table) == 3  # one vector per distinct report
+    losses, grads = [], []
+    for collate in (CaptionTextCollator(Tok(), max_length=24), PooledTextCollator(table)):
+        model.zero_grad()
+        loss = model(**collate(items)).loss
+        loss.backward()
+        losses.append(loss.item())
+        grads.append(model.mm_language_proj.weight.grad.clone())
+    assert losses[0] == pytest.approx(losses[1], abs=1e-6)
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)

@@ -149,3 +149,32 @@ class CaptionTextCollator:
         )
         images = torch.stack([torch.as_tensor(item["image"], dtype=torch.float32) for item in items])
         return {"images": images, "input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
+
+
+class PooledTextCollator:
+    """Images and precomputed text vectors (`SigLIPModel.pool_text`) for a frozen text encoder.
+
+    With the encoder frozen its output per report never changes, so the stage computes it once
+    (`pool_texts`) and each step runs only the vision tower and the trainable projections.
+    """
+
+    def __init__(self, table: dict[str, torch.Tensor]):
+        self.table = table
+
+    def __call__(self, items: Sequence[dict]) -> dict[str, torch.Tensor]:
+        texts = [str(_get(item, "text", "report", "caption")) for item in items]
+        images = torch.stack([torch.as_tensor(item["image"], dtype=torch.float32) for item in items])
+        return {"images": images, "text_pooled": torch.stack([self.table[t] for t in texts])}
+
+
+@torch.no_grad()
+def pool_texts(model, tokenizer, texts: Sequence[str], max_length: int, batch_size: int = 64) -> dict[str, torch.Tensor]:
+    """``{report: pooled text vector}`` for every distinct report, in batches."""
+    unique = sorted(set(texts))
+    table: dict[str, torch.Tensor] = {}
+    for start in range(0, len(unique), batch_size):
+        chunk = unique[start : start + batch_size]
+        tokens = tokenizer(chunk, max_length=max_length, truncation=True, padding="longest", return_tensors="pt")
+        pooled = model.pool_text(tokens["input_ids"], tokens["attention_mask"]).float()
+        table.update(zip(chunk, pooled))
+    return table

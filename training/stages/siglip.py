@@ -17,7 +17,8 @@ from napari_med3dvlm.model import SigLIPConfig, SigLIPModel
 from ..builders import config_from_dict, resolve_pretrained
 from ..data import sources
 from ..data.augment import AugmentConfig, AugmentedDataset
-from ..data.instructions import CaptionTextCollator
+from ..config import stage_config
+from ..data.instructions import CaptionTextCollator, PooledTextCollator, pool_texts
 from ..loop import train
 from .common import count_parameters, keep_in_eval_mode, loop_config, save_result, stage_dir, trainable_parameters
 
@@ -60,7 +61,7 @@ def set_text_trainable(model: SigLIPModel, mode: str) -> None:
 
 
 def siglip_loss(model, batch):
-    out = model(images=batch["images"], input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    out = model(**batch)
     with torch.no_grad():
         hits = (out.logits.argmax(dim=1) == torch.arange(out.logits.shape[0], device=out.logits.device)).float()
     return out.loss, {"batch_r1": hits.mean().item()}
@@ -71,10 +72,15 @@ def run(config: dict) -> dict:
     set_text_trainable(model, config["model"].get("text_trainable", "full"))
     cfg = loop_config(config, "siglip")
     dataset = sources.caption_dataset(config, "train")
+    max_length = int(config["model"].get("text_max_length", 512))
+    if config["model"].get("text_trainable", "full") == "head" and stage_config(config, "siglip").get("cache_text_features", True):
+        texts = [dataset.text(i) for i in range(len(dataset))]
+        collate = PooledTextCollator(pool_texts(model, tokenizer, texts, max_length))
+    else:
+        collate = CaptionTextCollator(tokenizer, max_length=max_length)
     augment = AugmentConfig.from_dict(config["data"].get("augment"))
     if augment is not None:
         dataset = AugmentedDataset(dataset, augment, seed=cfg.seed)
-    collate = CaptionTextCollator(tokenizer, max_length=int(config["model"].get("text_max_length", 512)))
     trainable = trainable_parameters(model)
     model, state, accelerator = train(
         name="siglip",

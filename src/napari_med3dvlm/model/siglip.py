@@ -206,29 +206,47 @@ class SigLIPModel(PreTrainedModel):
         last_stage = self.vision_encoder(images)[-1]
         return F.normalize(self.mm_vision_proj(last_stage.mean(dim=1)), dim=-1)
 
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """L2-normalised embeddings of tokenised reports."""
+    def pool_text(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """One vector per report from the text encoder, before the projection into the joint space.
+
+        Split from `project_text` so that training with a frozen text encoder can compute it once per
+        report instead of once per step.
+        """
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         hidden = self.language_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         if self.config.text_pooling == "cls":
-            pooled = hidden[:, 0]
-        else:
-            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
+            return hidden[:, 0]
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
+
+    def project_text(self, pooled: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.mm_language_proj(pooled), dim=-1)
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """L2-normalised embeddings of tokenised reports."""
+        return self.project_text(self.pool_text(input_ids, attention_mask))
 
     def forward(
         self,
         images: torch.Tensor,
-        input_ids: torch.Tensor,
+        input_ids: Optional[torch.Tensor] = None,
         attention_mask: Optional[torch.Tensor] = None,
         return_loss: bool = True,
+        text_pooled: Optional[torch.Tensor] = None,
         **kwargs: Any,
     ) -> SigLIPOutput:
-        """Loss and symmetrised logits over the (globally gathered) batch; extra collator keys are ignored."""
+        """Loss and symmetrised logits over the (globally gathered) batch; extra collator keys are ignored.
+
+        ``text_pooled`` (from `pool_text`) replaces ``input_ids`` when the text encoder is frozen.
+        """
         image_features = self.encode_image(images)
-        text_features = self.encode_text(input_ids, attention_mask)
+        if text_pooled is not None:
+            text_features = self.project_text(text_pooled)
+        elif input_ids is not None:
+            text_features = self.encode_text(input_ids, attention_mask)
+        else:
+            raise ValueError("SigLIPModel needs input_ids or text_pooled")
         if return_loss:
             loss, logits = sigmoid_loss(image_features, text_features, self.t_prime, self.bias, return_logits=True)
         else:
