@@ -90,7 +90,7 @@ contradict left/right and plane statements in the texts).
 {chr(10).join(stages)}
 
 Mixed precision: {config.get('train', {}).get('mixed_precision')}; AdamW, warmup + cosine; each stage's schedule
-fitted to its time budget on a shared 2-core CPU.
+fitted to its time budget on a 2-core CPU.
 
 ## Results on the phantom test split
 Greedy decoding. "Blanked image" is the same model given an all-zero volume: the gap is what it reads

@@ -133,3 +133,36 @@ def test_cpu_threads_are_given_back_on_unload(engine):
     engine.load()
     engine.unload()
     assert torch.get_num_threads() == before
+
+
+def test_choice_scores_are_the_summed_token_log_probabilities(engine, ct_volume):
+    from napari_med3dvlm.inference.prompts import choice_continuation_ids, question_prompt
+
+    model, tokenizer = engine.load()
+    encoded = engine.encode(ct_volume)
+    prompt = question_prompt(engine.proj_out_num, "Which organ has a cyst?")
+    choices = ["liver", "left kidney", "spleen", "head of the pancreas"]
+    scores = engine.rank_choices(prompt, choices, encoded)
+    prompt_ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    for choice, score in zip(choices, scores):  # one unpadded forward pass per choice, by hand
+        cont = choice_continuation_ids(tokenizer, choice)
+        ids = torch.cat([prompt_ids[0], cont]).unsqueeze(0)
+        with torch.no_grad():
+            logp = model(input_ids=ids, image_features=encoded.features).logits.float().log_softmax(-1)[0]
+        expected = sum(logp[len(prompt_ids[0]) - 1 + i, t].item() for i, t in enumerate(cont.tolist()))
+        assert score == pytest.approx(expected, abs=1e-3)
+
+
+def test_closed_questions_pick_the_best_ranked_choice_or_generate(engine, ct_volume):
+    volume = VolumeInput(ct_volume)
+    choices = ["liver", "left kidney", "spleen", "head of the pancreas"]
+    chat = Conversation()
+    answer = "".join(chat.stream_answer(engine, volume, "Which organ has a cyst?", choices))
+    scores = engine.rank_choices(Conversation().prompt(engine, "Which organ has a cyst?"), choices, engine.encode(ct_volume))
+    best = max(range(4), key=scores.__getitem__)
+    assert answer == f"{'ABCD'[best]}. {choices[best]}" and chat.turns[-1].choices == tuple(choices)
+    generating = engine.settings.updated(closed_answer="generate", max_new_tokens=6)
+    free = "".join(Conversation().stream_answer(engine, volume, "Which organ has a cyst?", choices, generating))
+    assert isinstance(free, str)
+    with pytest.raises(ValueError):
+        InferenceSettings(closed_answer="guess")

@@ -1,42 +1,13 @@
 import json
 import time
 
-from qtpy.QtCore import QTimer
-
 from napari_med3dvlm.widgets import ReportWidget
 
 
-class Heartbeat:
-    """Records the largest gap between 10 ms timer ticks: how long the event loop was blocked."""
-
-    def __init__(self):
-        self.timer = QTimer()
-        self.timer.setInterval(10)
-        self.timer.timeout.connect(self._tick)
-        self.last = None
-        self.max_gap = 0.0
-        self.ticks = 0
-
-    def _tick(self):
-        now = time.perf_counter()
-        if self.last is not None:
-            self.max_gap = max(self.max_gap, now - self.last)
-        self.last = now
-        self.ticks += 1
-
-    def __enter__(self):
-        self.last = time.perf_counter()
-        self.timer.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.timer.stop()
-
-
-def generate_with_heartbeat(dock, qtbot):
+def generate_with_heartbeat(dock, qtbot, heartbeat):
     pieces = []
     dock.runner.piece.connect(pieces.append)
-    with Heartbeat() as beat:
+    with heartbeat() as beat:
         with qtbot.waitSignal(dock.runner.done, timeout=60_000):
             dock.generate_button.click()
             assert dock.stop_button.isEnabled() and not dock.generate_button.isEnabled()
@@ -44,19 +15,19 @@ def generate_with_heartbeat(dock, qtbot):
     return beat, pieces
 
 
-def test_report_streams_without_blocking_the_viewer(viewer_with_sample, engine, qtbot):
+def test_report_streams_without_blocking_the_viewer(viewer_with_sample, engine, qtbot, heartbeat):
     viewer, layer = viewer_with_sample
     engine.update_settings(engine.settings.updated(max_new_tokens=150))  # loading + ~1 s of tokens
     dock = ReportWidget(viewer)
     viewer.window.add_dock_widget(dock, name="Report")
     assert dock.layer_picker.layer() is layer
-    beat, pieces = generate_with_heartbeat(dock, qtbot)
+    beat, pieces = generate_with_heartbeat(dock, qtbot, heartbeat)
     if beat.max_gap >= 0.1:
         # One retry, again from an unloaded model, absorbs a scheduler hiccup on a shared machine;
         # work done on the GUI thread would stall both runs.
         engine.unload()
         qtbot.waitUntil(lambda: dock.generate_button.isEnabled())
-        beat, pieces = generate_with_heartbeat(dock, qtbot)
+        beat, pieces = generate_with_heartbeat(dock, qtbot, heartbeat)
     assert len(pieces) > 10
     assert dock.record is not None and dock.text.toPlainText() == dock.record.text != ""
     assert not dock.record.stopped and "Done" in dock.status.label.text()

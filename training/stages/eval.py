@@ -6,6 +6,8 @@ from the volume (on templated phantom questions, priors alone already score well
 - Retrieval: SigLIP R@1/5/10 image->text and text->image on the first N test pairs.
 - Report generation, closed VQA (correct when ``"B."`` is in the answer), open VQA and yes/no:
   greedy decoding (the reference samples; greedy makes the numbers reproducible).
+- Closed VQA a second way (``closed_scored``): the four choices ranked by likelihood as the answer
+  to the open question, as the plugin answers closed questions by default.
 
 Metric functions come from `training.evaluation`; this module only produces predictions.
 """
@@ -80,13 +82,28 @@ def generate_answers(model, tokenizer, prompts_: list[str], images: list[torch.T
     return answers
 
 
+@torch.no_grad()
+def scored_closed_answers(model, tokenizer, samples: dict, images: list[torch.Tensor]) -> list[str]:
+    """Closed answers by ranking the four choices (the plugin's default ``closed_answer: score``)."""
+    answers = []
+    proj_out_num = model.config.proj_out_num
+    for question, choices, image in zip(samples["question"], samples["choices"], images):
+        prompt = prompts.question_prompt(proj_out_num, question)
+        input_ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"].to(model.device)
+        continuations = [prompts.choice_continuation_ids(tokenizer, c) for c in choices]
+        scores = model.score_continuations(input_ids, continuations, images=image.unsqueeze(0).to(model.device))
+        best = int(scores.argmax())
+        answers.append(prompts.closed_answer_text(prompts.CHOICE_LETTERS[best], choices[best]))
+    return answers
+
+
 def task_samples(config: dict, kind: str, count: int | None, proj_out_num: int):
     """(prompts, images, references, extra) for one task on the test split."""
     if kind == "caption":
         dataset = sources.caption_dataset(config, "test")
     else:
         dataset = sources.vqa_dataset(config, "test", kind)
-    out = {"prompt": [], "image": [], "reference": [], "letter": [], "type": []}
+    out = {"prompt": [], "image": [], "reference": [], "letter": [], "type": [], "question": [], "choices": []}
     for index in _sample_indices(len(dataset), count):
         item = dataset[index]
         if kind == "caption":
@@ -97,6 +114,8 @@ def task_samples(config: dict, kind: str, count: int | None, proj_out_num: int):
             question = str(_get(item, "question", "Question"))
             prompt = prompts.question_prompt(proj_out_num, question, choices_of(item))
             reference = str(_get(item, "answer", "Answer"))
+            out["question"].append(question)
+            out["choices"].append(list(choices_of(item)))
         else:
             prompt = prompts.question_prompt(proj_out_num, str(_get(item, "question", "Question")))
             reference = str(_get(item, "answer", "Answer"))
@@ -142,6 +161,7 @@ def summarize(results: dict) -> dict[str, dict[str, float | None]]:
         ("retrieval IR@1 (image->text)", "retrieval", None),
         ("retrieval TR@1 (text->image)", "retrieval", None),
         ("closed VQA accuracy", "closed", ("accuracy", "overall")),
+        ("closed VQA accuracy, choices ranked", "closed_scored", ("accuracy", "overall")),
         ("open VQA METEOR", "open", ("overall", "meteor")),
         ("yes/no VQA accuracy", "yn", ("accuracy",)),
         ("report METEOR", "caption", ("meteor",)),
@@ -161,6 +181,12 @@ def summarize(results: dict) -> dict[str, dict[str, float | None]]:
             rows[f"closed VQA {category}"] = {
                 "model": pick("closed", "accuracy", category),
                 "blank": pick("closed/blank", "accuracy", category),
+            }
+    for category in sorted((results.get("closed_scored", {}).get("accuracy") or {})):
+        if category != "overall":
+            rows[f"closed VQA {category}, choices ranked"] = {
+                "model": pick("closed_scored", "accuracy", category),
+                "blank": pick("closed_scored/blank", "accuracy", category),
             }
     return rows
 
@@ -218,10 +244,16 @@ def run(config: dict) -> dict:
         except (FileNotFoundError, KeyError) as error:
             print(f"[eval] skipping {kind}: {error}")
             continue
-        for blank in (False, True):
+        variants = [(kind, False), (kind, True)]
+        if kind == "closed" and ecfg.get("closed_scored", True):
+            variants += [("closed_scored", False), ("closed_scored", True)]
+        for name, blank in variants:
             images = [torch.zeros_like(im) for im in samples["image"]] if blank else samples["image"]
-            answers = generate_answers(model, tokenizer, samples["prompt"], images, new_tokens[kind])
-            key = f"{kind}/blank" if blank else kind
+            if name == "closed_scored":
+                answers = scored_closed_answers(model, tokenizer, samples, images)
+            else:
+                answers = generate_answers(model, tokenizer, samples["prompt"], images, new_tokens[kind])
+            key = f"{name}/blank" if blank else name
             results[key] = score_task(kind, samples, answers)
             print(f"[eval] {key}: {json.dumps(results[key])}")
             for prompt, answer, reference in zip(samples["prompt"], answers, samples["reference"]):

@@ -20,6 +20,7 @@ from transformers import StoppingCriteriaList, TextIteratorStreamer
 
 from napari_med3dvlm.io import preprocess_volume
 
+from . import prompts
 from .device import configure_cpu_threads, dtype_name, is_out_of_memory, pick_device, pick_dtype
 from .features import EncodedImage, FeatureCache, volume_signature
 from .settings import EMBEDDED, InferenceSettings, load_settings
@@ -313,6 +314,18 @@ class InferenceEngine:
                     "'bfloat16' or Device to 'cpu'."
                 ) from err
             raise err
+
+    def rank_choices(self, prompt: str, choices, image_features: torch.Tensor | EncodedImage) -> list[float]:
+        """Log-likelihood of each choice as the answer to ``prompt`` (an open-question prompt)."""
+        if isinstance(image_features, EncodedImage):
+            image_features = image_features.features
+        model, tokenizer = self.load()
+        device = next(model.parameters()).device
+        input_ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"].to(device)
+        continuations = [prompts.choice_continuation_ids(tokenizer, c) for c in choices]
+        with self._generate_lock, torch.inference_mode():
+            scores = model.score_continuations(input_ids, continuations, image_features=image_features.to(device))
+        return scores.tolist()
 
     def generate(self, prompt, image_features, settings=None, cancel_event=None) -> str:
         return "".join(self.stream(prompt, image_features, settings, cancel_event))

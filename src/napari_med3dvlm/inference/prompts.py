@@ -103,6 +103,14 @@ def closed_answer_text(letter: str, answer: str) -> str:
     return f"{letter}. {str(answer).strip()}"
 
 
+def choice_continuation_ids(tokenizer, choice: str):
+    """Token ids of a choice as it follows an open question (``" " + answer``, as in training)."""
+    import torch
+
+    ids = tokenizer(" " + str(choice).strip(), add_special_tokens=False)["input_ids"]
+    return torch.as_tensor(ids, dtype=torch.long)
+
+
 def report_prompt(proj_out_num: int, template: str | None = None, rng: random.Random | None = None) -> str:
     return image_prefix(proj_out_num) + report_text(template, rng)
 

@@ -21,6 +21,9 @@ SETTINGS_FILE = "settings.json"
 EMBEDDED = "embedded"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+#: How a closed question (choices A-D) is answered: rank the four choices by the model's
+#: likelihood of each as the answer, or generate "B. ..." freely as the reference evaluates.
+CLOSED_ANSWER_MODES = ("score", "generate")
 
 
 @dataclass
@@ -34,6 +37,7 @@ class InferenceSettings:
     temperature: float = 0.0  # 0 = greedy: the same volume gives the same report
     top_p: float = 0.9
     seed: int = 42
+    closed_answer: str = "score"
 
     def __post_init__(self):
         if self.device not in DEVICES:
@@ -47,6 +51,8 @@ class InferenceSettings:
         if self.temperature < 0:
             raise ValueError("temperature must be >= 0")
         self.top_p = float(self.top_p)
+        if self.closed_answer not in CLOSED_ANSWER_MODES:
+            raise ValueError(f"closed_answer must be one of {CLOSED_ANSWER_MODES}, got {self.closed_answer!r}")
         self.model_source = str(self.model_source).strip() or EMBEDDED
 
     def generation_kwargs(self) -> dict:

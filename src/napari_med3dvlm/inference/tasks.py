@@ -107,6 +107,13 @@ class Conversation:
             raise ValueError("the question is empty")
         choices = tuple(c.strip() for c in choices) if choices else None
         encoded = engine.encode(volume.data, volume.modality, volume.window, volume.plane)
+        if choices and (settings or engine.settings).closed_answer == "score":
+            scores = engine.rank_choices(self.prompt(engine, question, None), choices, encoded)
+            best = max(range(len(choices)), key=scores.__getitem__)
+            answer = prompts.closed_answer_text(prompts.CHOICE_LETTERS[best], choices[best])
+            self.turns.append(prompts.Turn(question, answer, choices))
+            yield answer
+            return answer
         prompt = self.prompt(engine, question, choices)
         pieces = []
         try:

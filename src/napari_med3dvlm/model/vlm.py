@@ -154,6 +154,43 @@ class Med3DVLMForCausalLM(nn.Module):
         )
 
     @torch.no_grad()
+    def score_continuations(
+        self,
+        input_ids: torch.Tensor,
+        continuations: list[torch.Tensor],
+        images: torch.Tensor | None = None,
+        image_features: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Summed log-probability of each continuation (1-D token ids) after the prompt ``input_ids`` (1, L).
+
+        Closed questions can be answered by ranking their choices this way instead of generating a
+        letter: a small model that names the right answer to the open question often still picks
+        the wrong letter when it has to map its answer onto a position in a list.
+        """
+        if images is not None:
+            image_features = self.encode_images(images)
+        prompt = input_ids[0]
+        rows = [torch.cat([prompt, c.to(prompt.device)]) for c in continuations]
+        width = max(len(r) for r in rows)
+        pad = 0
+        batch = torch.full((len(rows), width), pad, dtype=prompt.dtype, device=prompt.device)
+        mask = torch.zeros_like(batch)
+        for i, row in enumerate(rows):
+            batch[i, : len(row)] = row
+            mask[i, : len(row)] = 1
+        if image_features is not None and image_features.shape[0] == 1:
+            image_features = image_features.expand(len(rows), -1, -1)
+        logits = self(input_ids=batch, image_features=image_features, attention_mask=mask).logits.float()
+        log_probs = torch.log_softmax(logits[:, :-1], dim=-1)
+        scores = []
+        for i, cont in enumerate(continuations):
+            start = len(prompt)
+            targets = batch[i, start : start + len(cont)]
+            picked = log_probs[i, start - 1 : start - 1 + len(cont)].gather(-1, targets.unsqueeze(-1))
+            scores.append(picked.sum())
+        return torch.stack(scores)
+
+    @torch.no_grad()
     def generate(
         self,
         input_ids: torch.Tensor,
