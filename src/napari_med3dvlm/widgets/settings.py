@@ -45,6 +45,13 @@ class SettingsWidget(QWidget):
         self.temperature.setRange(0.0, 2.0)
         self.temperature.setSingleStep(0.1)
         self.temperature.setToolTip("0 = greedy: the same volume always gives the same text")
+        self.closed_answer = QComboBox()
+        self.closed_answer.addItem("rank the choices", "score")
+        self.closed_answer.addItem("generate the letter", "generate")
+        self.closed_answer.setToolTip(
+            "Multiple-choice questions: rank A-D by the model's likelihood of each answer, or let the "
+            "model write 'B. ...' itself (how the reference evaluates)"
+        )
         self.apply_button = QPushButton("Apply and save")
         self.status = QLabel("")
         self.status.setWordWrap(True)
@@ -59,6 +66,7 @@ class SettingsWidget(QWidget):
         form.addRow("Dtype", self.dtype)
         form.addRow("Max new tokens", self.max_new_tokens)
         form.addRow("Temperature", self.temperature)
+        form.addRow("Closed questions", self.closed_answer)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addWidget(self.apply_button)
@@ -84,6 +92,7 @@ class SettingsWidget(QWidget):
         self.dtype.setCurrentText(settings.dtype)
         self.max_new_tokens.setValue(settings.max_new_tokens)
         self.temperature.setValue(settings.temperature)
+        self.closed_answer.setCurrentIndex(max(0, self.closed_answer.findData(settings.closed_answer)))
         self._source_kind_changed()
         self._show_status()
 
@@ -99,6 +108,7 @@ class SettingsWidget(QWidget):
             dtype=self.dtype.currentText(),
             max_new_tokens=self.max_new_tokens.value(),
             temperature=round(self.temperature.value(), 3),
+            closed_answer=self.closed_answer.currentData(),
         )
 
     def apply(self) -> bool:
