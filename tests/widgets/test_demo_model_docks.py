@@ -61,3 +61,28 @@ def test_demo_model_picks_the_right_choice_for_the_sample(make_napari_viewer, de
         assert dock.send()
     answer = dock.conversation(layer).turns[-1].answer
     assert answer == "B. Axial"  # ranked choices (the default closed-answer mode)
+
+
+def test_stop_ends_a_demo_model_report_midway(make_napari_viewer, demo_engine, qtbot):
+    import time
+
+    viewer = make_napari_viewer()
+    _open_sample(viewer)
+    model, tokenizer = demo_engine.load()
+    # ~20 ms per token, so the report (about 60 tokens) is still being written when Stop lands.
+    hook = model.language_model.register_forward_pre_hook(lambda *args: time.sleep(0.02))
+    try:
+        dock = ReportWidget(viewer)
+        pieces = []
+        dock.runner.piece.connect(pieces.append)
+        dock.generate()
+        qtbot.waitUntil(lambda: len(pieces) >= 3, timeout=60_000)
+        clicked = time.perf_counter()
+        with qtbot.waitSignal(dock.runner.done, timeout=5_000):
+            dock.stop_button.click()
+        assert time.perf_counter() - clicked < 1.0
+    finally:
+        hook.remove()
+    assert dock.record.stopped and dock.record.text != ""
+    assert len(tokenizer(dock.record.text)["input_ids"]) < 40
+    assert "stopped" in dock.status.label.text().lower()
