@@ -45,7 +45,9 @@ def test_demo_preset_sizes_fit_dcformer_nano_and_smollm2():
     # Geometry would contradict left/right and plane statements in the phantom texts.
     augment = config["data"]["augment"]
     assert augment["rotate90_prob"] == 0 and augment["flip_prob"] == 0
-    assert sum(config[s]["max_minutes"] for s in ("siglip", "projector", "finetune", "eval")) <= 60
+    # The stage budgets leave room for loading, feature caching and merging inside 90 minutes
+    # (measured: 79 budgeted minutes -> 75.8 minutes wall for `all`).
+    assert sum(config[s]["max_minutes"] for s in ("siglip", "projector", "finetune", "eval")) <= 80
 
 
 def test_augmentation_is_reproducible_per_sample_and_epoch():
