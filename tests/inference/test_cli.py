@@ -46,6 +46,12 @@ def test_ask_streams_the_answer_to_stdout(engine, nifti_path, capsys):
 def test_closed_question_and_unavailable_model(engine, nifti_path, capsys, monkeypatch):
     choices = ["liver", "spleen", "kidney", "none"]
     assert main(["ask", str(nifti_path), "Which organ?", "--choices", *choices]) == 0
+    ranked = capsys.readouterr().out.strip()
+    assert ranked in {f"{letter}. {choice}" for letter, choice in zip("ABCD", choices)}
+    assert main(["ask", str(nifti_path), "Which organ?", "--choices", *choices, "--closed-answer", "generate",
+                 "--max-new-tokens", "4"]) == 0
+    assert engine.settings.closed_answer == "generate"
+    capsys.readouterr()
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert main(["ask", str(nifti_path), "Which organ?", "--model", "nobody/no-model"]) == 1
     assert "Settings" in capsys.readouterr().err

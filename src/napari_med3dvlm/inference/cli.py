@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from .engine import InferenceEngine, ModelUnavailableError, get_engine
-from .settings import DEVICES, DTYPES
+from .settings import CLOSED_ANSWER_MODES, DEVICES, DTYPES
 from .tasks import Conversation, VolumeInput, stream_report
 
 
@@ -48,6 +48,10 @@ def add_model_options(parser: argparse.ArgumentParser):
     group.add_argument("--dtype", choices=DTYPES)
     group.add_argument("--max-new-tokens", type=int)
     group.add_argument("--temperature", type=float, help="0 = greedy (deterministic)")
+    group.add_argument(
+        "--closed-answer", choices=CLOSED_ANSWER_MODES,
+        help="closed questions: rank the four choices (score) or let the model write the letter (generate)",
+    )
     return group
 
 
@@ -68,6 +72,7 @@ def engine_from_args(args) -> InferenceEngine:
         "dtype": args.dtype,
         "max_new_tokens": args.max_new_tokens,
         "temperature": args.temperature,
+        "closed_answer": getattr(args, "closed_answer", None),
     }
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if overrides:

@@ -171,23 +171,17 @@ class Med3DVLMForCausalLM(nn.Module):
             image_features = self.encode_images(images)
         prompt = input_ids[0]
         rows = [torch.cat([prompt, c.to(prompt.device)]) for c in continuations]
-        width = max(len(r) for r in rows)
-        pad = 0
-        batch = torch.full((len(rows), width), pad, dtype=prompt.dtype, device=prompt.device)
-        mask = torch.zeros_like(batch)
-        for i, row in enumerate(rows):
-            batch[i, : len(row)] = row
-            mask[i, : len(row)] = 1
+        batch = nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=0)  # right padding, masked
+        mask = nn.utils.rnn.pad_sequence([torch.ones_like(r) for r in rows], batch_first=True, padding_value=0)
         if image_features is not None and image_features.shape[0] == 1:
             image_features = image_features.expand(len(rows), -1, -1)
         logits = self(input_ids=batch, image_features=image_features, attention_mask=mask).logits.float()
-        log_probs = torch.log_softmax(logits[:, :-1], dim=-1)
+        log_probs = torch.log_softmax(logits[:, :-1], dim=-1)  # position t predicts token t + 1
+        start = len(prompt)
         scores = []
         for i, cont in enumerate(continuations):
-            start = len(prompt)
-            targets = batch[i, start : start + len(cont)]
-            picked = log_probs[i, start - 1 : start - 1 + len(cont)].gather(-1, targets.unsqueeze(-1))
-            scores.append(picked.sum())
+            targets = batch[i, start : start + len(cont)].unsqueeze(-1)
+            scores.append(log_probs[i, start - 1 : start - 1 + len(cont)].gather(-1, targets).sum())
         return torch.stack(scores)
 
     @torch.no_grad()
