@@ -223,3 +223,32 @@ def test_precomputed_text_vectors_give_the_same_loss_and_gradients_as_tokens():
         grads.append(model.mm_language_proj.weight.grad.clone())
     assert losses[0] == pytest.approx(losses[1], abs=1e-6)
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+def test_pooled_report_vectors_are_cached_on_disk_and_recomputed_when_reports_change(tmp_path, monkeypatch):
+    """A resumed SigLIP stage reuses the pooled reports; a changed report list is pooled again."""
+    from training.data import instructions
+
+    class Tok:
+        def __call__(self, texts, max_length, truncation, padding, return_tensors):
+            ids = [[1 + (ord(c) % 60) for c in t[:max_length]] for t in texts]
+            width = max(len(i) for i in ids)
+            return {
+                "input_ids": torch.tensor([i + [0] * (width - len(i)) for i in ids]),
+                "attention_mask": torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i in ids]),
+            }
+
+    torch.manual_seed(0)
+    model = _tiny_model(text_pooling="mean").eval()
+    calls = []
+    original = instructions.pool_texts
+    monkeypatch.setattr(instructions, "pool_texts", lambda *a, **k: calls.append(1) or original(*a, **k))
+    path = tmp_path / "siglip" / "text_features.safetensors"
+    texts = ["cyst in the left kidney", "normal chest", "normal chest"]
+    first = instructions.cached_pool_texts(model, Tok(), texts, 24, path, "tiny:mean")
+    again = instructions.cached_pool_texts(model, Tok(), texts, 24, path, "tiny:mean")
+    assert len(calls) == 1 and path.exists()
+    assert set(again) == set(first) and all(torch.equal(first[t], again[t]) for t in first)
+    changed = instructions.cached_pool_texts(model, Tok(), texts + ["liver mass"], 24, path, "tiny:mean")
+    other_encoder = instructions.cached_pool_texts(model, Tok(), texts, 24, path, "other:mean")
+    assert len(calls) == 3 and "liver mass" in changed and len(other_encoder) == 2

@@ -9,7 +9,10 @@ fits.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -177,4 +180,30 @@ def pool_texts(model, tokenizer, texts: Sequence[str], max_length: int, batch_si
         tokens = tokenizer(chunk, max_length=max_length, truncation=True, padding="longest", return_tensors="pt")
         pooled = model.pool_text(tokens["input_ids"], tokens["attention_mask"]).float()
         table.update(zip(chunk, pooled))
+    return table
+
+
+def cached_pool_texts(
+    model, tokenizer, texts: Sequence[str], max_length: int, path: Path, encoder_id: str
+) -> dict[str, torch.Tensor]:
+    """`pool_texts`, kept in a safetensors file keyed by the encoder, length limit and reports.
+
+    A resumed or repeated run skips the encoder pass, and a machine without the text encoder's
+    weights (a GPU box the 90 MB MiniLM cannot be copied to) can train on vectors pooled elsewhere.
+    Any change to the reports or the encoder id gives a new signature, so a stale file is recomputed.
+    """
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    unique = sorted(set(texts))
+    signature = hashlib.sha256(json.dumps([encoder_id, int(max_length), unique]).encode("utf-8")).hexdigest()
+    path = Path(path)
+    if path.exists():
+        with safe_open(str(path), framework="pt") as handle:
+            if (handle.metadata() or {}).get("signature") == signature:
+                return dict(zip(unique, handle.get_tensor("pooled")))
+    table = pool_texts(model, tokenizer, unique, max_length)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    metadata = {"signature": signature, "encoder": encoder_id, "max_length": str(max_length), "reports": str(len(unique))}
+    save_file({"pooled": torch.stack([table[t] for t in unique]).contiguous()}, str(path), metadata=metadata)
     return table

@@ -10,11 +10,16 @@ def _path(config: dict, key: str) -> Path:
     return Path(data["root"]) / data[key]
 
 
-def caption_dataset(config: dict, split: str = "train"):
-    """M3D-Cap items: ``{"image": (1, D, H, W) float tensor, "text": report}``."""
+def caption_dataset(config: dict, split: str = "train", root: str | None = None):
+    """M3D-Cap items: ``{"image": (1, D, H, W) float tensor, "text": report}``.
+
+    ``root`` replaces ``data.root`` (a stage may train on a larger copy of the same split).
+    """
     from .m3d import CaptionDataset
 
     data = config["data"]
+    if root:
+        return CaptionDataset(root, str(Path(root) / data["cap_json"]), split=split)
     return CaptionDataset(data["root"], _path(config, "cap_json"), split=split)
 
 

@@ -18,9 +18,11 @@ from ..builders import config_from_dict, resolve_pretrained
 from ..data import sources
 from ..data.augment import AugmentConfig, AugmentedDataset
 from ..config import stage_config
-from ..data.instructions import CaptionTextCollator, PooledTextCollator, pool_texts
+from ..data.instructions import CaptionTextCollator, PooledTextCollator, cached_pool_texts
 from ..loop import train
 from .common import count_parameters, keep_in_eval_mode, loop_config, save_result, stage_dir, trainable_parameters
+
+TEXT_CACHE_FILE = "text_features.safetensors"
 
 
 def build_siglip(config: dict):
@@ -42,6 +44,9 @@ def build_siglip(config: dict):
         text_pooling=model_cfg.get("text_pooling", "cls"),
         input_size=(size[1], size[2], size[0]),  # the reference's (H, W, D) convention
     )
+    # Seeded here, after the text encoder exists, so the vision tower starts from the same weights
+    # whether that encoder was loaded or built from its config.
+    torch.manual_seed(int(stage_config(config, "siglip").get("seed", 42)))
     return SigLIPModel(siglip_cfg, language_encoder=encoder), tokenizer
 
 
@@ -67,15 +72,28 @@ def siglip_loss(model, batch):
     return out.loss, {"batch_r1": hits.mean().item()}
 
 
+def _refuse_pooling(*args, **kwargs):
+    raise RuntimeError(
+        "siglip.cache_text_features=require, but the pooled-report file does not match these reports: "
+        "write it with the real text encoder first (same reports, text_encoder and text_max_length)"
+    )
+
+
 def run(config: dict) -> dict:
     model, tokenizer = build_siglip(config)
     set_text_trainable(model, config["model"].get("text_trainable", "full"))
     cfg = loop_config(config, "siglip")
-    dataset = sources.caption_dataset(config, "train")
+    stage = stage_config(config, "siglip")
+    dataset = sources.caption_dataset(config, "train", root=stage.get("data_root"))
     max_length = int(config["model"].get("text_max_length", 512))
-    if config["model"].get("text_trainable", "full") == "head" and stage_config(config, "siglip").get("cache_text_features", True):
+    caching = stage.get("cache_text_features", True)
+    if config["model"].get("text_trainable", "full") == "head" and caching:
         texts = [dataset.text(i) for i in range(len(dataset))]
-        collate = PooledTextCollator(pool_texts(model, tokenizer, texts, max_length))
+        cache = stage_dir(config, "siglip") / TEXT_CACHE_FILE
+        encoder_id = f"{config['model']['text_encoder']}:{config['model'].get('text_pooling', 'cls')}"
+        if caching == "require":  # the text encoder here is a stand-in: never pool with it
+            model.pool_text = _refuse_pooling
+        collate = PooledTextCollator(cached_pool_texts(model, tokenizer, texts, max_length, cache, encoder_id))
     else:
         collate = CaptionTextCollator(tokenizer, max_length=max_length)
     augment = AugmentConfig.from_dict(config["data"].get("augment"))
