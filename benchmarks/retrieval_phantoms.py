@@ -34,6 +34,19 @@ def test_cases(data: Path, split: str, limit: int | None):
     return cases
 
 
+ATTRIBUTES = ("region", "phase", "plane", "findings")
+
+
+def ground_truth(nifti: Path) -> dict | None:
+    """Region, phase, plane and findings (kind and site) from the case's case.json, when present."""
+    path = nifti.parent / "case.json"
+    if not path.is_file():
+        return None
+    case = json.loads(path.read_text(encoding="utf-8"))
+    findings = sorted((f["kind"], f["site"]) for f in case.get("findings", []))
+    return {"region": case["region"], "phase": case["phase"], "plane": case["plane"], "findings": findings}
+
+
 def link_folder(cases, folder: Path) -> None:
     """One folder holding only the split's volumes (symlinks), so the index sees nothing else."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -103,17 +116,24 @@ def main(argv=None) -> int:
 
     ks = (1, 5, 10)
     hits_at = {k: 0 for k in ks}
+    truth = {case_id: ground_truth(nifti) for case_id, nifti, _ in cases}
+    shared = {name: 0 for name in ATTRIBUTES}
     start = time.perf_counter()
     for case_id, _, text in cases:
         ranked = [Path(hit.relative_path).name for hit in search_text(index, embedder, text, k=max(ks))]
         rank = ranked.index(f"{case_id}.nii.gz") + 1 if f"{case_id}.nii.gz" in ranked else None
         for k in ks:
             hits_at[k] += rank is not None and rank <= k
+        top = truth.get(ranked[0].removesuffix(".nii.gz")) if ranked else None
+        for name in ATTRIBUTES:
+            shared[name] += bool(top and truth[case_id] and top[name] == truth[case_id][name])
     per_query = (time.perf_counter() - start) / max(1, len(cases)) * 1e3
     n = len(cases)
     for k in ks:
         print(f"text->volume R@{k:<2} {hits_at[k] / n:6.1%}   (chance {min(1.0, k / n):6.1%})")
     print(f"{per_query:.1f} ms per query (text encoding + search)")
+    # What the encoder reads: how often the top hit shares each ground-truth attribute with the query.
+    print("top hit shares " + ", ".join(f"{name} {shared[name] / n:.0%}" for name in ATTRIBUTES))
     r1 = hits_at[1] / n
     if args.screenshot:
         take_screenshot(index, embedder, cases[0][2], args.screenshot)

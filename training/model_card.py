@@ -31,6 +31,11 @@ def _target(name: str) -> str:
     return "-"
 
 
+def _hardware(config: dict) -> str:
+    """Where the stages ran, from the preset's ``model_card.hardware`` (the 2-core CPU by default)."""
+    return " " + config.get("model_card", {}).get("hardware", "on a 2-core CPU")
+
+
 def metrics_table(results: dict) -> str:
     rows = ["| metric | model | blanked image | gap | target |", "|---|---|---|---|---|"]
     for name, values in results.get("summary", {}).items():
@@ -90,7 +95,7 @@ contradict left/right and plane statements in the texts).
 {chr(10).join(stages)}
 
 Mixed precision: {config.get('train', {}).get('mixed_precision')}; AdamW, warmup + cosine; each stage's schedule
-fitted to its time budget on a 2-core CPU.
+fitted to its time budget{_hardware(config)}.
 
 ## Results on the phantom test split
 Greedy decoding. "Blanked image" is the same model given an all-zero volume: the gap is what it reads
