@@ -21,7 +21,11 @@ def available_presets() -> list[str]:
 
 
 def load_preset(name_or_path: str | Path) -> dict:
-    """A preset by name (``demo``) or by path to a YAML file."""
+    """A preset by name (``demo``) or by path to a YAML file.
+
+    ``base: NAME`` starts from another preset and merges this file's sections into it key by key, so
+    a variant states only what it changes.
+    """
     path = Path(name_or_path)
     if not path.suffix:
         path = PRESET_DIR / f"{name_or_path}.yaml"
@@ -29,8 +33,22 @@ def load_preset(name_or_path: str | Path) -> dict:
         raise FileNotFoundError(f"no preset {name_or_path!r}; available: {available_presets()}")
     with open(path, encoding="utf-8") as handle:
         config = yaml.safe_load(handle) or {}
-    config.setdefault("name", path.stem)
+    name = config.get("name", path.stem)
+    base = config.pop("base", None)
+    if base:
+        config = _merge(load_preset(base), config)
+    config["name"] = name
     return config
+
+
+def _merge(base: dict, changes: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
 
 
 def set_dotted(config: dict, key: str, value: Any) -> None:

@@ -26,6 +26,20 @@ def test_overrides_keep_yaml_types_and_reach_nested_keys():
         apply_overrides(config, ["no_equals_sign"])
 
 
+def test_a_preset_with_a_base_changes_only_what_it_states(tmp_path):
+    variant = tmp_path / "variant.yaml"
+    variant.write_text("base: demo\noutput_dir: runs/variant\nsiglip:\n  batch_size: 128\n")
+    demo, config = load_preset("demo"), load_preset(variant)
+    assert config["name"] == "variant" and config["output_dir"] == "runs/variant"
+    assert config["siglip"]["batch_size"] == 128
+    assert {k: v for k, v in config["siglip"].items() if k != "batch_size"} == {
+        k: v for k, v in demo["siglip"].items() if k != "batch_size"
+    }
+    assert config["finetune"] == demo["finetune"] and config["model"] == demo["model"]
+    gpu = load_preset("demo_gpu")  # the shipped model's preset: demo with the SigLIP stage on a GPU
+    assert gpu["finetune"] == demo["finetune"] and gpu["siglip"]["lr"] == demo["siglip"]["lr"]
+
+
 def test_command_line_takes_overrides_after_the_preset():
     from training.run import parse_args
 

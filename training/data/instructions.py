@@ -189,7 +189,7 @@ def cached_pool_texts(
     """`pool_texts`, kept in a safetensors file keyed by the encoder, length limit and reports.
 
     A resumed or repeated run skips the encoder pass, and a machine without the text encoder's
-    weights (a GPU box the 90 MB MiniLM cannot be copied to) can train on vectors pooled elsewhere.
+    weights can train on vectors pooled elsewhere.
     Any change to the reports or the encoder id gives a new signature, so a stale file is recomputed.
     """
     from safetensors import safe_open
