@@ -13,7 +13,14 @@ from typing import Any
 import yaml
 
 PRESET_DIR = Path(__file__).parent / "presets"
-STAGES = ("siglip", "projector", "finetune", "merge", "eval")
+#: In order. ``vision`` (dense pretraining of the encoder) runs only for presets that have a
+#: ``vision`` section (the demo presets); the paper preset is the reference recipe without it.
+STAGES = ("vision", "siglip", "projector", "finetune", "merge", "eval")
+
+
+def stages_of(config: dict) -> list[str]:
+    """The stages ``all`` runs for this preset."""
+    return [s for s in STAGES if s != "vision" or "vision" in config]
 
 
 def available_presets() -> list[str]:

@@ -160,11 +160,16 @@ def train(
     accelerator: Accelerator | None = None,
     param_groups: Iterable | None = None,
     on_epoch_start: Callable[[int], None] | None = None,
+    evaluate: Callable[[torch.nn.Module], dict] | None = None,
+    evaluate_every: int = 0,
 ) -> tuple[torch.nn.Module, TrainState, Accelerator]:
     """Train ``model`` on ``dataset`` until epochs, max_steps or max_minutes run out.
 
     Resumes from the newest ``output_dir/checkpoints/step-*`` when there is one. Returns the unwrapped
     model, the final state and the accelerator (the caller saves the stage's result).
+
+    ``evaluate(model)``, called every ``evaluate_every`` optimizer steps, returns scores that go into
+    ``metrics.jsonl`` as a learning curve (it must not touch the global RNG or the weights).
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -310,6 +315,16 @@ def train(
                 if accelerator.is_main_process:
                     with open(metrics_path, "a", encoding="utf-8") as handle:
                         handle.write(json.dumps(record) + "\n")
+            if evaluate is not None and evaluate_every and state.global_step % evaluate_every == 0:
+                scores = evaluate(accelerator.unwrap_model(model))
+                model.train()
+                if accelerator.is_main_process:
+                    record = {"stage": name, "step": state.global_step, "elapsed_s": round(elapsed(), 2),
+                              "samples_seen": state.global_step * cfg.batch_size * cfg.gradient_accumulation_steps,
+                              "eval": scores}
+                    with open(metrics_path, "a", encoding="utf-8") as handle:
+                        handle.write(json.dumps(record) + "\n")
+                    accelerator.print(f"[{name}] step {state.global_step}: {json.dumps(scores)}")
             if state.global_step % cfg.save_every == 0:
                 save_checkpoint()
             if cfg.stop_after_steps is not None and state.global_step >= cfg.stop_after_steps:

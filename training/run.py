@@ -1,6 +1,6 @@
 """``python -m training.run STAGE --preset NAME [key=value ...]``
 
-Stages: siglip, projector, finetune, merge, eval, or all (in that order). Each stage writes into
+Stages: vision (demo presets), siglip, projector, finetune, merge, eval, or all (in that order). Each stage writes into
 ``<output_dir>/<stage>/`` and is resumable: run the same command again after an interruption and it
 continues from the last checkpoint; a finished stage is skipped by ``all``. Multi-GPU:
 ``accelerate launch -m training.run STAGE --preset paper``.
@@ -15,14 +15,15 @@ import sys
 import time
 from pathlib import Path
 
-from .config import STAGES, apply_overrides, available_presets, load_preset
+from .config import STAGES, apply_overrides, available_presets, load_preset, stages_of
 
 
 def _stage_runner(stage: str):
     from .stages import eval as eval_stage
-    from .stages import finetune, merge, projector, siglip
+    from .stages import finetune, merge, projector, siglip, vision
 
     return {
+        "vision": vision.run,
         "siglip": siglip.run,
         "projector": projector.run,
         "finetune": finetune.run,
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(int(threads))
-    stages = list(STAGES) if args.stage == "all" else [args.stage]
+    stages = stages_of(config) if args.stage == "all" else [args.stage]
     for stage in stages:
         summary = run_stage(config, stage, force=args.force)
         print(f"[{stage}] {json.dumps(summary)}")

@@ -117,7 +117,7 @@ def tiny_preset(tmp: Path, data_root: Path, **stage_overrides) -> dict:
         "eval": {"retrieval_sizes": [4], "caption_samples": 2, "vqa_samples": 2, "max_new_tokens": 4},
     }
     for key, value in stage_overrides.items():
-        config[key].update(value)
+        config.setdefault(key, {}).update(value)
     return config
 
 

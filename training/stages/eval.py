@@ -103,13 +103,15 @@ def task_samples(config: dict, kind: str, count: int | None, proj_out_num: int):
         dataset = sources.caption_dataset(config, "test")
     else:
         dataset = sources.vqa_dataset(config, "test", kind)
-    out = {"prompt": [], "image": [], "reference": [], "letter": [], "type": [], "question": [], "choices": []}
+    out = {"prompt": [], "image": [], "reference": [], "letter": [], "type": [], "question": [], "choices": [],
+           "case": []}
     for index in _sample_indices(len(dataset), count):
         item = dataset[index]
         if kind == "caption":
             # The plugin's report request (the first template): equal-length prompts batch together.
             prompt = prompts.report_prompt(proj_out_num)
             reference = str(_get(item, "text", "report"))
+            out["case"].append(_case_truth(config, item))
         elif kind == "closed":
             question = str(_get(item, "question", "Question"))
             prompt = prompts.question_prompt(proj_out_num, question, choices_of(item))
@@ -127,6 +129,13 @@ def task_samples(config: dict, kind: str, count: int | None, proj_out_num: int):
     return out
 
 
+def _case_truth(config: dict, item: dict) -> dict | None:
+    """The phantom ground truth (``case.json`` beside the volume), or None for other data."""
+    path = Path(config["data"]["root"]) / str(item.get("image_path", ""))
+    truth = path.parent / "case.json"
+    return json.loads(truth.read_text()) if item.get("image_path") and truth.exists() else None
+
+
 TEXT_METRICS = ("bleu1", "rouge1", "meteor")
 
 
@@ -137,7 +146,12 @@ def score_task(kind: str, samples: dict, answers: list[str]) -> dict:
     if kind == "closed":
         return closed_accuracy(answers, samples["letter"], samples["type"])
     if kind == "caption":
-        return text_metrics(answers, samples["reference"], TEXT_METRICS)
+        result = text_metrics(answers, samples["reference"], TEXT_METRICS)
+        if samples.get("case") and all(c is not None for c in samples["case"]):
+            from napari_med3dvlm.phantoms.findings import score_findings
+
+            result["findings"] = score_findings(answers, samples["case"])
+        return result
     result = open_metrics(answers, samples["reference"], samples["type"], TEXT_METRICS)
     if kind == "yn":
         hits = [a.strip().lower().startswith(r.strip().lower()) for a, r in zip(answers, samples["reference"])]
@@ -165,6 +179,10 @@ def summarize(results: dict) -> dict[str, dict[str, float | None]]:
         ("open VQA METEOR", "open", ("overall", "meteor")),
         ("yes/no VQA accuracy", "yn", ("accuracy",)),
         ("report METEOR", "caption", ("meteor",)),
+        ("report finding F1", "caption", ("findings", "finding", "f1")),
+        ("report focal finding F1", "caption", ("findings", "focal", "f1")),
+        ("report exact finding set", "caption", ("findings", "exact_set")),
+        ("report technique (region, phase, plane)", "caption", ("findings", "technique")),
     ):
         if key == "retrieval":
             metric = "IR@1" if "IR@1" in name else "TR@1"

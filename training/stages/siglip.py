@@ -20,7 +20,16 @@ from ..data.augment import AugmentConfig, AugmentedDataset
 from ..config import stage_config
 from ..data.instructions import CaptionTextCollator, PooledTextCollator, cached_pool_texts
 from ..loop import train
-from .common import count_parameters, keep_in_eval_mode, loop_config, save_result, stage_dir, trainable_parameters
+from .common import (
+    count_parameters,
+    keep_in_eval_mode,
+    load_result,
+    loop_config,
+    save_result,
+    stage_dir,
+    subset,
+    trainable_parameters,
+)
 
 TEXT_CACHE_FILE = "text_features.safetensors"
 
@@ -79,11 +88,29 @@ def _refuse_pooling(*args, **kwargs):
     )
 
 
+def init_vision_from_dense(model: SigLIPModel, config: dict) -> bool:
+    """Start the image tower from the `vision` stage's encoder when that stage ran."""
+    vision = subset(load_result(config, "vision", required=False), "vision_tower.")
+    if not vision:
+        return False
+    model.vision_encoder.load_state_dict(vision, strict=True)
+    print("[siglip] image tower initialised from the vision stage")
+    return True
+
+
 def run(config: dict) -> dict:
     model, tokenizer = build_siglip(config)
     set_text_trainable(model, config["model"].get("text_trainable", "full"))
     cfg = loop_config(config, "siglip")
     stage = stage_config(config, "siglip")
+    from_vision = init_vision_from_dense(model, config)
+    param_groups = None
+    if from_vision and stage.get("vision_lr") is not None:
+        # A pretrained encoder learns at its own, lower rate, so the located features survive.
+        vision = [p for p in model.vision_encoder.parameters() if p.requires_grad]
+        ids = {id(p) for p in vision}
+        rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+        param_groups = [{"params": vision, "lr": float(stage["vision_lr"])}, {"params": rest}]
     dataset = sources.caption_dataset(config, "train", root=stage.get("data_root"))
     max_length = int(config["model"].get("text_max_length", 512))
     caching = stage.get("cache_text_features", True)
@@ -108,12 +135,14 @@ def run(config: dict) -> dict:
         compute_loss=siglip_loss,
         cfg=cfg,
         output_dir=stage_dir(config, "siglip"),
+        param_groups=param_groups,
     )
     info = {
         "steps": state.global_step,
         "minutes": round(state.elapsed_s / 60, 2),
         "samples": len(dataset),
         "trainable_parameters": count_parameters(trainable.values()),
+        "vision_init": "vision stage" if from_vision else "random",
     }
     if accelerator.is_main_process:
         save_siglip_result(config, model, tokenizer, info)

@@ -1,0 +1,62 @@
+"""The vision stage: dense phantom targets through the one preprocessing path, a learning curve, and
+an encoder the SigLIP stage starts from."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tiny_setup import IMAGE_SIZE, tiny_preset
+
+
+def test_dense_targets_follow_the_model_input(tmp_path):
+    """The cached image is what preprocessing gives for the rendered case; labels sit on its lesion."""
+    from napari_med3dvlm.io import preprocess_volume
+    from napari_med3dvlm.phantoms.generator import render_case
+    from napari_med3dvlm.phantoms.sampling import sample_case
+    from napari_med3dvlm.phantoms.writers import case_seed
+    from training.data.dense import LABEL_INDEX, DenseCache, DenseSpec
+
+    cache = DenseCache(tmp_path / "dense", DenseSpec(0, "train", 6, (32, 128, 128))).build(workers=1, progress=None)
+    arrays, cases = cache.open(), cache.cases()
+    for index in range(6):
+        case = sample_case(case_seed(0, "train", index))
+        assert cases[index]["seed"] == case.seed
+        tensor, _ = preprocess_volume(render_case(case).volume.data, "CT", window="soft tissue", spatial_size=(32, 128, 128))
+        assert np.abs(arrays["image"][index] / 255.0 - tensor[0, 0].numpy()).max() <= 0.5 / 255 + 1e-6
+        for f in case.findings:
+            assert arrays["labels"][index, LABEL_INDEX[(f.kind, f.site)]] == 1
+        assert arrays["labels"][index].sum() == len(case.findings)
+        # every painted finding kind shows up in the label map, and nothing else does
+        kinds = set(np.unique(arrays["kind"][index])) - {0}
+        expected = {["cyst", "mass", "calcification", "haemorrhage", "enlargement", "effusion"].index(f.kind) + 1
+                    for f in case.findings}
+        assert kinds <= expected and len(kinds) >= len(expected) - 1  # a tiny lesion may vanish at half resolution
+    assert DenseCache(tmp_path / "dense", DenseSpec(0, "train", 6, (32, 128, 128))).complete
+
+
+def test_vision_stage_trains_logs_a_learning_curve_and_seeds_siglip(tmp_path, tiny_data):
+    from training.run import run_stage
+    from training.stages.common import load_result, subset
+    from training.stages.siglip import build_siglip, init_vision_from_dense
+
+    vision = {"epochs": 50, "max_steps": 4, "batch_size": 2, "lr": 1e-3, "save_every": 2, "evaluate_every": 2,
+              "train_cases": 6, "test_cases": 4, "render_workers": 1, "layer_scale_init": 0.1}
+    config = tiny_preset(tmp_path, tiny_data, vision=vision)
+    summary = run_stage(config, "vision")
+    assert summary["steps"] == 4 and summary["train_cases"] == 6
+    assert set(summary["test_findings"]) >= {"exact", "f1", "focal_f1"}
+    records = [json.loads(line) for line in (Path(config["output_dir"]) / "vision" / "metrics.jsonl").read_text().splitlines()]
+    curve = [r for r in records if "eval" in r]
+    assert [r["step"] for r in curve] == [2, 4] and all({"test", "train"} <= set(r["eval"]) for r in curve)
+    assert curve[-1]["samples_seen"] == 8
+
+    encoder = subset(load_result(config, "vision"), "vision_tower.")
+    model, _ = build_siglip(config)
+    assert init_vision_from_dense(model, config)
+    for key, value in model.vision_encoder.state_dict().items():
+        assert torch.equal(value, encoder[key]), key
+    assert IMAGE_SIZE == tuple(config["data"]["image_size"])

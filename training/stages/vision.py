@@ -1,0 +1,214 @@
+"""Stage 0 (demo presets): the vision encoder learns where findings are, from dense phantom labels.
+
+Contrastive training from scratch teaches DCFormer region, phase and plane, but not lesions: one
+report per case is too weak a signal to find a 2-5 cm lesion in a 3D volume on a CPU budget. The
+phantom generator knows every finding's voxels, so this stage trains the encoder with located targets
+before SigLIP:
+
+* a light feature-pyramid head on stages s1-s4 predicts, on the stride-8 grid, which finding kinds
+  are present in each cell (sigmoid, positives up-weighted) and which organ it shows (softmax);
+* a head on the flattened s3 and s4 tokens (what the VLM's projector reads) predicts the case's set
+  of (kind, site) findings, and one on the mean-pooled s4 tokens (what SigLIP reads) does the same.
+
+Only the encoder is kept (``vision_tower.*``); the heads are training aids, saved beside it for
+analysis. The stage records a learning curve (test exact-set accuracy and finding F1 of the token
+head against minutes and cases seen) in ``metrics.jsonl``; the labels never enter the model input.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from torch import nn
+
+from napari_med3dvlm.model.dcformer import DCFormer, DCFormerConfig, feature_map_to_tokens
+
+from ..config import stage_config
+from ..data.dense import (
+    FINDING_LABELS,
+    LABEL_STRIDE,
+    NUM_KINDS,
+    NUM_ORGANS,
+    DenseCache,
+    DenseDataset,
+    DenseSpec,
+    collate_dense,
+)
+from ..loop import train
+from .common import count_parameters, loop_config, save_result, stage_dir
+
+HEADS_FILE = "heads.safetensors"
+
+
+class DenseVisionModel(nn.Module):
+    """DCFormer plus the training-only heads described in the module docstring."""
+
+    def __init__(self, variant: str, input_size, width: int = 64, layer_scale_init: float | None = None):
+        super().__init__()
+        self.encoder = DCFormer(DCFormerConfig(variant=variant))
+        if layer_scale_init is not None:  # a larger start lets the residual branches learn sooner
+            for block in self.encoder.modules():
+                if hasattr(block, "scale") and isinstance(block.scale, nn.Parameter):
+                    nn.init.constant_(block.scale, layer_scale_init)
+        channels = self.encoder.hidden_sizes
+        self.lateral = nn.ModuleList(nn.Conv3d(c, width, 1) for c in channels[1:])
+        self.dense = nn.Sequential(
+            nn.GELU(), nn.Conv3d(width, width, 3, padding=1), nn.GELU(), nn.Conv3d(width, NUM_KINDS + NUM_ORGANS, 1)
+        )
+        d, h, w = input_size
+        n3 = -(-d // 32) * -(-h // 32) * -(-w // 32)
+        n4 = -(-d // 64) * -(-h // 64) * -(-w // 64)
+        self.token_head = nn.Linear(n3 * channels[3] + n4 * channels[4], len(FINDING_LABELS))
+        self.pooled_head = nn.Linear(channels[4], len(FINDING_LABELS))
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        self.encoder._check_input(images)
+        maps = self.encoder.encoder(images.permute(0, 1, 3, 4, 2))  # (B, C, H, W, D) per stage
+        grid = maps[1].shape[2:]
+        pyramid = sum(
+            F.interpolate(lat(m), size=grid, mode="trilinear", align_corners=False) if m.shape[2:] != grid else lat(m)
+            for lat, m in zip(self.lateral, maps[1:])
+        )
+        dense = self.dense(pyramid)
+        s3, s4 = feature_map_to_tokens(maps[3]), feature_map_to_tokens(maps[4])
+        tokens = torch.cat([s3.flatten(1), s4.flatten(1)], dim=1)
+        return {
+            "kind": dense[:, :NUM_KINDS],
+            "organ": dense[:, NUM_KINDS:],
+            "findings": self.token_head(tokens),
+            "findings_pooled": self.pooled_head(s4.mean(dim=1)),
+        }
+
+
+def _cell_targets(kind: torch.Tensor, organ: torch.Tensor, grid) -> tuple[torch.Tensor, torch.Tensor]:
+    """(kind presence (B, K, H, W, D) in [0, 1], organ class (B, H, W, D)) on the head's grid.
+
+    A cell counts as holding a kind in proportion to the share of it the finding fills, saturating
+    at a quarter, so small lesions are positives and borders are soft."""
+    def to_grid(onehot):
+        onehot = onehot.permute(0, 4, 2, 3, 1).float()  # (B, D, H, W, K) -> (B, K, H, W, D)
+        return F.adaptive_avg_pool3d(onehot, grid)
+
+    kinds = to_grid(F.one_hot(kind, NUM_KINDS + 1))[:, 1:]
+    organs = to_grid(F.one_hot(organ, NUM_ORGANS)).argmax(dim=1)
+    return (kinds * 4.0).clamp(max=1.0), organs
+
+
+def dense_loss(model, batch, pos_weight: float = 5.0):
+    out = model(batch["images"])
+    kind_target, organ_target = _cell_targets(batch["kind"], batch["organ"], out["kind"].shape[2:])
+    weight = torch.tensor(pos_weight, device=kind_target.device)
+    kind_loss = F.binary_cross_entropy_with_logits(out["kind"].float(), kind_target, pos_weight=weight)
+    organ_loss = F.cross_entropy(out["organ"].float(), organ_target)
+    labels = batch["labels"]
+    finding_loss = F.binary_cross_entropy_with_logits(out["findings"].float(), labels, pos_weight=weight)
+    pooled_loss = F.binary_cross_entropy_with_logits(out["findings_pooled"].float(), labels, pos_weight=weight)
+    loss = kind_loss + 0.5 * organ_loss + finding_loss + pooled_loss
+    with torch.no_grad():
+        exact = ((out["findings"] > 0) == (labels > 0.5)).all(dim=1).float().mean()
+    return loss, {"kind_loss": kind_loss.item(), "organ_loss": organ_loss.item(),
+                  "finding_loss": finding_loss.item(), "batch_exact": exact.item()}
+
+
+def set_scores(predicted: np.ndarray, truth: np.ndarray, focal: np.ndarray) -> dict[str, float]:
+    """Exact-set accuracy and micro precision/recall/F1 over (kind, site) findings."""
+    def prf(p, t):
+        tp = float((p & t).sum())
+        precision = tp / max(1.0, float(p.sum()))
+        recall = tp / max(1.0, float(t.sum()))
+        f1 = 2 * precision * recall / max(1e-9, precision + recall)
+        return precision, recall, f1
+
+    precision, recall, f1 = prf(predicted, truth)
+    return {
+        "exact": float((predicted == truth).all(axis=1).mean()),
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "focal_f1": prf(predicted[:, focal], truth[:, focal])[2],
+        "diffuse_f1": prf(predicted[:, ~focal], truth[:, ~focal])[2],
+    }
+
+
+FOCAL = np.array([kind in ("cyst", "mass", "calcification", "haemorrhage") for kind, _ in FINDING_LABELS])
+
+
+@torch.no_grad()
+def evaluate_findings(model: DenseVisionModel, dataset: DenseDataset, batch_size: int = 32) -> dict[str, float]:
+    """Scores of the token head (and the pooled head) on ``dataset``."""
+    was_training = model.training
+    model.eval()
+    preds, pooled, truth = [], [], []
+    for start in range(0, len(dataset), batch_size):
+        batch = collate_dense([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        out = model(batch["images"])
+        preds.append((out["findings"] > 0).numpy())
+        pooled.append((out["findings_pooled"] > 0).numpy())
+        truth.append(batch["labels"].numpy() > 0.5)
+    model.train(was_training)
+    truth = np.concatenate(truth)
+    scores = set_scores(np.concatenate(preds), truth, FOCAL)
+    scores["pooled_exact"] = set_scores(np.concatenate(pooled), truth, FOCAL)["exact"]
+    return {k: round(v, 4) for k, v in scores.items()}
+
+
+def dense_caches(config: dict) -> tuple[DenseCache, DenseCache]:
+    stage = stage_config(config, "vision")
+    size = tuple(config["data"]["image_size"])
+    window = config["data"].get("window", "soft tissue")
+    root = Path(stage.get("cache_dir") or Path(config["output_dir"]) / "vision_dense")
+    seed = int(stage.get("phantom_seed", 0))
+    train_spec = DenseSpec(seed, "train", int(stage.get("train_cases", 2000)), size, window)
+    test_spec = DenseSpec(seed, "test", int(stage.get("test_cases", 200)), size, window)
+    workers = int(stage.get("render_workers", 2))
+    return (DenseCache(root / "train", train_spec).build(workers), DenseCache(root / "test", test_spec).build(workers))
+
+
+def run(config: dict) -> dict:
+    stage = stage_config(config, "vision")
+    train_cache, test_cache = dense_caches(config)
+    dataset = DenseDataset(train_cache.open())
+    test = DenseDataset(test_cache.open())
+    torch.manual_seed(int(stage.get("seed", 42)))
+    model = DenseVisionModel(
+        config["model"].get("vision_variant", "nano"),
+        tuple(config["data"]["image_size"]),
+        layer_scale_init=stage.get("layer_scale_init"),
+    )
+    cfg = loop_config(config, "vision")
+    pos_weight = float(stage.get("pos_weight", 5.0))
+    train_eval = DenseDataset({k: v[: len(test)] for k, v in train_cache.open().items()})
+
+    def evaluate(m):
+        return {"test": evaluate_findings(m, test), "train": evaluate_findings(m, train_eval)}
+
+    model, state, accelerator = train(
+        name="vision",
+        model=model,
+        dataset=dataset,
+        collate_fn=collate_dense,
+        compute_loss=lambda m, b: dense_loss(m, b, pos_weight),
+        cfg=cfg,
+        output_dir=stage_dir(config, "vision"),
+        evaluate=evaluate,
+        evaluate_every=int(stage.get("evaluate_every", 0)),
+    )
+    scores = evaluate_findings(model, test)
+    info = {
+        "steps": state.global_step,
+        "minutes": round(state.elapsed_s / 60, 2),
+        "cases_seen": state.global_step * cfg.batch_size * cfg.gradient_accumulation_steps,
+        "train_cases": len(dataset),
+        "trainable_parameters": count_parameters(model.encoder.parameters()),
+        "test_findings": scores,
+    }
+    if accelerator.is_main_process:
+        tensors = {f"vision_tower.{k}": v for k, v in model.encoder.state_dict().items()}
+        folder = save_result(config, "vision", tensors, info)
+        heads = {k: v.detach().contiguous() for k, v in model.state_dict().items() if not k.startswith("encoder.")}
+        save_file(heads, str(folder / HEADS_FILE))
+    return info
