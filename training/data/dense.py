@@ -9,7 +9,8 @@ Per case the cache keeps (on disk, memory-mapped):
 
 * ``image``  uint8 (D, H, W): the model input in [0, 1], quantised to 1/255 (the image noise is
   about ten times larger than that step);
-* ``kind``   uint8 (D/2, H/2, W/2): 0 where no finding, else the finding kind's index + 1;
+* ``kind``   uint8 (D/2, H/2, W/2): 0 where no finding, else the finding kind's index + 1
+  (`DenseDataset` turns it into per-cell presence on the encoder's stride-8 grid);
 * ``organ``  uint8 (D/2, H/2, W/2): the generator's organ label;
 * ``labels`` uint8 (L,): which (kind, site) pairs of `FINDING_LABELS` the case holds.
 """
@@ -167,11 +168,30 @@ class DenseCache:
         return json.loads((self.folder / "cases.json").read_text())
 
 
-class DenseDataset:
-    """Items for the vision stage: the model input (1, D, H, W) float and its dense targets."""
+def cell_targets(kind: np.ndarray, organ: np.ndarray, cell: int) -> tuple[np.ndarray, np.ndarray]:
+    """Targets on a grid of ``cell``-voxel cubes of the label maps: (NUM_KINDS, d, h, w) presence in
+    [0, 1] and the organ at each cell's centre (d, h, w).
 
-    def __init__(self, arrays: dict[str, np.ndarray]):
+    A cell holds a kind in proportion to the share of it the finding fills, saturating at a quarter,
+    so small lesions are positives and borders are soft."""
+    d, h, w = (n // cell for n in kind.shape)
+    presence = np.zeros((NUM_KINDS, d, h, w), dtype=np.float32)
+    blocks = kind[: d * cell, : h * cell, : w * cell]
+    for k in np.unique(blocks):
+        if k:
+            share = (blocks == k).reshape(d, cell, h, cell, w, cell).mean(axis=(1, 3, 5))
+            presence[k - 1] = np.minimum(1.0, 4.0 * share)
+    centre = cell // 2
+    return presence, np.ascontiguousarray(organ[centre::cell, centre::cell, centre::cell][:d, :h, :w])
+
+
+class DenseDataset:
+    """Items for the vision stage: the model input (1, D, H, W) float and its targets, with the dense
+    ones on the grid of ``cell``-voxel cubes of the label maps (4 = DCFormer's stride-8 stage s1)."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], cell: int = 8 // LABEL_STRIDE):
         self.arrays = arrays
+        self.cell = cell
 
     def __len__(self) -> int:
         return len(self.arrays["labels"])
@@ -180,10 +200,11 @@ class DenseDataset:
         import torch
 
         a = self.arrays
+        presence, organ = cell_targets(np.asarray(a["kind"][index]), np.asarray(a["organ"][index]), self.cell)
         return {
             "images": torch.from_numpy(np.asarray(a["image"][index], dtype=np.float32) / 255.0)[None],
-            "kind": torch.from_numpy(np.asarray(a["kind"][index], dtype=np.int64)),
-            "organ": torch.from_numpy(np.asarray(a["organ"][index], dtype=np.int64)),
+            "kind": torch.from_numpy(presence),
+            "organ": torch.from_numpy(organ.astype(np.int64)),
             "labels": torch.from_numpy(np.asarray(a["labels"][index], dtype=np.float32)),
         }
 

@@ -30,7 +30,6 @@ from napari_med3dvlm.model.dcformer import DCFormer, DCFormerConfig, feature_map
 from ..config import stage_config
 from ..data.dense import (
     FINDING_LABELS,
-    LABEL_STRIDE,
     NUM_KINDS,
     NUM_ORGANS,
     DenseCache,
@@ -84,23 +83,11 @@ class DenseVisionModel(nn.Module):
         }
 
 
-def _cell_targets(kind: torch.Tensor, organ: torch.Tensor, grid) -> tuple[torch.Tensor, torch.Tensor]:
-    """(kind presence (B, K, H, W, D) in [0, 1], organ class (B, H, W, D)) on the head's grid.
-
-    A cell counts as holding a kind in proportion to the share of it the finding fills, saturating
-    at a quarter, so small lesions are positives and borders are soft."""
-    def to_grid(onehot):
-        onehot = onehot.permute(0, 4, 2, 3, 1).float()  # (B, D, H, W, K) -> (B, K, H, W, D)
-        return F.adaptive_avg_pool3d(onehot, grid)
-
-    kinds = to_grid(F.one_hot(kind, NUM_KINDS + 1))[:, 1:]
-    organs = to_grid(F.one_hot(organ, NUM_ORGANS)).argmax(dim=1)
-    return (kinds * 4.0).clamp(max=1.0), organs
-
-
 def dense_loss(model, batch, pos_weight: float = 5.0):
     out = model(batch["images"])
-    kind_target, organ_target = _cell_targets(batch["kind"], batch["organ"], out["kind"].shape[2:])
+    # targets come as (B, [K,] D, H, W); the encoder's maps are depth-last (B, [K,] H, W, D)
+    kind_target = batch["kind"].permute(0, 1, 3, 4, 2)
+    organ_target = batch["organ"].permute(0, 2, 3, 1)
     weight = torch.tensor(pos_weight, device=kind_target.device)
     kind_loss = F.binary_cross_entropy_with_logits(out["kind"].float(), kind_target, pos_weight=weight)
     organ_loss = F.cross_entropy(out["organ"].float(), organ_target)
