@@ -21,10 +21,47 @@ SAMPLE_CASE = PhantomCase(
 )
 
 
+SAMPLE_NAME = "Phantom CT (abdomen, portal venous)"
+LABELS_NAME = "Phantom lesions (ground truth)"
+
+
+def render_sample():
+    """The sample's `PhantomImage` (volume, organ and lesion labels)."""
+    return render_case(SAMPLE_CASE, slices=96, pixels=256)
+
+
+def lesion_labels_layer_data(image, volume=None, name: str = LABELS_NAME) -> tuple:
+    """(data, kwargs, "labels"): the lesion label map of a rendered phantom on its display grid,
+    with the image layer's scale and translate; label i + 1 is finding i, named in ``features``."""
+    volume = volume or image.display_volume()
+    findings = image.case.findings
+    return (
+        image.display_finding_labels(),
+        {
+            "name": name,
+            "scale": volume.spacing,
+            "translate": volume.origin,
+            "opacity": 0.5,
+            "blending": "translucent_no_depth",
+            "features": {"finding": ["none"] + [f"{f.kind} ({f.location})" for f in findings]},
+            "metadata": {"findings": [f.to_dict() for f in findings], "ground_truth": True},
+        },
+        "labels",
+    )
+
+
 def phantom_ct_sample():
     """Layer data for napari's File > Open Sample menu."""
     from ..io._napari import volume_layer_data
 
-    image = render_case(SAMPLE_CASE, slices=96, pixels=256)
+    volume = render_sample().display_volume()
+    return [volume_layer_data(volume, name=SAMPLE_NAME)]
+
+
+def phantom_ct_with_lesions_sample():
+    """The sample CT and its lesion label map (ground truth, for comparison) as a Labels layer."""
+    from ..io._napari import volume_layer_data
+
+    image = render_sample()
     volume = image.display_volume()
-    return [volume_layer_data(volume, name="Phantom CT (abdomen, portal venous)")]
+    return [volume_layer_data(volume, name=SAMPLE_NAME), lesion_labels_layer_data(image, volume)]

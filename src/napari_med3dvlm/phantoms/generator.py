@@ -47,6 +47,18 @@ class PhantomImage:
         affine = np.asarray(self.volume.affine)[:, [2, 1, 0, 3]]
         return data, affine
 
+    def nifti_labels_and_affine(self) -> tuple[np.ndarray, np.ndarray]:
+        """The lesion label map (finding index + 1, 0 elsewhere) on the grid of
+        `nifti_array_and_affine`: same shape, same affine."""
+        _, affine = self.nifti_array_and_affine()
+        return np.ascontiguousarray(self.finding_labels.transpose(2, 1, 0)), affine
+
+    def display_finding_labels(self) -> np.ndarray:
+        """`finding_labels` in the display order of `display_volume` (same shape as its data)."""
+        from ..io.orientation import display_from_plane
+
+        return np.ascontiguousarray(display_from_plane(self.finding_labels, self.case.plane))
+
     def display_volume(self) -> Volume:
         """The volume in `napari_med3dvlm.io` display order (z to Superior, y to Posterior, x to
         Left) with its acquisition plane recorded, as the readers return files."""

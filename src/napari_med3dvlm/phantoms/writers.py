@@ -7,6 +7,8 @@ Layout under the output root (paths in the JSON and CSVs are relative to it, as 
     M3D_VQA_yn_{train,val,test}.csv    yes/no questions
     M3D_Cap_npy/phantom/<id>/<Plane>_<phase>.npy   model input (1, D, H, W) float32 in [0, 1]
     M3D_Cap_npy/phantom/<id>/<Plane>_<phase>.nii.gz  raw HU, int16, spacing in the affine
+    M3D_Cap_npy/phantom/<id>/<Plane>_<phase>_lesions.nii.gz  lesion labels on the same grid and
+                                       affine, uint8: finding i of case.json is label i + 1
     M3D_Cap_npy/phantom/<id>/text.txt  the report
     M3D_Cap_npy/phantom/<id>/case.json ground truth
 The .npy goes through `napari_med3dvlm.io.preprocess_volume`, the same call inference makes.
@@ -34,6 +36,8 @@ VQA_COLUMNS = ["Image Path", "Text", "Question Type", "Question", "Choice A", "C
 SPLIT_CODES = {"train": 0, "validation": 1, "test": 2}
 CSV_SPLIT = {"train": "train", "validation": "val", "test": "test"}
 SUBDIR = "M3D_Cap_npy/phantom"
+#: The lesion label map sits beside the raw volume: ``<Plane>_<phase>_lesions.nii.gz``.
+LESIONS_SUFFIX = "_lesions"
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,10 @@ def write_case(root: Path, case: PhantomCase, options: WriteOptions) -> dict:
         nii.header.set_xyzt_units("mm", "sec")
         nii.header["descrip"] = b"synthetic phantom CT"
         nib.save(nii, folder / f"{stem}.nii.gz")
+        labels = nib.Nifti1Image(*image.nifti_labels_and_affine())
+        labels.header.set_xyzt_units("mm", "sec")
+        labels.header["descrip"] = b"phantom lesions: finding i of case.json = i+1"
+        nib.save(labels, folder / f"{stem}{LESIONS_SUFFIX}.nii.gz")
     report = write_report(case)
     (folder / "text.txt").write_text(report + "\n", encoding="utf-8")
     (folder / "case.json").write_text(json.dumps(case.to_dict(), indent=1), encoding="utf-8")
