@@ -137,6 +137,93 @@ def foreground_box(volume: np.ndarray, threshold: float = 0.0):
     return tuple(start), tuple(stop)
 
 
+_TORCH_COMPARABLE = tuple(np.dtype(t) for t in (np.int8, np.uint8, np.int16, np.int32, np.int64))
+
+
+def _positive_view(data: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
+    """``data`` with every reversed axis flipped back (a view torch can share) and those axes."""
+    flipped = tuple(axis for axis in range(data.ndim) if data.strides[axis] < 0)
+    return (np.flip(data, flipped) if flipped else data), flipped
+
+
+def _box_from_mask(mask: torch.Tensor, flipped, shape):
+    """`foreground_box` of a boolean tensor over the flipped-back view, in ``data``'s own index order."""
+    if not bool(mask.any()):
+        return (0, 0, 0), tuple(int(n) for n in shape)
+    start, stop = [], []
+    for axis in range(3):
+        hit = mask
+        for other in sorted((a for a in range(3) if a != axis), reverse=True):
+            hit = hit.any(dim=other)
+        index = torch.nonzero(hit).flatten()
+        a, b = int(index[0]), int(index[-1]) + 1
+        if axis in flipped:
+            a, b = shape[axis] - b, shape[axis] - a
+        start.append(a)
+        stop.append(b)
+    return tuple(start), tuple(stop)
+
+
+def _window(values: torch.Tensor, low: np.float32, width: np.float32) -> torch.Tensor:
+    """In place: ``clip((values - low) / width, 0, 1)`` in float32."""
+    return values.sub_(float(low)).div_(float(width)).clamp_(0.0, 1.0)
+
+
+def _scaled_crop(data: np.ndarray, low: float, high: float, crop_foreground: bool):
+    """(1, 1, d, h, w) float32 tensor of the intensity-scaled, min-max normalised foreground crop.
+
+    Same values as scaling the whole volume and then cropping, with less work and memory: integer
+    volumes (no NaN or infinity) are cropped first, on a threshold found in their own dtype, so only
+    the crop is ever converted to float32; every step after the conversion runs in place.
+    """
+    low32 = np.float32(low)
+    width32 = np.float32(max(high - low, 1e-6))
+    shape = tuple(int(n) for n in data.shape)
+    if data.dtype == np.bool_:
+        data = data.view(np.uint8)
+    if np.issubdtype(data.dtype, np.integer):
+        lowest, highest = int(data.min()), int(data.max())
+
+        def scaled(value: int) -> np.float32:  # the float32 arithmetic of the crop below, for one value
+            one = torch.from_numpy(np.array([value], dtype=data.dtype).astype(np.float32))
+            return np.float32(_window(one, low32, width32)[0])
+
+        vmin, vmax = scaled(lowest), scaled(highest)
+        start, stop = (0, 0, 0), shape
+        if crop_foreground and vmax != vmin:
+            # scaling is monotone, so "above the minimum after scaling" is "above t" for one integer t
+            lo, hi = lowest, highest
+            while hi - lo > 1:  # invariant: scaled(lo) == vmin < scaled(hi)
+                mid = (lo + hi) // 2
+                if scaled(mid) == vmin:
+                    lo = mid
+                else:
+                    hi = mid
+            view, flipped = _positive_view(data)
+            if view.dtype in _TORCH_COMPARABLE:
+                mask = torch.from_numpy(view) > lo
+            else:
+                mask = torch.from_numpy(view > view.dtype.type(lo))
+            start, stop = _box_from_mask(mask, flipped, shape)
+            del mask
+        region = data[start[0] : stop[0], start[1] : stop[1], start[2] : stop[2]]
+        work = torch.from_numpy(np.array(region, dtype=np.float32, order="C"))
+        _window(work, low32, width32)
+    else:
+        work = torch.from_numpy(np.array(data, dtype=np.float32, order="C"))
+        work.nan_to_num_(nan=float(low32), posinf=float(np.float32(high)), neginf=float(low32))
+        _window(work, low32, width32)
+        lowest_high = torch.aminmax(work)
+        vmin, vmax = np.float32(lowest_high.min), np.float32(lowest_high.max)
+        if crop_foreground:
+            start, stop = _box_from_mask(work > float(vmin), (), shape)
+        else:
+            start, stop = (0, 0, 0), shape
+        work = work[start[0] : stop[0], start[1] : stop[1], start[2] : stop[2]]
+    work.sub_(float(vmin)).div_(float(np.float32(float(vmax) - float(vmin) + 1e-8)))
+    return work[None, None], start, stop
+
+
 def preprocess_volume(
     data: np.ndarray,
     modality: str = "CT",
@@ -160,17 +247,8 @@ def preprocess_volume(
     if min(data.shape) < 2:
         raise ValueError(f"volume too thin to preprocess: shape {data.shape}")
     kind, low, high = intensity_range(data, modality, window)
-    scaled = np.nan_to_num(data.astype(np.float32, copy=False), nan=low, posinf=high, neginf=low)
-    scaled = np.clip((scaled - low) / max(high - low, 1e-6), 0.0, 1.0)
-    vmin, vmax = float(scaled.min()), float(scaled.max())
-    scaled = (scaled - vmin) / (vmax - vmin + 1e-8)
-    if crop_foreground:
-        start, stop = foreground_box(scaled)
-    else:
-        start, stop = (0, 0, 0), tuple(scaled.shape)
-    cropped = scaled[start[0] : stop[0], start[1] : stop[1], start[2] : stop[2]]
-    tensor = torch.from_numpy(np.ascontiguousarray(cropped))[None, None]
-    if tuple(cropped.shape) != tuple(spatial_size):
+    tensor, start, stop = _scaled_crop(data, low, high, crop_foreground)
+    if tuple(tensor.shape[2:]) != tuple(spatial_size):
         tensor = F.interpolate(tensor, size=tuple(spatial_size), mode="trilinear", align_corners=False)
     transform = PreprocessTransform(
         input_shape=tuple(int(s) for s in data.shape),
