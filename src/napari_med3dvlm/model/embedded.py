@@ -19,12 +19,16 @@ only holds what training changed. Layout (format version 1)::
     model_card.md        what was trained on what, and what it is not for
 
 Loading rebuilds the base LLM, appends the new token rows, applies overrides, merges the adapter
-(``merge_and_unload``) and attaches the vision tower and projector.
+(``merge_and_unload``) and attaches the vision tower and projector. The ready language model is
+cached in the user cache folder (``bases.cache_dir``) as safetensors, keyed by the folder's and the
+base's files, so later loads map it from disk instead of merging again.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 from pathlib import Path
 
 import torch
@@ -32,7 +36,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from .bases import resolve_base
+from .bases import cache_dir, resolve_base
 from .configuration import Med3DVLMConfig
 from .loading import assign_state_dict, resolve_device, resolve_dtype, without_local_paths
 from .vlm import Med3DVLMForCausalLM
@@ -41,6 +45,8 @@ EMBEDDED_FORMAT = 1
 ADAPTER_DIR = "adapter"
 SIGLIP_DIR = "siglip"
 WEIGHTS = "model.safetensors"
+
+logger = logging.getLogger(__name__)
 
 
 def is_embedded_folder(folder) -> bool:
@@ -154,14 +160,40 @@ def load_embedded(folder, device="cpu", dtype=None):
     config = Med3DVLMConfig.from_dict(raw)
     tokenizer = AutoTokenizer.from_pretrained(str(folder), config=config.text_config)
 
+    with safe_open(str(folder / WEIGHTS), framework="pt") as f:
+        stored = {name: f.get_tensor(name) for name in f.keys()}
+    merged = _merged_cache_folder(folder, base)
+    lm = _load_cached_language_model(merged)
+    if lm is None:
+        lm = _build_language_model(folder, raw, base, stored)
+        _save_cached_language_model(lm, merged, str(folder.resolve()))
+    for name in [k for k in stored if k.startswith("language_model.") or k.startswith("new_")]:
+        del stored[name]
+    config.text_config = lm.config
+
+    model = Med3DVLMForCausalLM(config, language_model=lm)
+    own = {k: v for k, v in model.state_dict().items() if not k.startswith("language_model.")}
+    missing = set(own) - set(stored)
+    unexpected = set(stored) - set(own)
+    if missing or unexpected:
+        from .loading import CheckpointMismatchError
+
+        raise CheckpointMismatchError(missing, unexpected)
+    assign_state_dict(model.vision_tower, {k[len("vision_tower.") :]: v for k, v in stored.items() if k.startswith("vision_tower.")})
+    assign_state_dict(model.mm_projector, {k[len("mm_projector.") :]: v for k, v in stored.items() if k.startswith("mm_projector.")})
+    model.to(device=device, dtype=dtype).eval()
+    config.image_token_id = tokenizer.convert_tokens_to_ids(config.image_token)
+    return model, tokenizer
+
+
+def _build_language_model(folder: Path, raw: dict, base: Path, stored: dict):
+    """The base LLM with the new token rows, the overrides and the merged adapter (the slow way)."""
     lm = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
     base_vocab = int(raw["base_vocab_size"])
     if lm.get_input_embeddings().weight.shape[0] != base_vocab:
         raise ValueError(f"The base {raw['base_language_model']!r} does not have {base_vocab} embedding rows.")
-    with safe_open(str(folder / WEIGHTS), framework="pt") as f:
-        stored = {name: f.get_tensor(name) for name in f.keys()}
-    _add_token_rows(lm, stored.pop("new_token_embeddings"), stored.pop("new_lm_head_rows", None))
-    overrides = {k[len("language_model.") :]: stored.pop(k) for k in list(stored) if k.startswith("language_model.")}
+    _add_token_rows(lm, stored["new_token_embeddings"], stored.get("new_lm_head_rows"))
+    overrides = {k[len("language_model.") :]: v for k, v in stored.items() if k.startswith("language_model.")}
     if overrides:
         lm_state = lm.state_dict()
         unknown = sorted(set(overrides) - set(lm_state))
@@ -178,21 +210,82 @@ def load_embedded(folder, device="cpu", dtype=None):
         from transformers import GenerationConfig
 
         lm.generation_config = GenerationConfig.from_pretrained(str(folder))
-    config.text_config = lm.config
+    return lm
 
-    model = Med3DVLMForCausalLM(config, language_model=lm)
-    own = {k: v for k, v in model.state_dict().items() if not k.startswith("language_model.")}
-    missing = set(own) - set(stored)
-    unexpected = set(stored) - set(own)
-    if missing or unexpected:
-        from .loading import CheckpointMismatchError
 
-        raise CheckpointMismatchError(missing, unexpected)
-    assign_state_dict(model.vision_tower, {k[len("vision_tower.") :]: v for k, v in stored.items() if k.startswith("vision_tower.")})
-    assign_state_dict(model.mm_projector, {k[len("mm_projector.") :]: v for k, v in stored.items() if k.startswith("mm_projector.")})
-    model.to(device=device, dtype=dtype).eval()
-    config.image_token_id = tokenizer.convert_tokens_to_ids(config.image_token)
-    return model, tokenizer
+SOURCE_NOTE = "source.txt"  # in each merged-cache entry: the folder it was made from
+
+#: Set to "0" to build the language model from the base and the adapter on every load.
+MERGED_CACHE_ENV = "NAPARI_MED3DVLM_MERGED_CACHE"
+
+
+def _merged_cache_folder(folder: Path, base: Path) -> Path | None:
+    """Where the ready (merged) language model of this folder and base is cached, keyed by a
+    signature of every input file (size and modification time) and the library versions."""
+    if os.environ.get(MERGED_CACHE_ENV, "1").strip().lower() in {"0", "false", "no", "off"}:
+        return None
+    import hashlib
+
+    import transformers
+
+    parts = [f"torch={torch.__version__}", f"transformers={transformers.__version__}", str(folder.resolve())]
+    inputs = [folder / "config.json", folder / WEIGHTS, folder / "generation_config.json", base / "config.json"]
+    inputs += sorted(base.glob("*.safetensors")) + sorted((folder / ADAPTER_DIR).glob("*"))
+    for path in inputs:
+        if path.is_file():
+            stat = path.stat()
+            parts.append(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}")
+    key = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+    return cache_dir() / "merged" / f"{folder.name}-{key}"
+
+
+def _load_cached_language_model(merged: Path | None):
+    if merged is None or not (merged / "model.safetensors").is_file() or not (merged / "config.json").is_file():
+        return None
+    try:
+        return AutoModelForCausalLM.from_pretrained(str(merged), dtype=torch.float32)
+    except Exception as err:  # noqa: BLE001 - a damaged cache entry is rebuilt
+        logger.warning("ignoring the cached language model in %s: %s", merged, err)
+        return None
+
+
+def _sweep_merged_cache(keep: Path) -> None:
+    """Remove entries made from the same folder with other files, and entries whose folder is gone."""
+    import shutil
+
+    source = (keep / SOURCE_NOTE).read_text() if (keep / SOURCE_NOTE).is_file() else None
+    for entry in keep.parent.iterdir():
+        if entry == keep or not entry.is_dir() or entry.name.startswith("."):
+            continue
+        note = entry / SOURCE_NOTE
+        recorded = note.read_text() if note.is_file() else ""
+        if recorded == source or not recorded or not Path(recorded).is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _save_cached_language_model(lm, merged: Path | None, source: str) -> None:
+    """Write the merged model (safetensors, loaded memory-mapped next time); stale entries of the
+    same folder are removed. A cache that cannot be written only costs the next load its time."""
+    if merged is None:
+        return
+    import shutil
+    import tempfile
+
+    try:
+        merged.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=".merge-", dir=merged.parent))
+        try:
+            lm.save_pretrained(str(work))
+            (work / SOURCE_NOTE).write_text(source)
+            try:
+                work.rename(merged)  # atomic; a concurrent loader may have won the race
+            except OSError:
+                pass
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        _sweep_merged_cache(merged)
+    except OSError as err:
+        logger.info("could not cache the merged language model in %s: %s", merged, err)
 
 
 def _add_token_rows(lm, embedding_rows: torch.Tensor, head_rows: torch.Tensor | None) -> None:
