@@ -95,7 +95,7 @@ def sentence_at(text: str, position: int) -> tuple[int, int] | None:
 
 
 def short_label(text: str, limit: int = 40) -> str:
-    text = " ".join(text.split())
+    text = " ".join("".join(c if c.isprintable() else " " for c in text).split())
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
@@ -109,22 +109,23 @@ def report_target(proj_out_num: int, report: str, start: int, end: int, request:
 
 def answer_target(proj_out_num: int, history: Sequence[prompts.Turn], question: str, answer: str,
                   choices: Sequence[str] | None = None, start: int | None = None, end: int | None = None,
-                  count_tokens=None, max_tokens: int = 2048) -> SpanTarget:
-    """A chat answer (or ``answer[start:end]``) to ``question`` after the earlier turns ``history``."""
+                  count_tokens=None, max_tokens: int = 2048, reserve: int = 0) -> SpanTarget:
+    """A chat answer (or ``answer[start:end]``) to ``question`` after the earlier turns ``history``
+    (``count_tokens``, ``max_tokens`` and ``reserve`` as when it was asked, so the same turns are kept)."""
     answer = answer.strip()
     prompt, _ = prompts.chat_prompt(proj_out_num, history, question, choices, count_tokens=count_tokens,
-                                    max_tokens=max_tokens)
+                                    max_tokens=max_tokens, reserve=reserve)
     start = 0 if start is None else start
     end = len(answer) if end is None else end
     return _target(prompt, " " + answer, start + 1, end + 1)
 
 
 def choice_target(proj_out_num: int, history: Sequence[prompts.Turn], question: str, choice: str,
-                  count_tokens=None, max_tokens: int = 2048) -> SpanTarget:
+                  count_tokens=None, max_tokens: int = 2048, reserve: int = 0) -> SpanTarget:
     """A closed-question choice as it is ranked (`InferenceEngine.rank_choices`): the choice's text
     after the open question."""
     prompt, _ = prompts.chat_prompt(proj_out_num, history, question, None, count_tokens=count_tokens,
-                                    max_tokens=max_tokens)
+                                    max_tokens=max_tokens, reserve=reserve)
     choice = str(choice).strip()
     return _target(prompt, " " + choice, 1, 1 + len(choice))
 
@@ -176,8 +177,10 @@ class RelevanceMap:
 
     def layer_map(self) -> np.ndarray:
         """The map on the source layer's voxel grid (display order, the layer's shape): overlay it
-        with the layer's scale and translate."""
-        return to_layer_grid(self.model_map, self.transform)
+        with the layer's scale and translate. Scaled so that its maximum is 1 again after resampling."""
+        grid = to_layer_grid(self.model_map, self.transform)
+        top = float(grid.max())
+        return grid / top if top > 0 else grid
 
     def to_dict(self) -> dict:
         return {"span": self.span, "label": self.label, "method": self.method,
@@ -358,13 +361,17 @@ def explain(model, tokenizer, image: torch.Tensor, transform: PreprocessTransfor
     )
 
 
-def stream_relevance(engine, volume, target: SpanTarget, method: str = DEFAULT_METHOD,
+def stream_relevance(engine, volume, target, method: str = DEFAULT_METHOD,
                      cancel_event: threading.Event | None = None) -> Generator[str, None, RelevanceMap | None]:
     """A task for the docks' workers: yields progress messages, returns the `RelevanceMap` (with its
-    ``layer`` map filled in) or None when cancelled. ``volume`` is a `VolumeInput`."""
+    ``layer`` map filled in) or None when cancelled. ``volume`` is a `VolumeInput`; ``target`` a
+    `SpanTarget`, or ``target(engine) -> SpanTarget`` when building it needs the loaded model (its
+    image-token count, its tokenizer), so that the caller's thread never loads the model."""
     cancel_event = cancel_event or threading.Event()
     yield "Loading the model…"
     model, tokenizer = engine.load()
+    if callable(target):
+        target = target(engine)
     if cancel_event.is_set():
         return None
     yield "Preparing the volume…"

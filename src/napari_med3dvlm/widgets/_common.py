@@ -20,13 +20,17 @@ from napari_med3dvlm.inference import VolumeInput
 MODEL_WINDOW_KEY = "med3dvlm_window"
 #: Layer metadata key marking a "what the model sees" overlay (value: the source layer's key).
 MODEL_INPUT_KEY = "med3dvlm_model_input"
+#: Layer metadata key of a "Show where" relevance map (`widgets._relevance`); not a volume either.
+RELEVANCE_KEY = "med3dvlm_relevance"
 
 
 def is_volume_layer(layer) -> bool:
-    """3D grey-level image layers, except our own model-input overlays (already preprocessed)."""
+    """3D grey-level image layers, except our own model-input overlays (already preprocessed) and
+    relevance maps."""
     if not isinstance(layer, Image) or layer.ndim != 3 or layer.rgb:
         return False
-    return MODEL_INPUT_KEY not in (layer.metadata or {})
+    meta = layer.metadata or {}
+    return MODEL_INPUT_KEY not in meta and RELEVANCE_KEY not in meta
 
 
 def layer_array(layer) -> np.ndarray:

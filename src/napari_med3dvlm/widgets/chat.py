@@ -22,6 +22,7 @@ from napari_med3dvlm.inference import Conversation, get_engine
 from napari_med3dvlm.inference.prompts import CHOICE_LETTERS
 
 from ._common import BusyIndicator, LayerPicker, StreamRunner, layer_key, volume_input
+from ._relevance import WhereRunner
 
 _USER_COLOR = "#7fb4ff"
 _MODEL_COLOR = "#9be39b"
@@ -44,6 +45,7 @@ class ChatWidget(QWidget):
         self.send_button = QPushButton("Send")
         self.stop_button = QPushButton("Stop")
         self.clear_button = QPushButton("Clear")
+        self.where_button = QPushButton("Show where")  # relevance map of the selected (or last) answer
         self.closed_mode = QCheckBox("Multiple choice (A–D)")
         self.closed_mode.setToolTip("Ask a closed question: the model answers with one of the choices")
         self.choice_inputs = [QLineEdit() for _ in CHOICE_LETTERS]
@@ -66,6 +68,7 @@ class ChatWidget(QWidget):
         buttons.addWidget(self.closed_mode, 1)
         buttons.addWidget(self.stop_button)
         buttons.addWidget(self.clear_button)
+        buttons.addWidget(self.where_button)
         layout = QVBoxLayout(self)
         layout.addLayout(row)
         layout.addWidget(self.view, 1)
@@ -78,6 +81,8 @@ class ChatWidget(QWidget):
         self.send_button.clicked.connect(self.send)
         self.stop_button.clicked.connect(self.runner.stop)
         self.clear_button.clicked.connect(self.clear)
+        self.where = WhereRunner(napari_viewer, self.where_button, self.status, self)
+        self.where_button.clicked.connect(self.show_where)
         self.closed_mode.toggled.connect(self.choices_box.setVisible)
         self.layer_picker.layer_changed.connect(lambda _: self._render())
         self.runner.piece.connect(self._append)
@@ -177,6 +182,45 @@ class ChatWidget(QWidget):
         self.clear_button.setEnabled(not running)
         self.layer_picker.setEnabled(not running)
 
+    def selected_answer(self) -> tuple[int, int, int] | None:
+        """(turn, start, end): the answer text selected in the view, else the last answer, whole."""
+        conversation = self.conversation()
+        turns = conversation.turns if conversation else []
+        selected = self.view.textCursor().selectedText().replace("\u2029", " ").strip()
+        answered = [i for i, turn in enumerate(turns) if turn.answer.strip()]
+        for i in reversed(answered):
+            at = turns[i].answer.strip().find(selected) if selected else -1
+            if at >= 0:
+                return i, at, at + len(selected)
+        return (answered[-1], 0, len(turns[answered[-1]].answer.strip())) if answered else None
+
+    def show_where(self) -> None:
+        """Map where the model looked for the selected answer; while it runs, the button cancels."""
+        from napari_med3dvlm.inference.relevance import answer_target, choice_target
+
+        if self.where.running:
+            self.where.cancel()
+            return
+        layer, picked = self.layer_picker.layer(), self.selected_answer()
+        if layer is None or picked is None or self.runner.running:
+            return
+        index, start, end = picked
+        turns = list(self.conversation(layer).turns)
+        turn, history = turns[index], turns[:index]
+        answer = turn.answer.strip()
+
+        def target(engine):
+            context = dict(count_tokens=engine.count_tokens, max_tokens=engine.context_length,
+                           reserve=engine.settings.max_new_tokens)
+            if turn.choices and engine.settings.closed_answer == "score" and answer[:1] in CHOICE_LETTERS:
+                choice = turn.choices[CHOICE_LETTERS.index(answer[0])]  # the choice as it was ranked
+                return choice_target(engine.proj_out_num, history, turn.question, choice, **context)
+            return answer_target(engine.proj_out_num, history, turn.question, answer, turn.choices, start, end,
+                                 **context)
+
+        self.where.start(layer, target)
+
     def closeEvent(self, event) -> None:
         self.runner.stop()
+        self.where.cancel()
         super().closeEvent(event)

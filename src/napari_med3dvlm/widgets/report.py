@@ -19,7 +19,10 @@ from qtpy.QtWidgets import (
 
 from napari_med3dvlm.inference import DISCLAIMER, ReportRecord, get_engine, stream_report
 
+from napari_med3dvlm.inference.relevance import report_target, sentence_at
+
 from ._common import BusyIndicator, LayerPicker, StreamRunner, layer_key, volume_input
+from ._relevance import WhereRunner
 
 
 class ReportWidget(QWidget):
@@ -39,10 +42,13 @@ class ReportWidget(QWidget):
         self.copy_button = QPushButton("Copy")
         self.export_button = QPushButton("Export…")
         self.export_button.setToolTip("Save the report as Markdown and JSON")
+        self.where_button = QPushButton("Show where")  # relevance map of the selected sentence
+        self.where = WhereRunner(napari_viewer, self.where_button, None, self)
         self.text = QPlainTextEdit()
         self.text.setReadOnly(True)
         self.text.setPlaceholderText("Pick a layer and press Generate.")
         self.status = BusyIndicator()
+        self.where.status = self.status
         disclaimer = QLabel(DISCLAIMER)
         disclaimer.setWordWrap(True)
         disclaimer.setStyleSheet("font-size: 10px; color: #b0b0b0;")
@@ -53,6 +59,7 @@ class ReportWidget(QWidget):
         buttons = QHBoxLayout()
         for button in (self.generate_button, self.stop_button, self.copy_button, self.export_button):
             buttons.addWidget(button)
+        buttons.addWidget(self.where_button)
         layout = QVBoxLayout(self)
         layout.addLayout(row)
         layout.addLayout(buttons)
@@ -64,6 +71,8 @@ class ReportWidget(QWidget):
         self.stop_button.clicked.connect(self.runner.stop)
         self.copy_button.clicked.connect(self.copy)
         self.export_button.clicked.connect(self._export_dialog)
+        self.where_button.clicked.connect(self.show_where)
+        self.where.runner.running_changed.connect(lambda _: self._update_buttons())
         self.layer_picker.layer_changed.connect(self._layer_changed)
         self.runner.piece.connect(self._append)
         napari_viewer.layers.events.removed.connect(lambda event: self.records.pop(layer_key(event.value), None))
@@ -141,7 +150,35 @@ class ReportWidget(QWidget):
         self.copy_button.setEnabled(not running)
         self.layer_picker.setEnabled(not running)
         self.export_button.setEnabled(not running and self.record is not None)
+        self.where_button.setEnabled(self.where.running or (not running and self.record is not None))
+
+    def selected_span(self) -> tuple[int, int] | None:
+        """The selected text of the report (trimmed), else the sentence under the cursor."""
+        text = self.record.text if self.record else ""
+        cursor = self.text.textCursor()
+        start, end = sorted((cursor.selectionStart(), cursor.selectionEnd()))
+        start, end = max(0, start), min(len(text), end)
+        if end > start and text[start:end].strip():
+            piece = text[start:end]
+            return start + len(piece) - len(piece.lstrip()), end - (len(piece) - len(piece.rstrip()))
+        return sentence_at(text, cursor.position())
+
+    def show_where(self) -> None:
+        """Map where the model looked for the selected sentence; while it runs, the button cancels."""
+        if self.where.running:
+            self.where.cancel()
+            return
+        record, layer, span = self.record, self.layer_picker.layer(), self.selected_span()
+        if record is None or layer is None or span is None:
+            return
+        request = record.request
+
+        def target(engine):
+            return report_target(engine.proj_out_num, record.text, span[0], span[1], request)
+
+        self.where.start(layer, target)
 
     def closeEvent(self, event) -> None:
         self.runner.stop()
+        self.where.cancel()
         super().closeEvent(event)
