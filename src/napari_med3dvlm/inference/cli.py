@@ -23,6 +23,11 @@ def register(subparsers) -> None:
     )
     report.add_argument("paths", nargs="+", metavar="PATH", help="NIfTI files, DICOM files or folders")
     report.add_argument("--out", required=True, type=Path, help="folder for the .md and .json reports")
+    report.add_argument(
+        "--relevance", action="store_true",
+        help="also write where the model looked for each sentence: one NIfTI map per sentence beside the "
+        "report (report-NN-where-KK.nii.gz, the source's affine) and report-NN-where.json naming them",
+    )
     _add_common(report)
     report.set_defaults(func=run_report)
 
@@ -91,6 +96,11 @@ def parse_window(text: str | None):
 
 def load_volumes(path, series: int | None = None) -> list[VolumeInput]:
     """Volumes at ``path`` as engine inputs (every series of a DICOM folder unless one is picked)."""
+    return [volume for volume, _ in load_sources(path, series)]
+
+
+def load_sources(path, series: int | None = None) -> list[tuple[VolumeInput, object]]:
+    """(engine input, the `Volume` it was read as: affine, spacing, origin) per series at ``path``."""
     from napari_med3dvlm.io import read_volumes
 
     volumes = read_volumes(path)
@@ -99,12 +109,15 @@ def load_volumes(path, series: int | None = None) -> list[VolumeInput]:
             raise SystemExit(f"--series {series} is out of range: {path} has {len(volumes)} series")
         volumes = [volumes[series]]
     return [
-        VolumeInput(
-            data=v.data,
-            modality=v.modality,
-            window=v.window,
-            spacing=v.spacing,
-            plane=v.metadata.get("acquisition_plane") or "axial",
+        (
+            VolumeInput(
+                data=v.data,
+                modality=v.modality,
+                window=v.window,
+                spacing=v.spacing,
+                plane=v.metadata.get("acquisition_plane") or "axial",
+            ),
+            v,
         )
         for v in volumes
     ]
@@ -122,12 +135,17 @@ def run_report(args) -> int:
     count = 0
     try:
         for number, path in enumerate(args.paths, start=1):
-            for index, volume in enumerate(load_volumes(path, args.series)):
+            for index, (volume, source) in enumerate(load_sources(path, args.series)):
                 volume = _with_window(volume, window)
                 stream = stream_report(engine, volume)
                 record = _drain(stream)
                 stem = f"report-{number:02d}" + (f"-{index + 1:02d}" if index else "")
                 md, js = record.write(args.out, stem)
+                if args.relevance:
+                    from .relevance import write_sentence_maps
+
+                    maps = write_sentence_maps(engine, volume, source, record.text, args.out, stem, record.request)
+                    print(f"input {number} series {index + 1}: {len(maps)} relevance map(s), {stem}-where.json")
                 count += 1
                 print(f"input {number} series {index + 1}: {md.name}, {js.name} ({record.duration_s:.1f} s)")
     except ModelUnavailableError as err:

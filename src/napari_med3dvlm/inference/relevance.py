@@ -410,3 +410,33 @@ def layer_kwargs(result: RelevanceMap, scale, translate, prefix: str = "Where") 
         "contrast_limits": (0.0, 1.0),
         "metadata": {"med3dvlm_relevance": result.to_dict()},
     }
+
+
+def write_sentence_maps(engine, volume, source, text: str, folder, stem: str, request: str | None = None,
+                        method: str = DEFAULT_METHOD) -> list:
+    """One NIfTI map per sentence of the report ``text`` (``<stem>-where-NN.nii.gz``, with the
+    affine of ``source``, the `Volume` that ``volume`` came from), and ``<stem>-where.json`` naming
+    each file's sentence. The volume is preprocessed once for all sentences."""
+    import json
+    from pathlib import Path
+
+    from napari_med3dvlm.io import Volume, write_nifti_volume
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model, tokenizer = engine.load()
+    image, transform = preprocess_volume(volume.data, modality=volume.modality, window=volume.window,
+                                         spatial_size=tuple(int(s) for s in model.config.image_size),
+                                         plane=volume.plane)
+    written, index = [], []
+    for number, (start, end) in enumerate(sentence_spans(text.strip()), start=1):
+        target = report_target(int(model.config.proj_out_num), text, start, end, request)
+        result = explain(model, tokenizer, image, transform, target, method)
+        path = folder / f"{stem}-where-{number:02d}.nii.gz"
+        write_nifti_volume(Volume(data=result.layer_map(), spacing=source.spacing, origin=source.origin,
+                                  affine=source.affine, modality="relevance", description=target.label), path)
+        written.append(path)
+        index.append({"file": path.name, **result.to_dict()})
+    (folder / f"{stem}-where.json").write_text(json.dumps({"method": method, "maps": index}, indent=1),
+                                               encoding="utf-8")
+    return written
