@@ -45,6 +45,13 @@ def metrics_table(results: dict) -> str:
     return "\n".join(rows)
 
 
+def _pointing_table(results: dict) -> str:
+    """The pointing game of `training.evaluation.pointing`, when eval ran it."""
+    from .evaluation.pointing import pointing_table
+
+    return pointing_table(results)
+
+
 def render_model_card(config: dict, results: dict) -> str:
     model = config["model"]
     stages = []
@@ -101,7 +108,7 @@ fitted to its time budget{_hardware(config)}.
 Greedy decoding. "Blanked image" is the same model given an all-zero volume: the gap is what it reads
 from the image rather than from question priors.
 
-{metrics_table(results)}
+{metrics_table(results)}{_pointing_table(results)}
 
 Evaluation took {results.get('minutes', 'n/a')} minutes.
 

@@ -1,0 +1,82 @@
+"""DCFormer forward in the layout the encoder picks against the reference layout, identical weights.
+
+The baseline is the same module run as the reference implementation does (contiguous NCDHW tensors
+throughout, ``memory_format="contiguous"``); the candidate is the default (``"auto"``: channels-last
+on CPU and CUDA). Same random weights (BatchNorm in eval mode with non-trivial statistics), same input;
+the largest absolute difference of the five stage outputs is printed. Rounds alternate A, B.
+
+    python benchmarks/dcformer.py [--variant small] [--size 128 256 256] [--rounds 3] [--compile]
+
+Target: time ratio <= 0.6 with fp32 outputs within 1e-5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+
+def _summary(values, fmt="{:.2f}") -> str:
+    return f"median {fmt.format(statistics.median(values))} (min {fmt.format(min(values))}, max {fmt.format(max(values))})"
+
+
+def build(variant: str, seed: int = 0):
+    from napari_med3dvlm.model.dcformer import DCFormer, DCFormerConfig
+
+    torch.manual_seed(seed)
+    model = DCFormer(DCFormerConfig(variant=variant)).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm3d):
+                module.running_mean.normal_(0, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+        for name, param in model.named_parameters():
+            if name.endswith("scale"):
+                param.fill_(0.1)  # layer scale well above its 1e-6 init, so the blocks matter
+    return model
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variant", default="small")
+    parser.add_argument("--size", type=int, nargs=3, default=(128, 256, 256))
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile of the default layout")
+    args = parser.parse_args(argv)
+
+    candidate = build(args.variant)
+    reference = build(args.variant)
+    reference.memory_format = "contiguous"
+    images = torch.rand(1, 1, *args.size, generator=torch.Generator().manual_seed(1))
+    runs = {"default layout": candidate, "reference layout": reference}
+    if args.compile:
+        start = time.perf_counter()
+        compiled = torch.compile(build(args.variant))
+        with torch.inference_mode():
+            compiled(images)
+        print(f"torch.compile: first call (compile) {time.perf_counter() - start:.1f} s")
+        runs["compiled default"] = compiled
+    with torch.inference_mode():
+        outputs = {name: model(images) for name, model in runs.items()}  # warm-up, and the outputs
+        times = {name: [] for name in runs}
+        for _ in range(args.rounds):
+            for name, model in runs.items():
+                start = time.perf_counter()
+                model(images)
+                times[name].append(time.perf_counter() - start)
+    print(f"DCFormer-{args.variant}, input (1, 1, {', '.join(map(str, args.size))}) fp32, torch threads {torch.get_num_threads()}")
+    for name in runs:
+        diff = max(float((a - b).abs().max()) for a, b in zip(outputs[name], outputs["reference layout"]))
+        print(f"{name:17s} s {_summary(times[name])}  max |output - reference| {diff:.1e}")
+    for name in runs:
+        if name != "reference layout":
+            ratios = [a / b for a, b in zip(times[name], times["reference layout"])]
+            print(f"ratio {name} / reference layout {_summary(ratios)}  target <= 0.6")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
