@@ -256,6 +256,7 @@ def run(config: dict) -> dict:
     }
     new_tokens = {"caption": int(ecfg.get("max_new_tokens", 256)), "closed": 24, "open": 24, "yn": 8}
     predictions = open(out_dir / "predictions.jsonl", "a" if ecfg.get("update") else "w", encoding="utf-8")
+    caption_run = None
     for kind in tasks:
         try:
             samples = task_samples(config, kind, counts[kind], proj_out_num)
@@ -273,11 +274,18 @@ def run(config: dict) -> dict:
                 answers = generate_answers(model, tokenizer, samples["prompt"], images, new_tokens[kind])
             key = f"{name}/blank" if blank else name
             results[key] = score_task(kind, samples, answers)
+            if key == "caption":
+                caption_run = (samples, answers)  # for the pointing game below
             print(f"[eval] {key}: {json.dumps(results[key])}")
             for prompt, answer, reference in zip(samples["prompt"], answers, samples["reference"]):
                 question = prompt.replace(prompts.IMAGE_TOKEN, "")
                 predictions.write(json.dumps({"task": key, "question": question, "answer": answer, "reference": reference}) + "\n")
     predictions.close()
+    if caption_run and int(ecfg.get("pointing_samples", 20)):  # where the model looked (pointing game)
+        from ..evaluation.pointing import eval_pointing
+
+        results["pointing"] = eval_pointing(model, tokenizer, config, *caption_run, int(ecfg.get("pointing_samples", 20)))
+        print(f"[eval] pointing: {json.dumps(results['pointing'])}")
     results["summary"] = summarize(results)
     earlier = results.get("minutes", 0.0) if ecfg.get("update") else 0.0
     results["minutes"] = round(earlier + (time.time() - start) / 60, 2)
