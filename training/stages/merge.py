@@ -61,7 +61,21 @@ def run(config: dict) -> dict:
     output = config.get("merge", {}).get("output") or str(Path(config["output_dir"]) / "merged")
     save_pretrained(model, tokenizer, output)
     info["output"] = str(output)
+    if config.get("scope", {}).get("enabled", True):
+        info["scope"] = _write_scope(config, model, siglip if embedded else None, [embedded, output])
     return info
+
+
+def _write_scope(config: dict, model, siglip, folders) -> dict:
+    """Scope statistics for the new weights (training/scope.py), so the plugin can say when a scan is
+    outside what this model knows. Too small a training split (a smoke test) skips them."""
+    from ..scope import write_scope
+
+    try:
+        return write_scope(config, model, siglip, [f for f in folders if f])
+    except ValueError as err:
+        print(f"[merge] scope statistics skipped: {err}")
+        return {"skipped": str(err)}
 
 
 def _load_siglip(config: dict):

@@ -57,6 +57,10 @@ def add_model_options(parser: argparse.ArgumentParser):
         "--closed-answer", choices=CLOSED_ANSWER_MODES,
         help="closed questions: rank the four choices (score) or let the model write the letter (generate)",
     )
+    group.add_argument(
+        "--no-scope-warning", dest="scope_warnings", action="store_false", default=None,
+        help="do not print the 'outside what this model knows' warning (exports still record the check)",
+    )
     return group
 
 
@@ -78,6 +82,7 @@ def engine_from_args(args) -> InferenceEngine:
         "max_new_tokens": args.max_new_tokens,
         "temperature": args.temperature,
         "closed_answer": getattr(args, "closed_answer", None),
+        "scope_warnings": getattr(args, "scope_warnings", None),
     }
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if overrides:
@@ -137,7 +142,8 @@ def run_report(args) -> int:
         for number, path in enumerate(args.paths, start=1):
             for index, (volume, source) in enumerate(load_sources(path, args.series)):
                 volume = _with_window(volume, window)
-                stream = stream_report(engine, volume)
+                label = f"input {number} series {index + 1}"
+                stream = stream_report(engine, volume, on_scope=_scope_printer(engine, label))
                 record = _drain(stream)
                 stem = f"report-{number:02d}" + (f"-{index + 1:02d}" if index else "")
                 md, js = record.write(args.out, stem)
@@ -163,7 +169,10 @@ def run_ask(args) -> int:
     volume = _with_window(volumes[0], parse_window(args.window))
     try:
         started = False
-        for piece in Conversation().stream_answer(engine, volume, args.question, args.choices):
+        answer = Conversation().stream_answer(
+            engine, volume, args.question, args.choices, on_scope=_scope_printer(engine, "input")
+        )
+        for piece in answer:
             if not started:  # answers often begin with a space or newline
                 piece = piece.lstrip()
                 started = bool(piece)
@@ -174,6 +183,16 @@ def run_ask(args) -> int:
         return 1
     sys.stdout.write("\n")
     return 0
+
+
+def _scope_printer(engine: InferenceEngine, label: str):
+    """An ``on_scope`` callback printing the warning to stderr (unless turned off in the settings)."""
+
+    def show(result) -> None:
+        if result.flagged and engine.settings.scope_warnings:
+            print(f"warning: {label}: {result.warning()}", file=sys.stderr, flush=True)
+
+    return show
 
 
 def _drain(generator):

@@ -40,6 +40,7 @@ class ReportRecord:
     started: float
     duration_s: float
     stopped: bool = False
+    scope: dict | None = None  # `scope.ScopeResult.to_dict()`: what is unusual about the volume for this model
 
     @property
     def created_utc(self) -> str:
@@ -50,6 +51,7 @@ class ReportRecord:
             "report": self.text,
             "request": self.request,
             "stopped_early": self.stopped,
+            "scope": self.scope,
             "model_id": self.model_id,
             "generation": {k: v for k, v in self.settings.items() if k != "model_source"},
             "preprocessing": self.preprocessing,
@@ -73,6 +75,10 @@ class ReportRecord:
             "",
             f"> **{DISCLAIMER}**",
             "",
+        ]
+        if self.scope and self.scope.get("warning"):
+            lines += [f"> **Warning:** {self.scope['warning']}", ""]
+        lines += [
             "## Findings",
             "",
             self.text or "_(no text generated)_",
@@ -87,6 +93,7 @@ class ReportRecord:
             f"- Request: {self.request}",
             f"- Volume: {v.modality}, {shape} voxels (z, y, x), spacing {spacing} mm, signature `{v.signature}`",
             f"- Window: {_window_text(v.window)}",
+            f"- Scope check: {_scope_text(self.scope)}",
             f"- Generation: max new tokens {gen.get('max_new_tokens')}, temperature {gen.get('temperature')}, "
             f"device {gen.get('device')}, dtype {gen.get('dtype')}",
             f"- Created: {self.created_utc} ({self.duration_s:.1f} s), napari-med3dvlm {__version__}",
@@ -102,6 +109,14 @@ class ReportRecord:
         md.write_text(self.to_markdown(), encoding="utf-8")
         js.write_text(self.to_json(), encoding="utf-8")
         return md, js
+
+
+def _scope_text(scope: dict | None) -> str:
+    if not scope:
+        return "not run"
+    if scope.get("in_scope"):
+        return "in scope (" + ", ".join(scope.get("checks") or []) + ")"
+    return "flagged: " + "; ".join(scope.get("reasons") or [])
 
 
 def _window_text(window) -> str:

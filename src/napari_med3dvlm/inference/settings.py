@@ -38,6 +38,9 @@ class InferenceSettings:
     top_p: float = 0.9
     seed: int = 42
     closed_answer: str = "score"
+    #: Show the "outside what this model knows" warning in the docks and on the CLI's stderr
+    #: (`scope`). Exports record the check either way.
+    scope_warnings: bool = True
 
     def __post_init__(self):
         if self.device not in DEVICES:
@@ -54,6 +57,9 @@ class InferenceSettings:
         if self.closed_answer not in CLOSED_ANSWER_MODES:
             raise ValueError(f"closed_answer must be one of {CLOSED_ANSWER_MODES}, got {self.closed_answer!r}")
         self.model_source = str(self.model_source).strip() or EMBEDDED
+        if isinstance(self.scope_warnings, str):
+            self.scope_warnings = self.scope_warnings.strip().lower() not in {"0", "false", "no", "off"}
+        self.scope_warnings = bool(self.scope_warnings)
 
     def generation_kwargs(self) -> dict:
         """Keyword arguments for ``generate`` (sampling only when temperature > 0)."""

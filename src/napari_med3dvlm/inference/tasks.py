@@ -7,9 +7,10 @@ goes. The docks and the command line share these, so they produce the same text 
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,6 +19,8 @@ from . import prompts
 from .engine import InferenceEngine
 from .export import ReportRecord, VolumeInfo
 from .settings import InferenceSettings
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -46,12 +49,18 @@ def stream_report(
     settings: InferenceSettings | None = None,
     cancel_event: threading.Event | None = None,
     template: str | None = None,
+    on_scope: Callable | None = None,
 ) -> Generator[str, None, ReportRecord]:
-    """Yield the report as it is generated; return the full record (partial if stopped)."""
+    """Yield the report as it is generated; return the full record (partial if stopped).
+
+    ``on_scope(ScopeResult)`` is called before generation starts with what is unusual about the
+    volume for this model (`scope`); the report is generated either way and the record keeps it.
+    """
     settings = settings or engine.settings
     cancel_event = cancel_event or threading.Event()
     started = time.time()
-    encoded = engine.encode(volume.data, volume.modality, volume.window, volume.plane)
+    encoded = _encode(engine, volume, on_scope)
+    scope = check_scope(engine, volume, encoded, on_scope)
     request = prompts.report_text(template)
     prompt = prompts.image_prefix(engine.proj_out_num) + request
     pieces = []
@@ -68,7 +77,31 @@ def stream_report(
         started=started,
         duration_s=time.time() - started,
         stopped=cancel_event.is_set(),
+        scope=None if scope is None else scope.to_dict(),
     )
+
+
+def _encode(engine: InferenceEngine, volume: VolumeInput, on_scope: Callable | None):
+    """The engine's features; a volume the model cannot read (one slice) still gets its reasons."""
+    try:
+        return engine.encode(volume.data, volume.modality, volume.window, volume.plane)
+    except ValueError:
+        check_scope(engine, volume, None, on_scope)
+        raise
+
+
+def check_scope(engine: InferenceEngine, volume: VolumeInput, encoded=None, on_scope: Callable | None = None):
+    """`scope.check_input`, never failing the task it belongs to (a failed check is logged)."""
+    from .scope import check_input
+
+    try:
+        result = check_input(engine, volume, encoded)
+    except Exception:  # noqa: BLE001 - the check informs; it must not stop a report
+        logger.exception("scope check failed")
+        return None
+    if on_scope is not None:
+        on_scope(result)
+    return result
 
 
 @dataclass
@@ -100,13 +133,18 @@ class Conversation:
         choices: Sequence[str] | None = None,
         settings: InferenceSettings | None = None,
         cancel_event: threading.Event | None = None,
+        on_scope: Callable | None = None,
     ) -> Generator[str, None, str]:
-        """Yield the answer as it is generated; the turn (even a stopped one) joins the history."""
+        """Yield the answer as it is generated; the turn (even a stopped one) joins the history.
+
+        ``on_scope(ScopeResult)`` is called once the volume is encoded, before the answer starts."""
         question = question.strip()
         if not question:
             raise ValueError("the question is empty")
         choices = tuple(c.strip() for c in choices) if choices else None
-        encoded = engine.encode(volume.data, volume.modality, volume.window, volume.plane)
+        encoded = _encode(engine, volume, on_scope)
+        if on_scope is not None:
+            check_scope(engine, volume, encoded, on_scope)
         if choices and (settings or engine.settings).closed_answer == "score":
             scores = engine.rank_choices(self.prompt(engine, question, None), choices, encoded)
             best = max(range(len(choices)), key=scores.__getitem__)

@@ -55,6 +55,7 @@ class SigLIPEmbedder:
         self.spatial_size = tuple(int(s) for s in spatial_size)
         self.window = window
         self.max_length = max_length
+        self.scope_profile = None  # inference.scope.ScopeProfile: set by from_source
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         # One model shared by GUI workers and a CLI run: forward passes must not interleave.
         self._lock = threading.Lock()
@@ -84,7 +85,7 @@ class SigLIPEmbedder:
         model, tokenizer = load_siglip(source, device=device or "cpu")
         if tokenizer is None:
             raise ValueError(f"the SigLIP model in {source!r} has no tokenizer files; text search needs them")
-        return cls(
+        embedder = cls(
             model,
             tokenizer,
             model_id=model_fingerprint(source),
@@ -94,6 +95,11 @@ class SigLIPEmbedder:
             max_length=int(getattr(model.config, "text_max_length", None) or 512),
             device=device,
         )
+        from napari_med3dvlm.inference.scope import profile_for
+
+        # What the model was trained on: indexed volumes outside it are marked (inference/scope.py).
+        embedder.scope_profile = profile_for(source)
+        return embedder
 
 
 def model_fingerprint(source: str) -> str:

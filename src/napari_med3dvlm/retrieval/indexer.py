@@ -115,8 +115,32 @@ def _prepare(source: VolumeSource, digest: str, root_id: int, embedder: Embedder
         "shape": [int(s) for s in volume.shape],
         "spacing": [float(s) for s in volume.spacing],
         "thumbnail": middle_slice_png(stack, volume.modality, embedder.window, pixel_spacing=stack_spacing[1:]),
+        "scope": _scope_reasons(volume, embedder),
     }
     return image, row
+
+
+def _scope_reasons(volume: Volume, embedder: Embedder) -> list[str]:
+    """The model-free scope checks of one volume (the embedding check follows in ``flush``)."""
+    from napari_med3dvlm.inference.scope import ScopeProfile, volume_reasons
+
+    profile = getattr(embedder, "scope_profile", None) or ScopeProfile(source="defaults")
+    plane = volume.metadata.get("acquisition_plane") or "axial"
+    return [r.message for r in volume_reasons(volume.data, volume.modality, volume.spacing, plane, profile)]
+
+
+def _finish_scope(rows: list[dict], vectors, embedder: Embedder) -> None:
+    """Add the embedding-distance check and store the reasons one a line ("" = in scope)."""
+    from napari_med3dvlm.inference.scope import feature_reason
+
+    profile = getattr(embedder, "scope_profile", None)
+    for row, vector in zip(rows, vectors):
+        reasons = list(row.get("scope") or [])
+        if profile is not None:
+            reason, _ = feature_reason(np.asarray(vector)[None], profile, "siglip")
+            if reason is not None:
+                reasons.append(reason.message)
+        row["scope"] = "\n".join(reasons)
 
 
 def embed_sources(
@@ -149,6 +173,7 @@ def embed_sources(
         if not rows:
             return
         vectors = embedder.embed_volumes(torch.cat(images))
+        _finish_scope(rows, vectors, embedder)
         for row, vector in zip(rows, vectors):
             row["model_id"] = embedder.model_id
             row["vector"] = np.asarray(vector, dtype=np.float32)

@@ -46,6 +46,9 @@ def index_schema(dim: int) -> pa.Schema:
             pa.field("thumbnail", pa.binary()),
             pa.field("model_id", pa.string()),
             pa.field("vector", pa.list_(pa.float32(), dim)),
+            # Why the volume is outside what the model knows, one reason a line ("" in scope, null
+            # when not checked: rows of an index written before the check existed).
+            pa.field("scope", pa.string()),
         ]
     )
 
@@ -63,6 +66,7 @@ class SearchHit:
     shape: tuple[int, int, int]
     spacing: tuple[float, float, float]
     thumbnail: bytes
+    scope: tuple[str, ...] = ()  # reasons the volume is outside what the model knows (empty: in scope)
 
 
 class VolumeIndex:
@@ -152,7 +156,7 @@ class VolumeIndex:
 
     def table(self, create: bool = False, name: str = TABLE):
         if name in self._tables():
-            return self._db.open_table(name)
+            return _with_scope_column(self._db.open_table(name))
         if not create:
             return None
         if self.dim is None:
@@ -338,10 +342,18 @@ class VolumeIndex:
             shape=tuple(row["shape"]),
             spacing=tuple(row["spacing"]),
             thumbnail=row["thumbnail"],
+            scope=tuple(line for line in (row.get("scope") or "").split("\n") if line),
         )
 
 
-_HIT_COLUMNS = ["key", "root_id", "path", "description", "modality", "shape", "spacing", "thumbnail"]
+_HIT_COLUMNS = ["key", "root_id", "path", "description", "modality", "shape", "spacing", "thumbnail", "scope"]
+
+
+def _with_scope_column(table):
+    """Tables written before the scope check get its column (null: not checked) on first open."""
+    if "scope" not in table.schema.names:
+        table.add_columns({"scope": "CAST(NULL AS STRING)"})
+    return table
 
 
 def _vector_indices(table) -> list:

@@ -248,3 +248,65 @@ class StreamRunner(QObject):
         while self.running and timer.elapsed() < timeout_ms:
             QCoreApplication.processEvents()
             threading.Event().wait(0.005)
+
+
+_BANNER_PADDING = 4
+
+
+class ScopeBanner(QLabel):
+    """A one-line, non-blocking warning shown above an answer when the volume is outside what the
+    model knows (`napari_med3dvlm.inference.scope`); hidden when in scope or turned off in Settings."""
+
+    #: Emitted from worker threads with a ScopeResult; queued to the GUI thread.
+    checked = Signal(object)
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.setWordWrap(True)
+        self.setObjectName("med3dvlm_scope_warning")
+        self.setStyleSheet(
+            "QLabel { background: #5c4300; color: #ffe9a8; border: 1px solid #c99a00; border-radius: 3px; "
+            f"padding: {_BANNER_PADDING}px; }}"
+        )
+        self.hide()
+        self.checked.connect(self.show_result)
+
+    def report(self, result) -> None:
+        """Thread-safe ``on_scope`` callback for the inference tasks."""
+        self.checked.emit(result)
+
+    def show_result(self, result) -> None:
+        """Show a ScopeResult or its ``to_dict()`` (from a stored record); None hides the banner."""
+        from napari_med3dvlm.inference import get_engine
+
+        text, reasons = "", []
+        if isinstance(result, dict):
+            text, reasons = result.get("headline") or result.get("warning") or "", result.get("reasons") or []
+        elif result is not None:
+            text, reasons = result.headline(), result.messages
+        if not text or not get_engine().settings.scope_warnings:
+            self.clear()
+            self.hide()
+            return
+        self.setText("⚠ " + text)
+        self._fit_height()
+        self.setToolTip(
+            "\n".join(["Why:", *(f"• {r}" for r in reasons), "",
+                       "The model still answers; whether to trust it is your call. Turn this off in Settings."])
+        )
+        self.show()
+
+    def _fit_height(self) -> None:
+        """Word-wrapped labels get too little height in a crowded dock: reserve the wrapped text's
+        height at the current width (QLabel.heightForWidth misjudges it under a style sheet)."""
+        from qtpy.QtCore import QRect, Qt
+
+        inner = self.contentsRect().width() - 2 * _BANNER_PADDING
+        if inner <= 0 or not self.text():
+            return
+        box = self.fontMetrics().boundingRect(QRect(0, 0, inner, 100_000), int(Qt.TextFlag.TextWordWrap), self.text())
+        self.setFixedHeight(box.height() + 2 * (_BANNER_PADDING + 1) + 4)
+
+    def resizeEvent(self, event) -> None:
+        super().resizeEvent(event)
+        self._fit_height()

@@ -21,7 +21,7 @@ from qtpy.QtWidgets import (
 from napari_med3dvlm.inference import Conversation, get_engine
 from napari_med3dvlm.inference.prompts import CHOICE_LETTERS
 
-from ._common import BusyIndicator, LayerPicker, StreamRunner, layer_key, volume_input
+from ._common import BusyIndicator, LayerPicker, ScopeBanner, StreamRunner, layer_key, volume_input
 from ._relevance import WhereRunner
 
 _USER_COLOR = "#7fb4ff"
@@ -33,11 +33,14 @@ class ChatWidget(QWidget):
         super().__init__(parent)
         self.viewer = napari_viewer
         self.conversations: dict[str, Conversation] = {}
+        self.scope_results: dict[str, object] = {}  # the last scope check of each layer
         self._answer_started = False
         self._pending_question = ""
         self.runner = StreamRunner(self)
 
         self.layer_picker = LayerPicker(napari_viewer, self)
+        self.scope_banner = ScopeBanner(self)  # "outside what this model knows", above the answers
+        self.scope_banner.checked.connect(self._scope_checked)
         self.view = QTextBrowser()
         self.view.setPlaceholderText("Ask a question about the selected layer.")
         self.input = QLineEdit()
@@ -71,6 +74,7 @@ class ChatWidget(QWidget):
         buttons.addWidget(self.where_button)
         layout = QVBoxLayout(self)
         layout.addLayout(row)
+        layout.addWidget(self.scope_banner)
         layout.addWidget(self.view, 1)
         layout.addLayout(ask_row)
         layout.addWidget(self.choices_box)
@@ -87,6 +91,7 @@ class ChatWidget(QWidget):
         self.layer_picker.layer_changed.connect(lambda _: self._render())
         self.runner.piece.connect(self._append)
         napari_viewer.layers.events.removed.connect(lambda event: self.conversations.pop(layer_key(event.value), None))
+        napari_viewer.layers.events.removed.connect(lambda event: self.scope_results.pop(layer_key(event.value), None))
         self.runner.done.connect(self._done)
         self.runner.failed.connect(self._failed)
         self.runner.running_changed.connect(self._running_changed)
@@ -119,7 +124,11 @@ class ChatWidget(QWidget):
         self._append_message("You", question, _USER_COLOR, choices)
         self._start_model_message()
         self.status.busy("Thinking…")
-        self.runner.start(conversation.stream_answer, get_engine(), volume_input(layer), question, choices)
+        self._scope_target = layer_key(layer)
+        self.runner.start(
+            conversation.stream_answer, get_engine(), volume_input(layer), question, choices,
+            on_scope=self.scope_banner.report,
+        )
         return True
 
     def stop(self) -> None:
@@ -133,8 +142,13 @@ class ChatWidget(QWidget):
 
     # -- view -------------------------------------------------------------------------------------
 
+    def _scope_checked(self, result) -> None:
+        self.scope_results[self._scope_target] = result
+
     def _render(self) -> None:
         self.view.clear()
+        layer = self.layer_picker.layer()
+        self.scope_banner.show_result(None if layer is None else self.scope_results.get(layer_key(layer)))
         conversation = self.conversation()
         for turn in conversation.turns if conversation else []:
             self._append_message("You", turn.question, _USER_COLOR, turn.choices)

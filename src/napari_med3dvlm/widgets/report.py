@@ -21,7 +21,7 @@ from napari_med3dvlm.inference import DISCLAIMER, ReportRecord, get_engine, stre
 
 from napari_med3dvlm.inference.relevance import report_target, sentence_at
 
-from ._common import BusyIndicator, LayerPicker, StreamRunner, layer_key, volume_input
+from ._common import BusyIndicator, LayerPicker, ScopeBanner, StreamRunner, layer_key, volume_input
 from ._relevance import WhereRunner
 
 
@@ -49,6 +49,7 @@ class ReportWidget(QWidget):
         self.text.setPlaceholderText("Pick a layer and press Generate.")
         self.status = BusyIndicator()
         self.where.status = self.status
+        self.scope_banner = ScopeBanner(self)  # "outside what this model knows", above the text
         disclaimer = QLabel(DISCLAIMER)
         disclaimer.setWordWrap(True)
         disclaimer.setStyleSheet("font-size: 10px; color: #b0b0b0;")
@@ -63,6 +64,7 @@ class ReportWidget(QWidget):
         layout = QVBoxLayout(self)
         layout.addLayout(row)
         layout.addLayout(buttons)
+        layout.addWidget(self.scope_banner)
         layout.addWidget(self.text, 1)
         layout.addWidget(self.status)
         layout.addWidget(disclaimer)
@@ -96,7 +98,8 @@ class ReportWidget(QWidget):
         self.text.clear()
         self.status.busy("Loading the model and encoding the volume…")
         self._first_piece = True
-        self.runner.start(stream_report, get_engine(), volume_input(layer))
+        self.scope_banner.show_result(None)
+        self.runner.start(stream_report, get_engine(), volume_input(layer), on_scope=self.scope_banner.report)
 
     def stop(self) -> None:
         self.runner.stop()
@@ -123,6 +126,7 @@ class ReportWidget(QWidget):
         if not self.runner.running:
             record = self.record
             self.text.setPlainText(record.text if record else "")
+            self.scope_banner.show_result(record.scope if record else None)
             self.status.idle("")
         self._update_buttons()
 

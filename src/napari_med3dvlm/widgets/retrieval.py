@@ -13,7 +13,7 @@ import platformdirs
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QSize, Qt, Signal
-from qtpy.QtGui import QIcon, QImage, QPixmap
+from qtpy.QtGui import QColor, QIcon, QImage, QPixmap
 from qtpy.QtWidgets import (
     QFileDialog,
     QHBoxLayout,
@@ -42,6 +42,8 @@ from napari_med3dvlm.retrieval.thumbnail import png_to_array
 from ._common import LayerPicker, layer_array, layer_modality
 
 ICON_SIZE = 72
+#: Item data role holding a result's scope reasons (empty: inside what the model knows).
+SCOPE_ROLE = Qt.ItemDataRole.UserRole + 1
 
 
 def default_index_path() -> Path:
@@ -293,9 +295,15 @@ class RetrievalWidget(QWidget):
             if hit.description and hit.description not in hit.relative_path:
                 details += f" · {hit.description}"
             label = f"{hit.score:.3f}   {hit.relative_path}\n{details}"
+            scope = getattr(hit, "scope", ())
+            if scope:  # outside what the model knows: its score says little
+                label = f"⚠ {label}\noutside what the model knows"
             item = QListWidgetItem(_thumbnail_icon(hit.thumbnail), label)
             item.setData(Qt.ItemDataRole.UserRole, str(hit.path))
-            item.setToolTip(str(hit.path))
+            item.setData(SCOPE_ROLE, list(scope))
+            item.setToolTip(str(hit.path) + "".join(f"\n⚠ {reason}" for reason in scope))
+            if scope:
+                item.setForeground(QColor("#ffc94d"))
             self.results.addItem(item)
         self.status.setText(f"{len(self.hits)} results" if self.hits else "No results: is the index empty?")
         self.results_changed.emit(self.hits)

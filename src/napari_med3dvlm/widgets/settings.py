@@ -4,6 +4,7 @@ folder so the docks and the command line agree across sessions."""
 from __future__ import annotations
 
 from qtpy.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QDoubleSpinBox,
     QFileDialog,
@@ -52,6 +53,11 @@ class SettingsWidget(QWidget):
             "Multiple-choice questions: rank A-D by the model's likelihood of each answer, or let the "
             "model write 'B. ...' itself (how the reference evaluates)"
         )
+        self.scope_warnings = QCheckBox("Warn when a scan is outside what the model knows")
+        self.scope_warnings.setToolTip(
+            "Show a warning above reports and answers for volumes unlike the model's training data "
+            "(modality, slices, intensities, spacing, image features). Exports record the check either way."
+        )
         self.apply_button = QPushButton("Apply and save")
         self.status = QLabel("")
         self.status.setWordWrap(True)
@@ -67,6 +73,7 @@ class SettingsWidget(QWidget):
         form.addRow("Max new tokens", self.max_new_tokens)
         form.addRow("Temperature", self.temperature)
         form.addRow("Closed questions", self.closed_answer)
+        form.addRow("Scope", self.scope_warnings)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addWidget(self.apply_button)
@@ -93,6 +100,7 @@ class SettingsWidget(QWidget):
         self.max_new_tokens.setValue(settings.max_new_tokens)
         self.temperature.setValue(settings.temperature)
         self.closed_answer.setCurrentIndex(max(0, self.closed_answer.findData(settings.closed_answer)))
+        self.scope_warnings.setChecked(settings.scope_warnings)
         self._source_kind_changed()
         self._show_status()
 
@@ -109,6 +117,7 @@ class SettingsWidget(QWidget):
             max_new_tokens=self.max_new_tokens.value(),
             temperature=round(self.temperature.value(), 3),
             closed_answer=self.closed_answer.currentData(),
+            scope_warnings=self.scope_warnings.isChecked(),
         )
 
     def apply(self) -> bool:
