@@ -42,8 +42,9 @@ def test_split_cli_writes_m3d_layout_readable_by_the_loaders(tmp_path):
     # raw HU NIfTI beside the model input, with its spacing in the affine
     import nibabel as nib
 
-    niftis = sorted(out.glob("M3D_Cap_npy/phantom/train_00000/*.nii.gz"))
+    niftis = sorted(p for p in out.glob("M3D_Cap_npy/phantom/train_00000/*.nii.gz") if "_lesions" not in p.name)
     assert len(niftis) == 1
+    assert niftis[0].with_name(niftis[0].name.replace(".nii.gz", "_lesions.nii.gz")).is_file()  # its label map
     nii = nib.load(niftis[0])
     assert nii.get_data_dtype() == np.int16
     assert np.asarray(nii.dataobj).min() < -900
