@@ -48,8 +48,8 @@ def fill_index(index: VolumeIndex, vectors: np.ndarray, chunk: int = 20_000) -> 
     for first in range(0, n, chunk):
         ids = range(first, min(n, first + chunk))
         m = len(ids)
-        table = pa.table(
-            {
+        schema = index_schema(dim)
+        columns = {
                 "key": [f"0/case_{i:06d}.nii.gz" for i in ids],
                 "root_id": pa.array([0] * m, pa.int32()),
                 "path": [f"case_{i:06d}.nii.gz" for i in ids],
@@ -62,9 +62,11 @@ def fill_index(index: VolumeIndex, vectors: np.ndarray, chunk: int = 20_000) -> 
                 "thumbnail": [thumb] * m,
                 "model_id": ["benchmark"] * m,
                 "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors[first : first + m].ravel()), dim),
-            },
-            schema=index_schema(dim),
-        )
+        }
+        for field in schema:  # columns the schema gained since (e.g. scope): empty, as for in-scope rows
+            if field.name not in columns:
+                columns[field.name] = pa.array([""] * m, field.type) if pa.types.is_string(field.type) else pa.nulls(m, field.type)
+        table = pa.table(columns, schema=schema)
         index.table(create=True).add(table)
     return time.perf_counter() - start
 
