@@ -104,3 +104,30 @@ def test_config_round_trips_and_rejects_unknown_variant():
     assert again.channels == (64, 96, 192, 384, 768)
     with pytest.raises(ValueError, match="variant"):
         DCFormerConfig(variant="huge")
+
+
+def test_channels_last_is_used_only_where_it_is_safe_and_matches_the_reference_layout():
+    """Single volumes without autograd run channels-last (fast path); batches keep the contiguous
+    layout (channels-last 3-D convolutions corrupted the heap for batches on torch's CPU build)."""
+    from napari_med3dvlm.model.dcformer import DCFormer, DCFormerConfig
+
+    torch.manual_seed(0)
+    model = DCFormer(DCFormerConfig(variant="nano")).eval()
+    reference = DCFormer(DCFormerConfig(variant="nano")).eval()
+    reference.load_state_dict(model.state_dict())
+    reference.memory_format = "contiguous"
+    seen = []
+    hook = model.encoder.register_forward_pre_hook(  # channels-last: the channel stride is 1
+        lambda module, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last_3d) and args[0].stride(1) == 1)
+    )
+    images = torch.rand(2, 1, 16, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        single = model(images[:1])
+        batch = model(images)
+        expected = reference(images)
+    hook.remove()
+    assert seen == [True, False]
+    for got, want in zip(single, expected):
+        torch.testing.assert_close(got, want[:1], rtol=0, atol=1e-5)
+    for got, want in zip(batch, expected):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)

@@ -240,9 +240,10 @@ def memory_format_for(device: torch.device, preference: str = "auto") -> Optiona
     Channels-last (NDHWC) lets the oneDNN / cuDNN convolutions and the channel MLP work without
     transposes: on a 2-core CPU a DCFormer-small forward at 128x256x256 takes about two thirds of the
     time, with fp32 outputs within about 1e-5 of the contiguous layout. It is the default on CPU and
-    CUDA; elsewhere (MPS) the input's layout is kept. It applies without autograd only (inference,
-    feature extraction): with gradients, the channels-last 3-D convolutions of torch 2.13's CPU build
-    aborted the process inside a Conv3d forward of a SigLIP training step (tests/model/test_siglip.py).
+    CUDA; elsewhere (MPS) the input's layout is kept. It applies to single volumes without autograd
+    only (a report, an indexed volume): with torch 2.13's CPU build, channels-last 3-D convolutions
+    corrupted the heap and aborted the process ("free(): invalid next size") for batches of 2 or
+    more, with or without gradients (a SigLIP training step, a batched feature probe).
     """
     import os
 
@@ -302,7 +303,7 @@ class DCFormer(nn.Module):
         self._check_input(images)
         depth_last = images.permute(0, 1, 3, 4, 2)  # (B, C, D, H, W) -> (B, C, H, W, D)
         layout = memory_format_for(images.device, self.memory_format)
-        if layout is not None and not torch.is_grad_enabled():
+        if layout is not None and images.shape[0] == 1 and not torch.is_grad_enabled():
             depth_last = depth_last.contiguous(memory_format=layout)
         return [feature_map_to_tokens(m) for m in self.encoder(depth_last)]
 
