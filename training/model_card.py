@@ -12,6 +12,9 @@ TARGETS = {
     "closed VQA": 0.95,
     "open VQA METEOR": 0.60,
     "report METEOR": 0.60,
+    "report finding F1": 0.90,
+    "report exact finding set": 0.75,
+    "report technique": 0.95,
 }
 
 
@@ -45,6 +48,23 @@ def metrics_table(results: dict) -> str:
     return "\n".join(rows)
 
 
+def findings_table(results: dict) -> str:
+    """Report findings per kind and per organ (model and blanked image), when eval scored them."""
+    model = (results.get("caption") or {}).get("findings")
+    if not model:
+        return ""
+    blank = (results.get("caption/blank") or {}).get("findings") or {}
+    rows = ["| findings of | support | precision | recall | F1 | F1, blanked image |", "|---|---|---|---|---|---|"]
+    for group in ("per_kind", "per_organ"):
+        for name, v in model[group].items():
+            if v["support"] or v["precision"] < 1.0:
+                other = blank.get(group, {}).get(name, {}).get("f1")
+                rows.append(f"| {name} | {v['support']} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | "
+                            f"{_fmt(other)} |")
+    return ("\n\nEach generated report read back into findings (kind and site; "
+            "`napari_med3dvlm.phantoms.findings`) against the case's ground truth:\n\n" + "\n".join(rows))
+
+
 def _pointing_table(results: dict) -> str:
     """The pointing game of `training.evaluation.pointing`, when eval ran it."""
     from .evaluation.pointing import pointing_table
@@ -55,7 +75,9 @@ def _pointing_table(results: dict) -> str:
 def render_model_card(config: dict, results: dict) -> str:
     model = config["model"]
     stages = []
-    for stage in ("siglip", "projector", "finetune"):
+    for stage in ("vision", "siglip", "projector", "finetune"):
+        if stage == "vision" and "vision" not in config:
+            continue
         info = _stage_info(config, stage)
         cfg = {**config.get("train", {}), **config.get(stage, {})}
         rounds = []
@@ -108,7 +130,7 @@ fitted to its time budget{_hardware(config)}.
 Greedy decoding. "Blanked image" is the same model given an all-zero volume: the gap is what it reads
 from the image rather than from question priors.
 
-{metrics_table(results)}{_pointing_table(results)}
+{metrics_table(results)}{findings_table(results)}{_pointing_table(results)}
 
 Evaluation took {results.get('minutes', 'n/a')} minutes.
 
