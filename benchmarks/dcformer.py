@@ -48,6 +48,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     candidate = build(args.variant)
+    candidate.memory_format = "channels_last"  # opt-in on CPU
     reference = build(args.variant)
     reference.memory_format = "contiguous"
     images = torch.rand(1, 1, *args.size, generator=torch.Generator().manual_seed(1))

@@ -113,6 +113,7 @@ def test_channels_last_is_used_only_where_it_is_safe_and_matches_the_reference_l
 
     torch.manual_seed(0)
     model = DCFormer(DCFormerConfig(variant="nano")).eval()
+    model.memory_format = "channels_last"  # opt-in on CPU
     reference = DCFormer(DCFormerConfig(variant="nano")).eval()
     reference.load_state_dict(model.state_dict())
     reference.memory_format = "contiguous"

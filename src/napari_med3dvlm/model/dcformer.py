@@ -239,8 +239,9 @@ def memory_format_for(device: torch.device, preference: str = "auto") -> Optiona
 
     Channels-last (NDHWC) lets the oneDNN / cuDNN convolutions and the channel MLP work without
     transposes: on a 2-core CPU a DCFormer-small forward at 128x256x256 takes about two thirds of the
-    time, with fp32 outputs within about 1e-5 of the contiguous layout. It is the default on CPU and
-    CUDA; elsewhere (MPS) the input's layout is kept. It applies to single volumes without autograd
+    time, with fp32 outputs within about 1e-5 of the contiguous layout. It is the default on CUDA; on CPU it
+    is opt-in (``memory_format = "channels_last"`` or the environment variable), because the test suite
+    still saw heap corruption there; elsewhere (MPS) the input's layout is kept. It applies to single volumes without autograd
     only (a report, an indexed volume): with torch 2.13's CPU build, channels-last 3-D convolutions
     corrupted the heap and aborted the process ("free(): invalid next size") for batches of 2 or
     more, with or without gradients (a SigLIP training step, a batched feature probe).
@@ -250,7 +251,7 @@ def memory_format_for(device: torch.device, preference: str = "auto") -> Optiona
     preference = os.environ.get(LAYOUT_ENV, "").strip().lower() or preference
     if preference == "contiguous":
         return None
-    if preference == "channels_last" or device.type in ("cpu", "cuda"):
+    if preference == "channels_last" or device.type == "cuda":
         return torch.channels_last_3d
     return None
 

@@ -78,6 +78,7 @@ def write_case(root: Path, case: PhantomCase, options: WriteOptions) -> dict:
         labels = nib.Nifti1Image(*image.nifti_labels_and_affine())
         labels.header.set_xyzt_units("mm", "sec")
         labels.header["descrip"] = b"phantom lesions: finding i of case.json = i+1"
+        labels.header.set_intent("label")  # a segmentation, not an image: indexers skip it
         nib.save(labels, folder / f"{stem}{LESIONS_SUFFIX}.nii.gz")
     report = write_report(case)
     (folder / "text.txt").write_text(report + "\n", encoding="utf-8")

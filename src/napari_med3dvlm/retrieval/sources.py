@@ -40,6 +40,16 @@ def is_nifti(path: Path) -> bool:
     return path.name.lower().endswith(NIFTI_SUFFIXES)
 
 
+def is_label_map(path: Path) -> bool:
+    """A NIfTI whose header declares it a label map (intent "label"): a segmentation, not a scan."""
+    try:
+        import nibabel as nib
+
+        return nib.load(str(path)).header.get_intent()[0] == "label"
+    except Exception:  # unreadable files are the indexer's to report
+        return False
+
+
 def _dicom_series_uid(path: Path) -> str | None:
     """The SeriesInstanceUID of a DICOM file, reading the header only; None if not DICOM."""
     import pydicom
@@ -72,6 +82,8 @@ def scan_folder(root: str | os.PathLike) -> list[VolumeSource]:
                 continue
             path = folder / name
             if is_nifti(path):
+                if is_label_map(path):
+                    continue
                 rel = path.relative_to(root).as_posix()
                 sources.append(VolumeSource(key=rel, path=path, files=(path,), kind="nifti"))
             elif not name.lower().endswith(_NEVER_IMAGES):
