@@ -121,3 +121,13 @@ def load_result(config: dict, stage: str, required: bool = True) -> dict[str, to
 
 def subset(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def load_vision_tower(encoder: nn.Module, config: dict, stage: str) -> bool:
+    """Load the ``vision_tower.*`` weights of an earlier stage's result into ``encoder``; False when
+    that stage has no result."""
+    vision = subset(load_result(config, stage, required=False), "vision_tower.")
+    if not vision:
+        return False
+    encoder.load_state_dict(vision, strict=True)
+    return True

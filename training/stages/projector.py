@@ -15,11 +15,10 @@ from .common import (
     count_parameters,
     instruction_dataset,
     keep_in_eval_mode,
-    load_result,
+    load_vision_tower,
     loop_config,
     save_result,
     stage_dir,
-    subset,
     trainable_parameters,
     unwrap_vlm,
     vlm_loss,
@@ -27,12 +26,9 @@ from .common import (
 
 
 def load_vision_from_siglip(model, config: dict) -> bool:
-    siglip = load_result(config, "siglip", required=False)
-    vision = subset(siglip, "vision_tower.")
-    if not vision:
+    if not load_vision_tower(model.vision_tower, config, "siglip"):
         print("[projector] no SigLIP result: the image encoder starts from random weights")
         return False
-    model.vision_tower.load_state_dict(vision, strict=True)
     return True
 
 

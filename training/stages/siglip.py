@@ -23,11 +23,10 @@ from ..loop import train
 from .common import (
     count_parameters,
     keep_in_eval_mode,
-    load_result,
+    load_vision_tower,
     loop_config,
     save_result,
     stage_dir,
-    subset,
     trainable_parameters,
 )
 
@@ -90,10 +89,8 @@ def _refuse_pooling(*args, **kwargs):
 
 def init_vision_from_dense(model: SigLIPModel, config: dict) -> bool:
     """Start the image tower from the `vision` stage's encoder when that stage ran."""
-    vision = subset(load_result(config, "vision", required=False), "vision_tower.")
-    if not vision:
+    if not load_vision_tower(model.vision_encoder, config, "vision"):
         return False
-    model.vision_encoder.load_state_dict(vision, strict=True)
     print("[siglip] image tower initialised from the vision stage")
     return True
 

@@ -168,7 +168,7 @@ def run(config: dict) -> dict:
     )
     cfg = loop_config(config, "vision")
     pos_weight = float(stage.get("pos_weight", 5.0))
-    train_eval = DenseDataset({k: v[: len(test)] for k, v in train_cache.open().items()})
+    train_eval = DenseDataset({k: v[: len(test)] for k, v in dataset.arrays.items()})
 
     def evaluate(m):
         return {"test": evaluate_findings(m, test), "train": evaluate_findings(m, train_eval)}
