@@ -60,3 +60,41 @@ def test_vision_stage_trains_logs_a_learning_curve_and_seeds_siglip(tmp_path, ti
     for key, value in model.vision_encoder.state_dict().items():
         assert torch.equal(value, encoder[key]), key
     assert IMAGE_SIZE == tuple(config["data"]["image_size"])
+
+
+def test_balanced_loss_gives_rare_lesion_cells_half_the_weight_of_their_channel():
+    """A lesion filling one cell in a thousand must pull as hard as all the background of its channel:
+    predicting 'no lesion anywhere' is no longer a near-zero loss."""
+    from training.stages.vision import balanced_bce
+
+    target = torch.zeros(2, 3, 10, 10, 10)
+    target[0, 1, 4, 4, 4] = 1.0  # one positive cell in channel 1 out of 2,000
+    all_negative = torch.full_like(target, -8.0)
+    plain = torch.nn.functional.binary_cross_entropy_with_logits(all_negative, target)
+    balanced = balanced_bce(all_negative, target)
+    assert plain < 0.01 < balanced  # the plain mean barely notices the missed lesion
+    right = all_negative.clone()
+    right[0, 1, 4, 4, 4] = 8.0
+    assert balanced_bce(right, target) < 0.01
+    # channels without positives are plain background means, averaged with the others
+    assert torch.isclose(balanced_bce(all_negative, torch.zeros_like(target)),
+                         torch.nn.functional.binary_cross_entropy_with_logits(all_negative, torch.zeros_like(target)))
+
+
+def test_dense_loss_trains_the_token_kind_head_on_s3_blocks(tmp_path):
+    from training.data.dense import FINDING_LABELS, NUM_KINDS
+    from training.stages.vision import DenseVisionModel, dense_loss
+
+    torch.manual_seed(0)
+    model = DenseVisionModel("nano", (32, 128, 128))
+    batch = {
+        "images": torch.rand(1, 1, 32, 128, 128),
+        "kind": torch.zeros(1, NUM_KINDS, 4, 16, 16),
+        "organ": torch.zeros(1, 4, 16, 16, dtype=torch.long),
+        "labels": torch.zeros(1, len(FINDING_LABELS)),
+    }
+    batch["kind"][0, 0, 1, 5, 5] = 1.0
+    loss, parts = dense_loss(model, batch, balanced=True, token_weight=1.0)
+    assert parts["token_loss"] > 0
+    loss.backward()
+    assert model.token_kind.weight.grad.abs().sum() > 0

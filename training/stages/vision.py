@@ -26,6 +26,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from napari_med3dvlm.model.dcformer import DCFormer, DCFormerConfig, feature_map_to_tokens
+from napari_med3dvlm.phantoms.case import KINDS
 
 from ..config import stage_config
 from ..data.dense import (
@@ -62,6 +63,8 @@ class DenseVisionModel(nn.Module):
         n3 = -(-d // 32) * -(-h // 32) * -(-w // 32)
         n4 = -(-d // 64) * -(-h // 64) * -(-w // 64)
         self.token_head = nn.Linear(n3 * channels[3] + n4 * channels[4], len(FINDING_LABELS))
+        # per s3 token: which finding kinds lie in its block (located targets on what the projector reads)
+        self.token_kind = nn.Conv3d(channels[3], NUM_KINDS, 1)
         self.pooled_head = nn.Linear(channels[4], len(FINDING_LABELS))
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -79,25 +82,51 @@ class DenseVisionModel(nn.Module):
             "kind": dense[:, :NUM_KINDS],
             "organ": dense[:, NUM_KINDS:],
             "findings": self.token_head(tokens),
+            "token_kind": self.token_kind(maps[3]),
             "findings_pooled": self.pooled_head(s4.mean(dim=1)),
         }
 
 
-def dense_loss(model, batch, pos_weight: float = 5.0):
+def balanced_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """BCE per channel (dim 1) with its positive and negative cells weighted equally over the batch,
+    averaged over channels: lesion cells are about 0.1 % of all cells, so a plain mean (or a small fixed
+    ``pos_weight``) leaves them unlearned, and a shared balance would be dominated by the large diffuse
+    findings."""
+    loss = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    dims = [0] + list(range(2, loss.dim()))
+    positive = (target > 0).float()
+    pos_count = positive.sum(dims)
+    neg_count = (1 - positive).sum(dims)
+    pos_mean = (loss * positive).sum(dims) / pos_count.clamp(min=1)
+    neg_mean = (loss * (1 - positive)).sum(dims) / neg_count.clamp(min=1)
+    per_channel = torch.where(pos_count > 0, 0.5 * (pos_mean + neg_mean), neg_mean)
+    return per_channel.mean()
+
+
+def dense_loss(model, batch, pos_weight: float = 5.0, balanced: bool = False, token_weight: float = 0.0):
     out = model(batch["images"])
     # targets come as (B, [K,] D, H, W); the encoder's maps are depth-last (B, [K,] H, W, D)
     kind_target = batch["kind"].permute(0, 1, 3, 4, 2)
     organ_target = batch["organ"].permute(0, 2, 3, 1)
     weight = torch.tensor(pos_weight, device=kind_target.device)
-    kind_loss = F.binary_cross_entropy_with_logits(out["kind"].float(), kind_target, pos_weight=weight)
+    if balanced:
+        kind_loss = balanced_bce(out["kind"].float(), kind_target)
+    else:
+        kind_loss = F.binary_cross_entropy_with_logits(out["kind"].float(), kind_target, pos_weight=weight)
+    token_loss = torch.zeros((), device=kind_target.device)
+    if token_weight:
+        grid = out["token_kind"].shape[2:]
+        factor = [t // g for t, g in zip(kind_target.shape[2:], grid)]
+        token_target = F.max_pool3d(kind_target, kernel_size=factor, stride=factor)
+        token_loss = balanced_bce(out["token_kind"].float(), (token_target > 0.2).float())
     organ_loss = F.cross_entropy(out["organ"].float(), organ_target)
     labels = batch["labels"]
     finding_loss = F.binary_cross_entropy_with_logits(out["findings"].float(), labels, pos_weight=weight)
     pooled_loss = F.binary_cross_entropy_with_logits(out["findings_pooled"].float(), labels, pos_weight=weight)
-    loss = kind_loss + 0.5 * organ_loss + finding_loss + pooled_loss
+    loss = kind_loss + 0.5 * organ_loss + finding_loss + pooled_loss + token_weight * token_loss
     with torch.no_grad():
         exact = ((out["findings"] > 0) == (labels > 0.5)).all(dim=1).float().mean()
-    return loss, {"kind_loss": kind_loss.item(), "organ_loss": organ_loss.item(),
+    return loss, {"kind_loss": kind_loss.item(), "organ_loss": organ_loss.item(), "token_loss": token_loss.item(),
                   "finding_loss": finding_loss.item(), "batch_exact": exact.item()}
 
 
@@ -129,17 +158,24 @@ def evaluate_findings(model: DenseVisionModel, dataset: DenseDataset, batch_size
     """Scores of the token head (and the pooled head) on ``dataset``."""
     was_training = model.training
     model.eval()
-    preds, pooled, truth = [], [], []
+    preds, pooled, truth, kinds_seen, kinds_true = [], [], [], [], []
     for start in range(0, len(dataset), batch_size):
         batch = collate_dense([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
         out = model(batch["images"])
         preds.append((out["findings"] > 0).numpy())
         pooled.append((out["findings_pooled"] > 0).numpy())
         truth.append(batch["labels"].numpy() > 0.5)
+        kinds_seen.append(out["token_kind"].flatten(2).amax(2).numpy() > 0)
+        kinds_true.append(batch["kind"].flatten(2).amax(2).numpy() > 0.2)
     model.train(was_training)
     truth = np.concatenate(truth)
     scores = set_scores(np.concatenate(preds), truth, FOCAL)
     scores["pooled_exact"] = set_scores(np.concatenate(pooled), truth, FOCAL)["exact"]
+    # does any s3 token see each focal kind that the case holds? (case-level, from the token-kind head)
+    seen, true = np.concatenate(kinds_seen), np.concatenate(kinds_true)
+    focal_kinds = np.array([k in ("cyst", "mass", "calcification", "haemorrhage") for k in KINDS])
+    scores["token_focal_kind_f1"] = set_scores(seen[:, focal_kinds], true[:, focal_kinds],
+                                               np.ones(int(focal_kinds.sum()), bool))["f1"]
     return {k: round(v, 4) for k, v in scores.items()}
 
 
@@ -168,6 +204,8 @@ def run(config: dict) -> dict:
     )
     cfg = loop_config(config, "vision")
     pos_weight = float(stage.get("pos_weight", 5.0))
+    balanced = bool(stage.get("balanced_dense", False))
+    token_weight = float(stage.get("token_kind_weight", 0.0))
     train_eval = DenseDataset({k: v[: len(test)] for k, v in dataset.arrays.items()})
 
     def evaluate(m):
@@ -178,7 +216,7 @@ def run(config: dict) -> dict:
         model=model,
         dataset=dataset,
         collate_fn=collate_dense,
-        compute_loss=lambda m, b: dense_loss(m, b, pos_weight),
+        compute_loss=lambda m, b: dense_loss(m, b, pos_weight, balanced, token_weight),
         cfg=cfg,
         output_dir=stage_dir(config, "vision"),
         evaluate=evaluate,
