@@ -156,7 +156,7 @@ def run_report(args) -> int:
                 print(f"input {number} series {index + 1}: {md.name}, {js.name} ({record.duration_s:.1f} s)")
     except ModelUnavailableError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return model_error_code(err)
     print(f"{count} report(s) written to {args.out}")
     return 0
 
@@ -180,9 +180,16 @@ def run_ask(args) -> int:
             sys.stdout.flush()
     except ModelUnavailableError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return model_error_code(err)
     sys.stdout.write("\n")
     return 0
+
+
+def model_error_code(err: ModelUnavailableError) -> int:
+    """2 when the model folder itself is damaged or unsafe (bad input), 1 when no model is available."""
+    from napari_med3dvlm.model.files import ModelLoadError
+
+    return 2 if isinstance(err.__cause__, ModelLoadError) else 1
 
 
 def _scope_printer(engine: InferenceEngine, label: str):

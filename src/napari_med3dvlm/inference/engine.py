@@ -163,8 +163,10 @@ class InferenceEngine:
                 f"The model does not fit in {device.type.upper()} memory as {dtype_name(dtype)}; {hint}, "
                 "or choose a smaller model."
             )
-        if type(err).__name__ == "ModelNotAvailableError":  # the loader's message already says what to do
-            return ModelUnavailableError(str(err))
+        from napari_med3dvlm.model.files import ModelLoadError
+
+        if type(err).__name__ == "ModelNotAvailableError" or isinstance(err, ModelLoadError):
+            return ModelUnavailableError(str(err))  # the loader's message names the file and what to do
         if kind == "hub" and (hub_offline() or isinstance(err, OSError)):
             return ModelUnavailableError(
                 f"Model '{source}' is a hub id that is not in the local cache, and downloads are off "

@@ -20,6 +20,7 @@ _EXPORTS = {
     "Med3DVLMForCausalLM": "vlm",
     "StopOnEvent": "vlm",
     "CheckpointMismatchError": "loading",
+    "ModelLoadError": "files",
     "ModelNotAvailableError": "loading",
     "PickleRefusedError": "loading",
     "load_vlm": "loading",

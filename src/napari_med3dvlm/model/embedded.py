@@ -32,12 +32,12 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .bases import cache_dir, resolve_base
 from .configuration import Med3DVLMConfig
+from .files import ModelLoadError, check_config_values, config_errors, load_folder_tokenizer, open_safetensors, read_json
 from .loading import assign_state_dict, resolve_device, resolve_dtype, without_local_paths
 from .vlm import Med3DVLMForCausalLM
 
@@ -51,7 +51,10 @@ logger = logging.getLogger(__name__)
 
 def is_embedded_folder(folder) -> bool:
     path = Path(folder) / "config.json"
-    return path.is_file() and bool(json.loads(path.read_text()).get("base_language_model"))
+    try:
+        return path.is_file() and bool(read_json(path).get("base_language_model"))
+    except ModelLoadError:  # not readable as a config: the loader says why
+        return False
 
 
 def _base_vocab_size(base: Path) -> int:
@@ -152,15 +155,23 @@ def load_embedded(folder, device="cpu", dtype=None):
     folder = Path(folder)
     device = resolve_device(device)
     dtype = resolve_dtype(device, dtype)
-    raw = json.loads((folder / "config.json").read_text())
+    config_path = folder / "config.json"
+    raw = read_json(config_path, "model config")
+    check_config_values(raw, config_path)
     fmt = raw.get("embedded_format", EMBEDDED_FORMAT)
+    if isinstance(fmt, bool) or not isinstance(fmt, int):
+        raise ModelLoadError(config_path, f"embedded_format is {fmt!r}, not a format number")
     if fmt > EMBEDDED_FORMAT:
-        raise ValueError(f"{folder} uses embedded format {fmt}; this version reads up to {EMBEDDED_FORMAT}.")
+        raise ModelLoadError(
+            config_path, f"uses embedded format {fmt}; this version reads up to {EMBEDDED_FORMAT}",
+            "update napari-med3dvlm",
+        )
     base = resolve_base(raw["base_language_model"])
-    config = Med3DVLMConfig.from_dict(raw)
-    tokenizer = AutoTokenizer.from_pretrained(str(folder), config=config.text_config)
+    with config_errors(config_path):
+        config = Med3DVLMConfig.from_dict(raw)
+    tokenizer = load_folder_tokenizer(folder, config.text_config)
 
-    with safe_open(str(folder / WEIGHTS), framework="pt") as f:
+    with open_safetensors(folder / WEIGHTS) as f:
         stored = {name: f.get_tensor(name) for name in f.keys()}
     merged = _merged_cache_folder(folder, base)
     lm = _load_cached_language_model(merged)
@@ -178,7 +189,7 @@ def load_embedded(folder, device="cpu", dtype=None):
     if missing or unexpected:
         from .loading import CheckpointMismatchError
 
-        raise CheckpointMismatchError(missing, unexpected)
+        raise CheckpointMismatchError(missing, unexpected, path=folder / WEIGHTS)
     assign_state_dict(model.vision_tower, {k[len("vision_tower.") :]: v for k, v in stored.items() if k.startswith("vision_tower.")})
     assign_state_dict(model.mm_projector, {k[len("mm_projector.") :]: v for k, v in stored.items() if k.startswith("mm_projector.")})
     model.to(device=device, dtype=dtype).eval()

