@@ -98,3 +98,11 @@ def test_dense_loss_trains_the_token_kind_head_on_s3_blocks(tmp_path):
     assert parts["token_loss"] > 0
     loss.backward()
     assert model.token_kind.weight.grad.abs().sum() > 0
+
+
+def test_case_level_auc_is_chance_for_an_organ_prior_and_one_for_a_detector():
+    from training.stages.vision import rank_auc
+
+    truth = np.array([1, 1, 0, 0, 0], bool)
+    assert rank_auc(truth, np.array([0.9, 0.8, 0.1, 0.2, 0.3])) == 1.0
+    assert rank_auc(truth, np.full(5, 0.7)) == 0.5  # the same maximum in every case: no lesion read
