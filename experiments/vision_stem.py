@@ -96,6 +96,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--balanced", action="store_true", help="per-channel balanced dense loss (vision stage option)")
     parser.add_argument("--token-weight", type=float, default=0.0, help="weight of the s3 token-kind loss")
+    parser.add_argument("--case-weight", type=float, default=0.0, help="weight of the case-level max (MIL) loss")
+    parser.add_argument("--out", type=Path, help="also save the trained model (safetensors) here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -114,13 +116,17 @@ def main() -> None:
         for group in optimizer.param_groups:
             group["lr"] = args.lr * min(1.0, (step + 1) / 50)
         loss, _ = dense_loss(model, collate_dense([train[i] for i in idx]), balanced=args.balanced,
-                             token_weight=args.token_weight)
+                             token_weight=args.token_weight, case_weight=args.case_weight)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-    result = {"stem": args.stem, "balanced": args.balanced, "minutes": args.minutes, "steps": step, "cases_seen": step * args.batch,
+    if args.out:
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(args.out))
+    result = {"stem": args.stem, "balanced": args.balanced, "case_weight": args.case_weight, "minutes": args.minutes, "steps": step, "cases_seen": step * args.batch,
               "dense_test": dense_scores(model, test), "findings_test": evaluate_findings(model, test)}
     print(json.dumps(result))
 

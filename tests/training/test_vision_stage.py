@@ -106,3 +106,14 @@ def test_case_level_auc_is_chance_for_an_organ_prior_and_one_for_a_detector():
     truth = np.array([1, 1, 0, 0, 0], bool)
     assert rank_auc(truth, np.array([0.9, 0.8, 0.1, 0.2, 0.3])) == 1.0
     assert rank_auc(truth, np.full(5, 0.7)) == 0.5  # the same maximum in every case: no lesion read
+
+
+def test_case_max_loss_lands_on_the_false_positive_cell():
+    from training.stages.vision import case_max_bce
+
+    logits = torch.full((1, 1, 4, 4, 4), -6.0, requires_grad=True)
+    with torch.no_grad():
+        logits[0, 0, 1, 2, 3] = 3.0  # a look-alike in a case without the kind
+    case_max_bce(logits, torch.zeros(1, 1, 4, 4, 4)).backward()
+    grad = logits.grad[0, 0]
+    assert grad[1, 2, 3] > 0 and (grad != 0).sum() == 1

@@ -103,7 +103,18 @@ def balanced_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return per_channel.mean()
 
 
-def dense_loss(model, batch, pos_weight: float = 5.0, balanced: bool = False, token_weight: float = 0.0):
+def case_max_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Multiple-instance loss: per case and channel, BCE of the highest cell's logit against whether the
+    case holds that kind anywhere. In a case without the kind the gradient lands on the one cell that
+    looks most like it: hard-negative mining by construction (normal parenchyma next to the lesion's
+    look-alikes), which a mean over mostly-easy background cells never does."""
+    case_logit = logits.flatten(2).amax(2)
+    case_target = (target.flatten(2).amax(2) > 0.5).float()
+    return F.binary_cross_entropy_with_logits(case_logit, case_target)
+
+
+def dense_loss(model, batch, pos_weight: float = 5.0, balanced: bool = False, token_weight: float = 0.0,
+               case_weight: float = 0.0):
     out = model(batch["images"])
     # targets come as (B, [K,] D, H, W); the encoder's maps are depth-last (B, [K,] H, W, D)
     kind_target = batch["kind"].permute(0, 1, 3, 4, 2)
@@ -123,10 +134,17 @@ def dense_loss(model, batch, pos_weight: float = 5.0, balanced: bool = False, to
     labels = batch["labels"]
     finding_loss = F.binary_cross_entropy_with_logits(out["findings"].float(), labels, pos_weight=weight)
     pooled_loss = F.binary_cross_entropy_with_logits(out["findings_pooled"].float(), labels, pos_weight=weight)
-    loss = kind_loss + 0.5 * organ_loss + finding_loss + pooled_loss + token_weight * token_loss
+    case_loss = torch.zeros((), device=kind_target.device)
+    if case_weight:
+        case_loss = case_max_bce(out["kind"].float(), kind_target)
+        if token_weight:
+            case_loss = 0.5 * (case_loss + case_max_bce(out["token_kind"].float(), kind_target))
+    loss = (kind_loss + 0.5 * organ_loss + finding_loss + pooled_loss + token_weight * token_loss
+            + case_weight * case_loss)
     with torch.no_grad():
         exact = ((out["findings"] > 0) == (labels > 0.5)).all(dim=1).float().mean()
     return loss, {"kind_loss": kind_loss.item(), "organ_loss": organ_loss.item(), "token_loss": token_loss.item(),
+                  "case_loss": case_loss.item(),
                   "finding_loss": finding_loss.item(), "batch_exact": exact.item()}
 
 
@@ -221,6 +239,7 @@ def run(config: dict) -> dict:
     pos_weight = float(stage.get("pos_weight", 5.0))
     balanced = bool(stage.get("balanced_dense", False))
     token_weight = float(stage.get("token_kind_weight", 0.0))
+    case_weight = float(stage.get("case_max_weight", 0.0))
     train_eval = DenseDataset({k: v[: len(test)] for k, v in dataset.arrays.items()})
 
     def evaluate(m):
@@ -231,7 +250,7 @@ def run(config: dict) -> dict:
         model=model,
         dataset=dataset,
         collate_fn=collate_dense,
-        compute_loss=lambda m, b: dense_loss(m, b, pos_weight, balanced, token_weight),
+        compute_loss=lambda m, b: dense_loss(m, b, pos_weight, balanced, token_weight, case_weight),
         cfg=cfg,
         output_dir=stage_dir(config, "vision"),
         evaluate=evaluate,
