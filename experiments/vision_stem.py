@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from napari_med3dvlm.model.dcformer import DecomposedConv3d
+from napari_med3dvlm.model.dcformer import DecomposedConv3d, PatchifyStem
 from training.data.dense import DenseDataset, collate_dense
 from training.stages.vision import DenseVisionModel, dense_loss, evaluate_findings
 
@@ -44,10 +44,7 @@ def stem(kind: str, channels: int) -> nn.Module:
             *[DecomposedConv3d(channels, channels, 3, activation=nn.GELU()) for _ in range(3)],
         )
     if kind == "patchify":
-        return nn.Sequential(
-            nn.Conv3d(1, channels, 4, stride=4), nn.BatchNorm3d(channels), nn.GELU(),
-            *[DecomposedConv3d(channels, channels, 3, activation=nn.GELU()) for _ in range(3)],
-        )
+        return nn.Sequential(PatchifyStem(1, channels))
     raise ValueError(kind)
 
 

@@ -15,7 +15,7 @@ from napari_med3dvlm.model.dcformer import (
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
-# REFERENCE.md section 1: parameter counts of the reference variants.
+# docs/reference-model.md, "DCFormer": parameter counts of the reference variants.
 REFERENCE_PARAMS = {
     "nano": 789_216,
     "naive": 5_851_680,
@@ -132,3 +132,23 @@ def test_channels_last_is_used_only_where_it_is_safe_and_matches_the_reference_l
         torch.testing.assert_close(got, want[:1], rtol=0, atol=1e-5)
     for got, want in zip(batch, expected):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_published_stem_reads_10_of_64_voxels_and_the_patchify_option_reads_all():
+    """The published stem's stride-4 one-axis kernels only reach voxels on lines through the stride-4
+    lattice; the research `patchify` stem reads every voxel at the same output shape (odd sizes too)."""
+    from napari_med3dvlm.model.dcformer import DCFormerEncoder
+
+    torch.manual_seed(0)
+    read = {}
+    for stem in ("decomposed", "patchify"):
+        encoder = DCFormerEncoder(DCFormerConfig(variant="nano", stem=stem)).eval()
+        x = torch.rand(1, 1, 32, 32, 32, requires_grad=True)
+        encoder.s0(x).abs().sum().backward()
+        read[stem] = float((x.grad != 0).float().mean())
+        odd = encoder(torch.rand(1, 1, 30, 34, 17))
+        assert [tuple(m.shape[2:]) for m in odd][0] == (8, 9, 5)
+    assert read["decomposed"] == pytest.approx(10 / 64, abs=0.01)
+    assert read["patchify"] == 1.0
+    with pytest.raises(ValueError, match="stem"):
+        DCFormerConfig(variant="nano", stem="conv")

@@ -47,9 +47,10 @@ HEADS_FILE = "heads.safetensors"
 class DenseVisionModel(nn.Module):
     """DCFormer plus the training-only heads described in the module docstring."""
 
-    def __init__(self, variant: str, input_size, width: int = 64, layer_scale_init: float | None = None):
+    def __init__(self, variant: str, input_size, width: int = 64, layer_scale_init: float | None = None,
+                 stem: str = "decomposed"):
         super().__init__()
-        self.encoder = DCFormer(DCFormerConfig(variant=variant))
+        self.encoder = DCFormer(DCFormerConfig(variant=variant, stem=stem))
         if layer_scale_init is not None:  # a larger start lets the residual branches learn sooner
             for block in self.encoder.modules():
                 if hasattr(block, "scale") and isinstance(block.scale, nn.Parameter):
@@ -234,6 +235,7 @@ def run(config: dict) -> dict:
         config["model"].get("vision_variant", "nano"),
         tuple(config["data"]["image_size"]),
         layer_scale_init=stage.get("layer_scale_init"),
+        stem=stage.get("stem", "decomposed"),
     )
     cfg = loop_config(config, "vision")
     pos_weight = float(stage.get("pos_weight", 5.0))

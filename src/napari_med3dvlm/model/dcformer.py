@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 # blocks per stage (s0..s4) and channels per stage, as published with the reference encoder.
@@ -52,6 +53,9 @@ class DCFormerConfig:
     # Optional overrides of the variant table (rarely needed; kept for custom research variants).
     blocks: Optional[Tuple[int, ...]] = field(default=None)
     channels: Optional[Tuple[int, ...]] = field(default=None)
+    #: "decomposed" is the published stem (every published checkpoint); "patchify" is a research option
+    #: that reads every voxel (see `PatchifyStem`), not loadable from published weights.
+    stem: str = "decomposed"
 
     def __post_init__(self) -> None:
         if self.variant not in DCFORMER_VARIANTS:
@@ -66,6 +70,8 @@ class DCFormerConfig:
             self.expected_input_size = tuple(int(s) for s in self.expected_input_size)
         if len(self.blocks) != 5 or len(self.channels) != 5 or len(self.kernel_sizes) != 4:
             raise ValueError("DCFormer needs 5 stages (blocks, channels) and 4 stage kernel sizes")
+        if self.stem not in STEMS:
+            raise ValueError(f"unknown DCFormer stem {self.stem!r}; choose one of {sorted(STEMS)}")
         if self.blocks[0] != 1:
             # Each stem block downsamples by 4; the reference only ever uses a single one.
             raise ValueError("DCFormer supports exactly one stem block (blocks[0] == 1)")
@@ -145,6 +151,34 @@ class DecomposedStem(nn.Sequential):
         )
 
 
+class PatchifyStem(nn.Sequential):
+    """Research stem (not in any published checkpoint): a dense 4x4x4 / stride-4 convolution, BatchNorm and
+    GELU, then three k=3 decomposed convolutions with GELU.
+
+    The published stem's stride-4 one-axis convolutions only ever read voxels lying on lines through the
+    stride-4 lattice, 10 of every 64 voxels; a 2-3 slice lesion between lattice planes is seen through a
+    few lines only. This stem reads every voxel, at the same output shape and width.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(
+            nn.Conv3d(in_channels, out_channels, 4, stride=4),
+            nn.BatchNorm3d(out_channels),
+            nn.GELU(),
+            *[DecomposedConv3d(out_channels, out_channels, 3, activation=nn.GELU()) for _ in range(3)],
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # pad each spatial axis up to a multiple of 4: ceil(n / 4) outputs, as the published stem gives
+        pads = []
+        for n in reversed(x.shape[2:]):
+            pads += [0, -n % 4]
+        return super().forward(F.pad(x, pads) if any(pads) else x)
+
+
+STEMS = {"decomposed": DecomposedStem, "patchify": PatchifyStem}
+
+
 class ChannelMLP(nn.Module):
     """Channels-last MLP; the extra ``mlp`` level and the dropout slots keep checkpoint indices (0, 3)."""
 
@@ -217,7 +251,7 @@ class DCFormerEncoder(nn.Module):
     def __init__(self, config: DCFormerConfig) -> None:
         super().__init__()
         blocks, channels = config.blocks, config.channels
-        self.s0 = nn.Sequential(DecomposedStem(config.in_channels, channels[0]))
+        self.s0 = nn.Sequential(STEMS[config.stem](config.in_channels, channels[0]))
         for i in range(1, 5):
             stage = DCFormerStage(channels[i - 1], channels[i], blocks[i], config.kernel_sizes[i - 1], config)
             self.add_module(f"s{i}", stage)
