@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 #: Modules that contribute sub-commands through a ``register(subparsers)`` function.
 COMMAND_MODULES = (
@@ -39,11 +40,31 @@ def main(argv=None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    from napari_med3dvlm.io import VolumeReadError
+
+    # Bad input (an unreadable volume, a missing path) is one line on stderr and exit code 2, never a
+    # traceback; warnings are one line each too.
+    input_errors = (VolumeReadError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+    with warnings.catch_warnings():
+        warnings.simplefilter("default", UserWarning)  # each distinct message once per run
+        warnings.showwarning = _show_warning
+        try:
+            return int(args.func(args) or 0)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+        except input_errors as err:
+            print(f"error: {_one_line(err)}", file=sys.stderr)
+            return 2
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return text or type(err).__name__
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {_one_line(message)}", file=sys.stderr if file is None else file, flush=True)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from napari_med3dvlm.io import VolumeReadError
+
 from .engine import InferenceEngine, ModelUnavailableError, get_engine
 from .settings import CLOSED_ANSWER_MODES, DEVICES, DTYPES
 from .tasks import Conversation, VolumeInput, stream_report
@@ -67,7 +69,8 @@ def add_model_options(parser: argparse.ArgumentParser):
 def _add_common(parser: argparse.ArgumentParser) -> None:
     group = add_model_options(parser)
     group.add_argument(
-        "--window", help="CT display window for the model: a preset name or CENTER,WIDTH (default: soft tissue)"
+        "--window", type=window_arg,
+        help="CT display window for the model: a preset name or CENTER,WIDTH (default: soft tissue)",
     )
     group.add_argument("--series", type=int, help="only this series (0-based) of a multi-series folder")
 
@@ -90,9 +93,26 @@ def engine_from_args(args) -> InferenceEngine:
     return engine
 
 
-def parse_window(text: str | None):
-    if text is None:
-        return None
+def window_arg(text: str):
+    """argparse type of --window: a preset name or CENTER,WIDTH with a positive width."""
+    from napari_med3dvlm.io import WINDOW_PRESETS
+
+    try:
+        window = parse_window(text)
+    except ValueError:
+        window = None
+    if isinstance(window, str) and window in WINDOW_PRESETS:
+        return window
+    if isinstance(window, tuple) and window[1] > 0:
+        return window
+    raise argparse.ArgumentTypeError(
+        f"{text!r} is neither a preset ({', '.join(WINDOW_PRESETS)}) nor CENTER,WIDTH with a positive width"
+    )
+
+
+def parse_window(text):
+    if text is None or not isinstance(text, str):
+        return text
     if "," in text:
         center, width = (float(v) for v in text.split(",", 1))
         return (center, width)
@@ -108,11 +128,18 @@ def load_sources(path, series: int | None = None) -> list[tuple[VolumeInput, obj
     """(engine input, the `Volume` it was read as: affine, spacing, origin) per series at ``path``."""
     from napari_med3dvlm.io import read_volumes
 
+    from napari_med3dvlm.io import VolumeReadError
+    from napari_med3dvlm.io.preprocess import thin_volume_message
+
     volumes = read_volumes(path)
+    name = Path(path).name if Path(path).is_file() else "the folder"
     if series is not None:
         if not 0 <= series < len(volumes):
-            raise SystemExit(f"--series {series} is out of range: {path} has {len(volumes)} series")
+            raise VolumeReadError(f"{name}: --series {series} is out of range ({len(volumes)} series)")
         volumes = [volumes[series]]
+    for volume in volumes:
+        if min(volume.shape) < 2:  # the reader shows it; the model cannot describe it
+            raise VolumeReadError(thin_volume_message(volume.shape, name))
     return [
         (
             VolumeInput(
@@ -137,10 +164,17 @@ def _with_window(volume: VolumeInput, window) -> VolumeInput:
 def run_report(args) -> int:
     engine = engine_from_args(args)
     window = parse_window(args.window)
-    count = 0
+    count = failed = 0
     try:
         for number, path in enumerate(args.paths, start=1):
-            for index, (volume, source) in enumerate(load_sources(path, args.series)):
+            try:
+                sources = load_sources(path, args.series)
+            except (VolumeReadError, OSError) as err:  # one unreadable input: the others still run
+                prefix = f"input {number}: " if len(args.paths) > 1 else ""
+                print(f"error: {prefix}{one_line(err)}", file=sys.stderr)
+                failed += 1
+                continue
+            for index, (volume, source) in enumerate(sources):
                 volume = _with_window(volume, window)
                 label = f"input {number} series {index + 1}"
                 stream = stream_report(engine, volume, on_scope=_scope_printer(engine, label))
@@ -158,7 +192,13 @@ def run_report(args) -> int:
         print(f"error: {err}", file=sys.stderr)
         return model_error_code(err)
     print(f"{count} report(s) written to {args.out}")
-    return 0
+    return 2 if failed else 0
+
+
+def one_line(err: BaseException) -> str:
+    """An error as one line for standard error: its message, or its type where it has none."""
+    text = " ".join(str(err).split())
+    return text or type(err).__name__
 
 
 def run_ask(args) -> int:

@@ -5,7 +5,7 @@ consumer of pixels for the model goes through `preprocess_volume`.
 """
 
 from ._napari import model_input_layer, volume_from_layer_data, volume_layer_data
-from ._util import VolumeReadError
+from ._util import VolumeReadError, is_regular_file
 from .dicom import SeriesInfo
 from .nifti import write_nifti_volume
 from .orientation import acquisition_view, display_from_plane, plane_view
@@ -24,6 +24,7 @@ __all__ = [
     "acquisition_view",
     "contrast_limits",
     "display_from_plane",
+    "is_regular_file",
     "list_series",
     "model_input_layer",
     "plane_view",

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ._util import VolumeReadError
+
 #: Display windows as (center, width) in HU.
 WINDOW_PRESETS: dict[str, tuple[float, float]] = {
     "soft tissue": (40.0, 400.0),
@@ -224,6 +226,15 @@ def _scaled_crop(data: np.ndarray, low: float, high: float, crop_foreground: boo
     return work[None, None], start, stop
 
 
+def thin_volume_message(shape, name: str | None = None) -> str:
+    """Why a volume with fewer than 2 voxels along an axis (one slice, a 2-D image) is refused."""
+    dims = " x ".join(str(int(n)) for n in shape)
+    return (
+        f"{name + ': ' if name else ''}a volume of {dims} voxels has fewer than 2 along an axis (a single slice "
+        "or a 2-D image); the model needs a 3-D volume"
+    )
+
+
 def preprocess_volume(
     data: np.ndarray,
     modality: str = "CT",
@@ -245,7 +256,7 @@ def preprocess_volume(
 
         data = plane_view(data, plane)
     if min(data.shape) < 2:
-        raise ValueError(f"volume too thin to preprocess: shape {data.shape}")
+        raise VolumeReadError(thin_volume_message(data.shape))
     kind, low, high = intensity_range(data, modality, window)
     tensor, start, stop = _scaled_crop(data, low, high, crop_foreground)
     if tuple(tensor.shape[2:]) != tuple(spatial_size):

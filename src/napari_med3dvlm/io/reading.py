@@ -5,9 +5,10 @@ of files (loose DICOM files in a list are grouped into series together, as a fol
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
-from ._util import VolumeReadError
+from ._util import VolumeReadError, is_regular_file, not_a_regular_file
 from .dicom import (
     SeriesInfo,
     list_dicom_series,
@@ -27,7 +28,7 @@ def _nifti_files(folder: Path, examine: int | None = None) -> list[Path]:
             examined += 1
             if examine and examined > examine:
                 return found
-            if is_nifti(name):
+            if is_nifti(name) and is_regular_file(Path(root) / name):  # never open a pipe or device
                 found.append(Path(root) / name)
     return found
 
@@ -39,6 +40,8 @@ def _parts(path) -> tuple[list[Path], list, list[Path]]:
     for item in items:
         if not item.exists():
             raise FileNotFoundError(f"no such file or folder: {item}")
+        if not item.is_dir() and not is_regular_file(item):
+            raise not_a_regular_file(item.name)
         if is_nifti(item):
             nifti.append(item)
         elif item.is_dir():
@@ -72,27 +75,37 @@ def is_supported(path) -> bool:
     return path.is_file() and looks_like_dicom(path)
 
 
+def _each(nifti, dicom_sources, items, read_one, read_many) -> list:
+    """Results for every source; an unreadable one is skipped with a warning when others load
+    (one bad file must not hide a folder's good volumes), and raised when nothing loads."""
+    results, errors = [], []
+    for source, read in [(p, read_one) for p in nifti] + [(s, read_many) for s in dicom_sources]:
+        try:
+            found = read(source)
+        except VolumeReadError as err:
+            errors.append(err)
+            continue
+        results.extend(found if isinstance(found, list) else [found])
+    if errors and not results:
+        raise errors[0]
+    for err in errors:
+        warnings.warn(f"skipped: {err}", stacklevel=3)
+    if not results:
+        raise _nothing_found(items)
+    return results
+
+
 def read_volumes(path) -> list[Volume]:
     """Every volume in a NIfTI file, DICOM file, folder, zip (or a list of those): one per
     series, NIfTI files first, then DICOM series in a stable order."""
     nifti, dicom_sources, items = _parts(path)
-    volumes = [read_nifti(p) for p in nifti]
-    for source in dicom_sources:
-        volumes.extend(read_dicom_volumes(source))
-    if not volumes:
-        raise _nothing_found(items)
-    return volumes
+    return _each(nifti, dicom_sources, items, read_nifti, read_dicom_volumes)
 
 
 def list_series(path) -> list[SeriesInfo]:
     """What `read_volumes` would return, in the same order, from headers only (for a picker)."""
     nifti, dicom_sources, items = _parts(path)
-    infos = [nifti_series_info(p) for p in nifti]
-    for source in dicom_sources:
-        infos.extend(list_dicom_series(source))
-    if not infos:
-        raise _nothing_found(items)
-    return infos
+    return _each(nifti, dicom_sources, items, nifti_series_info, list_dicom_series)
 
 
 def read_volume(path, series: int | str | SeriesInfo | None = None) -> Volume:

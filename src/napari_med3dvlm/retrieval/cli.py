@@ -64,6 +64,9 @@ def run_index(args) -> int:
     if args.batch_size < 1:
         print("--batch-size must be at least 1", file=sys.stderr)
         return 2
+    if args.folder is not None and not args.folder.is_dir():
+        print(f"error: not a folder: {args.folder}", file=sys.stderr)
+        return 2
     embedder = _embedder(args)
     cancel = threading.Event()
 
@@ -113,13 +116,20 @@ def run_search(args) -> int:
     if not args.db.exists():
         print(f"no index at {args.db}; build one with `napari-med3dvlm index DIR --db {args.db}`", file=sys.stderr)
         return 2
-    index = VolumeIndex(args.db)
-    embedder = _embedder(args)
-    if args.volume:
-        from napari_med3dvlm.io import read_volume
+    volume = None
+    if args.volume:  # read (and refuse) the query volume before any model is loaded
+        from napari_med3dvlm.io import VolumeReadError, read_volume
+        from napari_med3dvlm.io.preprocess import thin_volume_message
 
         volume = read_volume(args.volume)
+        if min(volume.shape) < 2:
+            name = args.volume.name if args.volume.is_file() else "the folder"
+            raise VolumeReadError(thin_volume_message(volume.shape, name))
+    index = VolumeIndex(args.db)
+    embedder = _embedder(args)
+    if volume is not None:
         hits = search_volume(index, embedder, volume, k=args.k)
+
     else:
         text = args.report.read_text(encoding="utf-8") if args.report else args.text
         hits = search_text(index, embedder, text, k=args.k)

@@ -12,6 +12,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from napari_med3dvlm.io import is_regular_file
 from napari_med3dvlm.io._util import short_hash
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -81,6 +82,8 @@ def scan_folder(root: str | os.PathLike) -> list[VolumeSource]:
             if name.startswith("."):
                 continue
             path = folder / name
+            if not is_regular_file(path):  # pipes, devices, sockets: opening one can block forever
+                continue
             if is_nifti(path):
                 if is_label_map(path):
                     continue
