@@ -10,13 +10,17 @@ after a kill. Exact resume rests on three things:
 * the global RNG is re-seeded from (seed, step) before every optimizer step (dropout and friends).
 
 Checkpoints (`accelerator.save_state`) hold only the trainable parameters and buffers, so that a frozen
-LLM is not rewritten every few hundred steps.
+LLM is not rewritten every few hundred steps. A kill at any moment leaves a usable state: a checkpoint
+counts only once its ``trainer_state.json`` is in place (written to a temporary file and renamed, after
+everything else), a stale checkpoint loses that file before the rest, and a resumed run drops the
+``metrics.jsonl`` records of the steps it is about to redo (and a half-written last line).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -141,6 +145,32 @@ def trainable_state_dict(model: torch.nn.Module, state_dict: dict) -> dict:
     return keep
 
 
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` so that a reader (or a resumed run) sees the old file or the new one, never half."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _trim_metrics(path: Path, step: int) -> None:
+    """Keep the records up to ``step`` (a resumed run logs the later ones again) and drop broken lines."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # the line a kill cut short
+        if isinstance(record, dict) and int(record.get("step", 0)) <= step:
+            kept.append(line)
+    write_atomic(path, "".join(f"{line}\n" for line in kept))
+
+
 def _latest_checkpoint(checkpoint_dir: Path) -> Path | None:
     candidates = [p for p in checkpoint_dir.glob("step-*") if (p / STATE_FILE).exists()]
     if not candidates:
@@ -219,6 +249,8 @@ def train(
         return accelerator.unwrap_model(model), state, accelerator
 
     metrics_path = output_dir / "metrics.jsonl"
+    if accelerator.is_main_process:
+        _trim_metrics(metrics_path, state.global_step)
     calibrated = cfg.max_minutes is None or state.global_step >= cfg.calibrate_steps
     session_start = time.monotonic()
     elapsed_before = state.elapsed_s
@@ -233,9 +265,10 @@ def train(
         accelerator.wait_for_everyone()
         accelerator.save_state(str(target))
         if accelerator.is_main_process:
-            (target / STATE_FILE).write_text(json.dumps(state.__dict__))
+            write_atomic(target / STATE_FILE, json.dumps(state.__dict__))  # last: the checkpoint now counts
             old = sorted(checkpoint_dir.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
             for stale in old[: -cfg.keep_checkpoints]:
+                (stale / STATE_FILE).unlink(missing_ok=True)  # first: a half-deleted one never counts
                 shutil.rmtree(stale, ignore_errors=True)
         accelerator.wait_for_everyone()
 

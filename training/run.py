@@ -19,17 +19,12 @@ from .config import STAGES, apply_overrides, available_presets, load_preset, sta
 
 
 def _stage_runner(stage: str):
-    from .stages import eval as eval_stage
-    from .stages import finetune, merge, projector, siglip, vision
+    """The stage's ``run``; only that stage's module is imported (peft, for one, only for finetune)."""
+    import importlib
 
-    return {
-        "vision": vision.run,
-        "siglip": siglip.run,
-        "projector": projector.run,
-        "finetune": finetune.run,
-        "merge": merge.run,
-        "eval": eval_stage.run,
-    }[stage]
+    if stage not in STAGES:
+        raise KeyError(stage)
+    return importlib.import_module(f".stages.{stage}", __package__).run
 
 
 def stage_dir(config: dict, stage: str) -> Path:
@@ -54,7 +49,9 @@ def run_stage(config: dict, stage: str, force: bool = False) -> dict:
     summary = _stage_runner(stage)(config) or {}
     summary.setdefault("wall_s", round(time.time() - start, 1))
     if _is_main_process():
-        done.write_text(json.dumps(summary, indent=2))
+        from .loop import write_atomic
+
+        write_atomic(done, json.dumps(summary, indent=2))
     return summary
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -103,10 +104,15 @@ def vlm_loss(model, batch):
 
 
 def save_result(config: dict, stage: str, tensors: dict[str, torch.Tensor], info: dict) -> Path:
+    """Write the stage's result; each file is written to a temporary name and renamed (kill-safe)."""
+    from ..loop import write_atomic
+
     folder = result_dir(config, stage)
     folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(folder / RESULT_FILE))
-    (folder / "info.json").write_text(json.dumps(info, indent=2))
+    tmp = folder / f".{RESULT_FILE}.tmp"
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
+    os.replace(tmp, folder / RESULT_FILE)
+    write_atomic(folder / "info.json", json.dumps(info, indent=2))
     return folder
 
 

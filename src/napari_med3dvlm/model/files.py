@@ -1,6 +1,6 @@
 """Reading the files of a model folder, with one error type whose messages name the file.
 
-What a model folder must hold (the rules are listed for users in docs/robustness.md):
+What a model folder must hold (the rules are listed for users in docs/published_weights.md):
 
 * ``config.json``: a JSON object; sizes (``hidden_size``, ``vocab_size``, ``image_size``, ...) are
   positive integers, names are strings.
