@@ -31,9 +31,10 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="embedded")
     args = parser.parse_args(argv)
 
-    from napari_med3dvlm.inference import prompts
+    from napari_med3dvlm.model import prompts
     from napari_med3dvlm.inference.engine import InferenceEngine
-    from napari_med3dvlm.inference.settings import InferenceSettings
+    from napari_med3dvlm.settings import InferenceSettings
+    from napari_med3dvlm.io import Volume
 
     settings = InferenceSettings(
         model_source=args.model, device="cpu", dtype="float32", max_new_tokens=args.tokens, temperature=0.0
@@ -42,7 +43,7 @@ def main(argv=None) -> int:
     model, tokenizer = engine.load()
     rng = np.random.default_rng(0)
     volume = rng.integers(-1000, 1000, size=(64, 96, 96)).astype(np.int16)
-    encoded = engine.encode(volume, modality="CT")
+    encoded = engine.encode(Volume(volume, modality="CT"))
     prompt = prompts.image_prefix(engine.proj_out_num) + prompts.report_text()
     inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
     eos = tokenizer.eos_token_id

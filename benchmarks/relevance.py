@@ -25,13 +25,12 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="embedded")
     args = parser.parse_args(argv)
 
-    from napari_med3dvlm.inference import InferenceEngine, InferenceSettings, VolumeInput
-    from napari_med3dvlm.inference import prompts
+    from napari_med3dvlm.inference import InferenceEngine, InferenceSettings
+    from napari_med3dvlm.model import prompts
     from napari_med3dvlm.inference.relevance import report_target, stream_relevance
     from napari_med3dvlm.phantoms._napari import render_sample
 
-    volume = render_sample().display_volume()
-    source = VolumeInput(data=volume.data, modality="CT", spacing=volume.spacing, plane="axial")
+    source = render_sample().display_volume()
     engine = InferenceEngine(InferenceSettings(model_source=args.model, device="cpu", temperature=0.0))
     model, tokenizer = engine.load()
     prompt = prompts.report_prompt(engine.proj_out_num)
@@ -40,7 +39,7 @@ def main(argv=None) -> int:
     for _ in range(args.rounds):
         engine.features.clear()
         started = time.perf_counter()
-        encoded = engine.encode(source.data, source.modality, source.window, source.plane)
+        encoded = engine.encode(source)
         with torch.inference_mode():
             new = model.generate(input_ids=ids, image_features=encoded.features, max_new_tokens=args.tokens,
                                  min_new_tokens=args.tokens, do_sample=False)

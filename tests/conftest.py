@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from napari_med3dvlm.inference import InferenceEngine, InferenceSettings, set_engine
-from napari_med3dvlm.inference.settings import CONFIG_DIR_ENV
+from napari_med3dvlm.settings import CONFIG_DIR_ENV
 
 
 def tiny_vlm_module():

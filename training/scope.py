@@ -1,5 +1,5 @@
 """Scope statistics: what the model's features look like on its training data, so the plugin can say
-when a scan is outside what the model knows (``napari_med3dvlm.inference.scope``).
+when a scan is outside what the model knows (``napari_med3dvlm.model.scope``).
 
 ``python -m training.scope --preset demo`` reads the preset's training split and model folder
 (``merge.embedded_output``, else ``merge.output``) and writes ``scope.json`` and ``scope.safetensors``
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_med3dvlm.inference.scope import (
+from napari_med3dvlm.model.scope import (
     ScopeProfile,
     fit_feature_stats,
     siglip_feature,

@@ -35,11 +35,11 @@ def test_ask_streams_the_answer_to_stdout(engine, nifti_path, capsys):
     assert main(["ask", str(nifti_path), "Which organ is abnormal?", "--max-new-tokens", "12"]) == 0
     printed = capsys.readouterr().out.strip()
     assert printed
-    from napari_med3dvlm.inference import Conversation, VolumeInput
-    from napari_med3dvlm.io import read_volume
+    from napari_med3dvlm.inference import Conversation
+    from napari_med3dvlm.io import Volume, read_volume
 
     volume = read_volume(nifti_path)
-    engine_answer = "".join(Conversation().stream_answer(engine, VolumeInput(volume.data), "Which organ is abnormal?"))
+    engine_answer = "".join(Conversation().stream_answer(engine, Volume(volume.data), "Which organ is abnormal?"))
     assert printed == engine_answer.strip()
 
 

@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from napari_med3dvlm.inference import InferenceEngine, InferenceSettings, ModelUnavailableError
-from napari_med3dvlm.inference.prompts import report_prompt
-from napari_med3dvlm.inference.tasks import Conversation, VolumeInput, stream_report
+from napari_med3dvlm.model.prompts import report_prompt
+from napari_med3dvlm.inference.tasks import Conversation, stream_report
+from napari_med3dvlm.io import Volume
 
 
 def slow_down(engine, seconds=0.01):
@@ -22,19 +23,19 @@ def test_model_is_loaded_once_and_shared(engine):
 
 
 def test_features_are_encoded_once_per_volume_and_window(engine, ct_volume):
-    first = engine.encode(ct_volume)
+    first = engine.encode(Volume(ct_volume))
     assert first.features.shape == (1, 12, 32)
-    assert engine.encode(ct_volume.copy()) is first  # same content, same features
-    lung = engine.encode(ct_volume, window="lung")
+    assert engine.encode(Volume(ct_volume.copy())) is first  # same content, same features
+    lung = engine.encode(Volume(ct_volume, window="lung"))
     assert lung.signature != first.signature
     changed = ct_volume.copy()
     changed[::2, ::2, ::2] += 100
-    assert engine.encode(changed).signature != first.signature
+    assert engine.encode(Volume(changed)).signature != first.signature
     assert len(engine.features) == 3
 
 
 def test_stream_yields_text_and_matches_generate(engine, ct_volume):
-    encoded = engine.encode(ct_volume)
+    encoded = engine.encode(Volume(ct_volume))
     prompt = report_prompt(engine.proj_out_num)
     pieces = list(engine.stream(prompt, encoded))
     assert len(pieces) > 1 and "".join(pieces).strip()
@@ -46,7 +47,7 @@ def test_cancel_stops_promptly_and_keeps_partial_text(engine, ct_volume):
     try:
         cancel = threading.Event()
         settings = engine.settings.updated(max_new_tokens=200)
-        stream = stream_report(engine, VolumeInput(ct_volume), settings, cancel)
+        stream = stream_report(engine, Volume(ct_volume), settings, cancel)
         pieces = [next(stream), next(stream)]
         cancel.set()
         start = time.perf_counter()
@@ -64,7 +65,7 @@ def test_cancel_stops_promptly_and_keeps_partial_text(engine, ct_volume):
 
 def test_conversation_carries_history_into_the_next_prompt(engine, ct_volume):
     chat = Conversation()
-    volume = VolumeInput(ct_volume)
+    volume = Volume(ct_volume)
     first = "".join(chat.stream_answer(engine, volume, "Which organ is largest?"))
     second = "".join(chat.stream_answer(engine, volume, "Is there a cyst?", ["yes", "no", "maybe", "unclear"]))
     assert [t.question for t in chat.turns] == ["Which organ is largest?", "Is there a cyst?"]
@@ -102,7 +103,7 @@ def test_changing_the_model_source_reloads(engine, tiny_model_dir):
 
 def test_report_records_where_the_model_actually_ran(engine, ct_volume):
     engine.update_settings(engine.settings.updated(device="auto", dtype="auto"))
-    stream = stream_report(engine, VolumeInput(ct_volume))
+    stream = stream_report(engine, Volume(ct_volume))
     while True:
         try:
             next(stream)
@@ -118,7 +119,7 @@ def test_closing_the_stream_early_stops_generation(engine, ct_volume):
     hook = slow_down(engine)
     try:
         cancel = threading.Event()
-        encoded = engine.encode(ct_volume)
+        encoded = engine.encode(Volume(ct_volume))
         stream = engine.stream(report_prompt(engine.proj_out_num), encoded, engine.settings.updated(max_new_tokens=200), cancel)
         next(stream)
         start = time.perf_counter()
@@ -136,10 +137,10 @@ def test_cpu_threads_are_given_back_on_unload(engine):
 
 
 def test_choice_scores_are_the_summed_token_log_probabilities(engine, ct_volume):
-    from napari_med3dvlm.inference.prompts import choice_continuation_ids, question_prompt
+    from napari_med3dvlm.model.prompts import choice_continuation_ids, question_prompt
 
     model, tokenizer = engine.load()
-    encoded = engine.encode(ct_volume)
+    encoded = engine.encode(Volume(ct_volume))
     prompt = question_prompt(engine.proj_out_num, "Which organ has a cyst?")
     choices = ["liver", "left kidney", "spleen", "head of the pancreas"]
     scores = engine.rank_choices(prompt, choices, encoded)
@@ -154,11 +155,11 @@ def test_choice_scores_are_the_summed_token_log_probabilities(engine, ct_volume)
 
 
 def test_closed_questions_pick_the_best_ranked_choice_or_generate(engine, ct_volume):
-    volume = VolumeInput(ct_volume)
+    volume = Volume(ct_volume)
     choices = ["liver", "left kidney", "spleen", "head of the pancreas"]
     chat = Conversation()
     answer = "".join(chat.stream_answer(engine, volume, "Which organ has a cyst?", choices))
-    scores = engine.rank_choices(Conversation().prompt(engine, "Which organ has a cyst?"), choices, engine.encode(ct_volume))
+    scores = engine.rank_choices(Conversation().prompt(engine, "Which organ has a cyst?"), choices, engine.encode(Volume(ct_volume)))
     best = max(range(4), key=scores.__getitem__)
     assert answer == f"{'ABCD'[best]}. {choices[best]}" and chat.turns[-1].choices == tuple(choices)
     generating = engine.settings.updated(closed_answer="generate", max_new_tokens=6)

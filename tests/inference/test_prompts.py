@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from napari_med3dvlm.inference import prompts
+from napari_med3dvlm.model import prompts
 
 
 def test_report_prompt_is_image_tokens_then_template_without_space():

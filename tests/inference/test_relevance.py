@@ -5,9 +5,8 @@ import threading
 import numpy as np
 import torch
 
-from napari_med3dvlm.inference import VolumeInput
 from napari_med3dvlm.inference import relevance as R
-from napari_med3dvlm.io import preprocess_volume
+from napari_med3dvlm.io import Volume, preprocess_volume
 from napari_med3dvlm.io.orientation import display_from_plane, plane_view
 
 
@@ -77,7 +76,7 @@ def test_to_layer_grid_puts_model_voxels_back_where_they_came_from():
 def test_explain_a_report_sentence_on_a_model_folder(engine, ct_volume):
     model, _ = engine.load()
     before = [p.requires_grad for p in model.parameters()]
-    volume = VolumeInput(data=ct_volume, spacing=(2.0, 1.0, 1.0), plane="sagittal")
+    volume = Volume(data=ct_volume, spacing=(2.0, 1.0, 1.0), plane="sagittal")
     report = "The liver is enlarged. No free fluid."
     target = R.report_target(engine.proj_out_num, report, 0, report.index(".") + 1)
     result, messages = _run(R.stream_relevance(engine, volume, target))
@@ -97,12 +96,12 @@ def test_cancel_before_the_backward_pass_returns_nothing(engine, ct_volume):
     cancel = threading.Event()
     cancel.set()
     target = R.report_target(engine.proj_out_num, "No free fluid.", 0, 14)
-    result, _ = _run(R.stream_relevance(engine, VolumeInput(data=ct_volume), target, cancel_event=cancel))
+    result, _ = _run(R.stream_relevance(engine, Volume(data=ct_volume), target, cancel_event=cancel))
     assert result is None
 
 
 def test_answer_and_choice_targets(engine):
-    from napari_med3dvlm.inference.prompts import Turn
+    from napari_med3dvlm.model.prompts import Turn
 
     history = [Turn("Which organ?", "The liver.")]
     target = R.answer_target(8, history, "Is there fluid?", "No free fluid.")

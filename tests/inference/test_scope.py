@@ -11,7 +11,7 @@ import torch
 
 from napari_med3dvlm.cli import main
 from napari_med3dvlm.inference import InferenceSettings, load_settings, save_settings
-from napari_med3dvlm.inference.scope import (
+from napari_med3dvlm.model.scope import (
     SCOPE_JSON,
     ScopeProfile,
     check_volume,

@@ -17,7 +17,8 @@ import pytest
 
 from napari_med3dvlm.inference import InferenceEngine, InferenceSettings
 from napari_med3dvlm.inference.cli import load_volumes
-from napari_med3dvlm.inference.scope import ScopeProfile, check_input
+from napari_med3dvlm.inference.scope import check_input
+from napari_med3dvlm.model.scope import ScopeProfile
 from napari_med3dvlm.model.loading import DEMO_FOLDER
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "io"))

@@ -8,7 +8,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, PreTrainedTokenizerFast
 
-from napari_med3dvlm.inference.prompts import IMAGE_TOKEN, REPORT_TEMPLATES
+from napari_med3dvlm.model.prompts import IMAGE_TOKEN, REPORT_TEMPLATES
 from napari_med3dvlm.model.configuration import Med3DVLMConfig
 from napari_med3dvlm.model.vlm import Med3DVLMForCausalLM
 

@@ -59,7 +59,7 @@ def _world_sapl(volume, index):
     ],
     ids=["axial", "axial-flipped", "coronal", "sagittal"],
 )
-def test_display_orientation_is_lps_for_any_acquisition_plane(tmp_path, orientation):
+def test_display_orientation_is_lps_for_any_plane_of_acquisition(tmp_path, orientation):
     stored = np.zeros((5, 6, 7), dtype=np.int16)
     marker = (3, 1, 5)  # (slice, row, column)
     stored[marker] = 1000
@@ -220,7 +220,7 @@ def test_acquisition_view_gives_back_the_slices_of_the_series_plane(tmp_path, or
     stored = np.random.default_rng(1).integers(-1000, 1000, (5, 6, 7)).astype(np.int16)
     write_dicom_series(stored, tmp_path, spacing=(2.0, 1.5, 1.25), orientation=orientation)
     volume = read_volume(tmp_path)
-    assert volume.metadata["acquisition_plane"] == plane
+    assert volume.plane == plane
     view, spacing = acquisition_view(volume)
     np.testing.assert_array_equal(view, expected(stored))
     assert spacing == (2.0, 1.5, 1.25)

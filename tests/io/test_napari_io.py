@@ -9,7 +9,7 @@ from napari.layers import Layer
 from pydicom.data import get_testdata_file
 
 from napari_med3dvlm.io import Volume, preprocess_volume, read_volume
-from napari_med3dvlm.io._napari import get_reader, model_input_layer, volume_layer_data
+from napari_med3dvlm.io._napari import get_reader, model_input_overlay, volume_from_layer_data, volume_layer_data
 
 PLUGIN = "napari-med3dvlm"
 
@@ -92,7 +92,7 @@ def test_writer_builds_an_affine_from_scale_and_translate(make_napari_viewer, tm
     np.testing.assert_allclose(volume.origin, (10.0, -5.0, 3.0))
 
 
-def test_model_input_layer_overlays_the_source(make_napari_viewer):
+def test_model_input_overlay_overlays_the_source(make_napari_viewer):
     data = np.full((20, 40, 30), -1000, dtype=np.int16)
     data[5:15, 10:30, 8:20] = 50  # the body: the foreground crop keeps only this box
     data[9:11, 18:22, 12:16] = 1000  # a bright lesion inside it
@@ -100,7 +100,8 @@ def test_model_input_layer_overlays_the_source(make_napari_viewer):
     tensor, transform = preprocess_volume(data, "CT", spatial_size=(16, 32, 32))
     viewer = make_napari_viewer()
     source = viewer.add_layer(Layer.create(*volume_layer_data(volume)))
-    overlay = viewer.add_layer(Layer.create(*model_input_layer(volume, transform, tensor)))
+    array, scale, translate, _ = model_input_overlay(volume, encoded=(tensor, transform))
+    overlay = viewer.add_image(array, scale=scale, translate=translate)
     assert overlay.data.shape == (16, 32, 32)
     # The lesion sits at the same world position in both layers.
     lesion_model = np.argwhere(overlay.data > 0.99).mean(axis=0)
@@ -111,14 +112,14 @@ def test_model_input_layer_overlays_the_source(make_napari_viewer):
     assert np.all(offset <= np.asarray(volume.spacing) / 2), (world_model, world_source)
 
 
-def test_model_input_layer_runs_the_shared_preprocessing_when_given_a_layer():
+def test_model_input_overlay_runs_the_shared_preprocessing_on_a_layer():
     data = np.zeros((8, 16, 16), np.int16)
     data[2:6, 4:12, 4:12] = 300
     layer = volume_layer_data(Volume(data=data, modality="CT"))
-    array, kwargs, kind = model_input_layer(layer, None)
+    overlay = model_input_overlay(volume_from_layer_data(layer[0], layer[1]))
     expected, _ = preprocess_volume(data, "CT")
-    np.testing.assert_array_equal(array, expected[0, 0].numpy())
-    assert kind == "image" and kwargs["name"].endswith("(model input)")
+    np.testing.assert_array_equal(overlay.data, expected[0, 0].numpy())
+    assert overlay.transform.plane == "axial"
 
 
 @pytest.mark.parametrize("bad", ["four_d.nii"])

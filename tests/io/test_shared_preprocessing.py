@@ -1,4 +1,5 @@
-"""Inference and training feed the model through the same `preprocess_volume`.
+"""Inference and training feed the model through the same `model_input` (which runs
+`preprocess_volume`).
 
 Callers import the function by name, so patching the module attribute would miss them; instead the
 test watches the function's own code object run (sys.setprofile) and compares the tensors.
@@ -16,7 +17,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from napari_med3dvlm.io import acquisition_view, read_volume
+from napari_med3dvlm.io import Volume, acquisition_view, read_volume
 from napari_med3dvlm.io import preprocess as preprocess_module
 
 
@@ -53,23 +54,23 @@ class _RecordingEncoder(torch.nn.Module):
         return images.mean(dim=(2, 3, 4)) + self.bias
 
 
-def test_inference_encodes_through_preprocess_volume():
+def test_inference_encodes_through_model_input():
     from napari_med3dvlm.inference.engine import InferenceEngine
-    from napari_med3dvlm.inference.settings import InferenceSettings
+    from napari_med3dvlm.settings import InferenceSettings
 
     size = (8, 16, 16)
     model = _RecordingEncoder(size)
     engine = InferenceEngine(InferenceSettings(device="cpu", dtype="float32"), loader=lambda *a: (model, None))
     data = np.full((12, 20, 20), -1000, np.int16)
     data[2:10, 4:16, 4:16] = 60
-    with callers_of(preprocess_module.preprocess_volume) as callers:
-        engine.encode(data, modality="CT")
+    with callers_of(preprocess_module.model_input) as callers:
+        engine.encode(Volume(data, modality="CT"))
     assert any(c.endswith("inference/engine.py") for c in callers), callers
     expected, _ = preprocess_module.preprocess_volume(data, "CT", spatial_size=size)
     torch.testing.assert_close(model.seen, expected)
 
 
-def test_training_images_are_written_by_preprocess_volume(tmp_path):
+def test_training_images_are_written_by_model_input(tmp_path):
     from training.data.m3d import CaptionDataset
 
     from napari_med3dvlm.phantoms.generator import render_case
@@ -77,7 +78,7 @@ def test_training_images_are_written_by_preprocess_volume(tmp_path):
     from napari_med3dvlm.phantoms.writers import WriteOptions, case_seed, write_split
 
     options = WriteOptions(size=(8, 16, 16), slices=24, pixels=64)
-    with callers_of(preprocess_module.preprocess_volume) as callers:
+    with callers_of(preprocess_module.model_input) as callers:
         write_split(tmp_path, {"train": 2}, seed=5, options=options, workers=1)
     assert any(c.endswith("phantoms/writers.py") for c in callers), callers
 
@@ -95,7 +96,7 @@ def test_training_images_are_written_by_preprocess_volume(tmp_path):
         # and preprocessing that gives exactly the training tensor.
         nifti = tmp_path / entries[index]["image"].replace(".npy", ".nii.gz")
         volume = read_volume(nifti)
-        assert volume.metadata["acquisition_plane"] == case.plane
+        assert volume.plane == case.plane
         view, _ = acquisition_view(volume)
         np.testing.assert_array_equal(view, image.volume.data)
         again, _ = preprocess_module.preprocess_volume(view, "CT", window=options.window, spatial_size=options.size)

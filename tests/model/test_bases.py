@@ -14,7 +14,8 @@ from napari_med3dvlm.model.bases import resolve_base
 from napari_med3dvlm.model.configuration import Med3DVLMConfig
 from napari_med3dvlm.model.embedded import is_embedded_folder, save_embedded
 from napari_med3dvlm.model import loading
-from napari_med3dvlm.model.loading import load_siglip, load_vlm, save_siglip
+from napari_med3dvlm.model import load_vlm
+from napari_med3dvlm.model.loading import load_siglip, save_siglip
 from napari_med3dvlm.model.siglip import SigLIPConfig, SigLIPModel
 from napari_med3dvlm.model.vlm import Med3DVLMForCausalLM
 

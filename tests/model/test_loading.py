@@ -9,13 +9,12 @@ from safetensors.torch import load_file, save_file
 from tokenizers import ByteLevelBPETokenizer
 from transformers import AutoTokenizer, Qwen2Config, TextIteratorStreamer
 
-from napari_med3dvlm.model import loading
+from napari_med3dvlm.model import load_vlm, loading
 from napari_med3dvlm.model.configuration import Med3DVLMConfig
 from napari_med3dvlm.model.loading import (
     CheckpointMismatchError,
     ModelNotAvailableError,
     PickleRefusedError,
-    load_vlm,
     save_pretrained,
 )
 from napari_med3dvlm.model.vlm import Med3DVLMForCausalLM, StopOnEvent

@@ -4,7 +4,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from napari_med3dvlm.io import read_volume
+from napari_med3dvlm.io import layer_plane, read_volume
 from napari_med3dvlm.io.orientation import acquisition_view
 from napari_med3dvlm.phantoms import render_case
 from napari_med3dvlm.phantoms._napari import phantom_ct_sample
@@ -18,7 +18,7 @@ def test_raw_nifti_reads_back_as_the_training_stack(tmp_path, plane):
     path = tmp_path / "phantom.nii.gz"
     nib.save(nib.Nifti1Image(data, affine), path)
     volume = read_volume(path)
-    assert volume.metadata["acquisition_plane"] == plane
+    assert volume.plane == plane
     stack, spacing = acquisition_view(volume)
     np.testing.assert_array_equal(stack, image.volume.data)
     np.testing.assert_allclose(spacing, image.volume.spacing, rtol=1e-4)
@@ -30,7 +30,7 @@ def test_raw_nifti_reads_back_as_the_training_stack(tmp_path, plane):
 def test_sample_data_is_an_hu_layer_without_identifiers():
     data, kwargs, kind = phantom_ct_sample()[0]
     assert kind == "image" and data.ndim == 3 and data.dtype == np.int16
-    assert kwargs["metadata"]["acquisition_plane"] == "axial"
+    assert layer_plane(kwargs["metadata"]) == "axial"
     assert kwargs["contrast_limits"] == (-160.0, 240.0)  # soft-tissue window
     assert data.min() < -900 and data.max() > 300
     assert "Phantom" in kwargs["name"]

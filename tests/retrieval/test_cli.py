@@ -13,7 +13,7 @@ from napari_med3dvlm.retrieval import embedder as embedder_module
 @pytest.fixture
 def toy_model(monkeypatch):
     shared = CountingEmbedder()
-    monkeypatch.setattr(embedder_module, "get_embedder", lambda source=None, device=None: shared)
+    monkeypatch.setattr(embedder_module, "get_embedder", lambda source=None, device=None, dtype=None: shared)
     return shared
 
 

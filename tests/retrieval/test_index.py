@@ -138,7 +138,7 @@ def test_a_coronal_series_queried_as_a_layer_finds_itself(tmp_path, embedder):
     index_folder(index, root, embedder)
 
     volume = read_volume(root / "coronal.nii.gz")
-    assert volume.metadata["acquisition_plane"] == "coronal"
-    layer_data, plane = volume.data, volume.metadata["acquisition_plane"]  # what the dock gets from a layer
+    assert volume.plane == "coronal"
+    layer_data, plane = volume.data, volume.plane  # what the dock gets from a layer
     best = search_volume(index, embedder, layer_data, "CT", k=1, plane=plane)[0]
     assert best.relative_path == "coronal.nii.gz" and best.score > 0.999

@@ -12,7 +12,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from retrieval_toys import CountingEmbedder, make_collection, write_nifti  # noqa: E402
 
-from napari_med3dvlm.inference.scope import ScopeProfile, fit_feature_stats  # noqa: E402
+from napari_med3dvlm.model.scope import ScopeProfile, fit_feature_stats  # noqa: E402
 from napari_med3dvlm.retrieval import VolumeIndex, index_folder, search_text  # noqa: E402
 from napari_med3dvlm.retrieval.store import TABLE, index_schema  # noqa: E402
 

@@ -66,14 +66,15 @@ def test_an_index_refuses_queries_from_another_model(tmp_path, collection, tiny_
 
 
 def test_the_settings_model_is_loaded_once_and_fingerprinted(tmp_path, tiny_siglip):
-    from napari_med3dvlm.inference import InferenceEngine, InferenceSettings, set_engine
     from napari_med3dvlm.model import save_siglip
     from napari_med3dvlm.retrieval import embedder as embedder_module
+    from napari_med3dvlm.settings import InferenceSettings, load_settings, save_settings
 
     model = copy.deepcopy(tiny_siglip.model)
     model.config.input_size = [32, 32, 16]  # (H, W, D), the reference convention
     folder = save_siglip(model, tmp_path / "my_siglip", base_text_encoder=None, tokenizer=tiny_siglip.tokenizer)
-    previous = set_engine(InferenceEngine(InferenceSettings(model_source=str(folder), device="cpu")))
+    previous = load_settings()
+    save_settings(InferenceSettings(model_source=str(folder), device="cpu"))
     try:
         embedder_module._cache.clear()
         first = embedder_module.get_embedder()
@@ -88,4 +89,4 @@ def test_the_settings_model_is_loaded_once_and_fingerprinted(tmp_path, tiny_sigl
         assert embedder_module.model_fingerprint(str(folder)) != first.model_id
     finally:
         embedder_module._cache.clear()
-        set_engine(previous)
+        save_settings(previous)

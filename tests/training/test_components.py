@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from napari_med3dvlm.inference import prompts
+from napari_med3dvlm.model import prompts
 from training.config import apply_overrides, load_preset, stage_config
 from training.data.augment import AugmentConfig, AugmentedDataset, augment_volume
 from training.data.instructions import InstructionDataset, VLMCollator, to_example

@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from napari_med3dvlm.inference.scope import ScopeProfile
+from napari_med3dvlm.model.scope import ScopeProfile
 from napari_med3dvlm.widgets import ChatWidget, ReportWidget
 from napari_med3dvlm.widgets.settings import SettingsWidget
 

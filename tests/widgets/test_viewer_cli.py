@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 from napari_med3dvlm.cli import main
-from napari_med3dvlm.inference.settings import CONFIG_DIR_ENV
+from napari_med3dvlm.settings import CONFIG_DIR_ENV
 
 
 def test_headless_demo_writes_a_report_and_a_screenshot(tiny_model_dir, tmp_path):

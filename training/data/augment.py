@@ -1,6 +1,6 @@
 """The reference's training augmentations, in plain torch and with an explicit generator.
 
-Order and probabilities follow Med3DVLM (REFERENCE.md section 5): in-plane RandRotate90 (p=0.5), a
+Order and probabilities follow Med3DVLM (docs/reference-model.md, "Preprocessing"): in-plane RandRotate90 (p=0.5), a
 flip per axis (p=0.1 each), intensity scale and shift by up to 10 % (p=0.5 each).
 
 Geometry changes what the text means: a left-right flip turns "left kidney" into the right one and a

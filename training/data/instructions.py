@@ -1,7 +1,7 @@
 """M3D samples -> (image, prompt, target) -> padded token batches for the VLM stages.
 
 The prompt strings come from the one prompt builder the plugin also uses at inference time
-(`napari_med3dvlm.inference.prompts`), so training and inference can never drift apart. Tokenising
+(`napari_med3dvlm.model.prompts`), so training and inference can never drift apart. Tokenising
 follows the reference: the whole ``prompt + target`` string is tokenised, the labels are -100 on the
 prompt part (its length from tokenising the prompt alone) and on padding, and eos is appended when it
 fits.
@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 
-from napari_med3dvlm.inference import prompts
+from napari_med3dvlm.model import prompts
 
 CHOICE_KEYS = ("choice_a", "choice_b", "choice_c", "choice_d")
 
@@ -29,13 +29,6 @@ def _get(item: dict, *names: str, default: Any = None) -> Any:
         if name in item and item[name] is not None:
             return item[name]
     return default
-
-
-def sample_kind(item: dict) -> str:
-    """caption, closed, open or yes/no: what a dataset item asks for."""
-    if _get(item, "question", "Question") is None:
-        return "caption"
-    return _get(item, "mode", "kind", default="open")
 
 
 def choices_of(item: dict) -> list[str] | None:

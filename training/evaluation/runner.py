@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from napari_med3dvlm.inference import prompts
+from napari_med3dvlm.model import prompts
 
 from .retrieval import DEFAULT_SIZES, retrieval_metrics
 from .text_metrics import METRICS, text_metrics

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from napari_med3dvlm.inference import prompts
+from napari_med3dvlm.model import prompts
 
 from ..config import stage_config
 from ..data import sources

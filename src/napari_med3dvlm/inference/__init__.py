@@ -6,8 +6,8 @@ Everything here is GUI-free, so the napari docks and the command line share one 
 from .engine import InferenceEngine, ModelUnavailableError, get_engine, set_engine
 from .export import DISCLAIMER, ReportRecord, VolumeInfo
 from .features import EncodedImage, volume_signature
-from .settings import InferenceSettings, load_settings, save_settings
-from .tasks import Conversation, VolumeInput, stream_report
+from napari_med3dvlm.settings import InferenceSettings, load_settings, save_settings
+from .tasks import Conversation, stream_report
 
 __all__ = [
     "DISCLAIMER",
@@ -18,7 +18,6 @@ __all__ = [
     "ModelUnavailableError",
     "ReportRecord",
     "VolumeInfo",
-    "VolumeInput",
     "get_engine",
     "load_settings",
     "save_settings",

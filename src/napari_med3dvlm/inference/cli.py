@@ -10,11 +10,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from napari_med3dvlm.io import VolumeReadError
+from napari_med3dvlm.io import Volume, VolumeReadError
+from napari_med3dvlm.settings import CLOSED_ANSWER_MODES, DEVICES, DTYPES
 
 from .engine import InferenceEngine, ModelUnavailableError, get_engine
-from .settings import CLOSED_ANSWER_MODES, DEVICES, DTYPES
-from .tasks import Conversation, VolumeInput, stream_report
+from .tasks import Conversation, stream_report
 
 
 def register(subparsers) -> None:
@@ -119,13 +119,8 @@ def parse_window(text):
     return text
 
 
-def load_volumes(path, series: int | None = None) -> list[VolumeInput]:
-    """Volumes at ``path`` as engine inputs (every series of a DICOM folder unless one is picked)."""
-    return [volume for volume, _ in load_sources(path, series)]
-
-
-def load_sources(path, series: int | None = None) -> list[tuple[VolumeInput, object]]:
-    """(engine input, the `Volume` it was read as: affine, spacing, origin) per series at ``path``."""
+def load_volumes(path, series: int | None = None) -> list[Volume]:
+    """Volumes at ``path`` (every series of a DICOM folder unless one is picked)."""
     from napari_med3dvlm.io import read_volumes
 
     from napari_med3dvlm.io import VolumeReadError
@@ -140,22 +135,11 @@ def load_sources(path, series: int | None = None) -> list[tuple[VolumeInput, obj
     for volume in volumes:
         if min(volume.shape) < 2:  # the reader shows it; the model cannot describe it
             raise VolumeReadError(thin_volume_message(volume.shape, name))
-    return [
-        (
-            VolumeInput(
-                data=v.data,
-                modality=v.modality,
-                window=v.window,
-                spacing=v.spacing,
-                plane=v.metadata.get("acquisition_plane") or "axial",
-            ),
-            v,
-        )
-        for v in volumes
-    ]
+    return volumes
 
 
-def _with_window(volume: VolumeInput, window) -> VolumeInput:
+def _with_window(volume: Volume, window) -> Volume:
+    """The volume with the model's window set from --window (the file's window otherwise)."""
     if window is not None:
         volume.window = window
     return volume
@@ -168,13 +152,13 @@ def run_report(args) -> int:
     try:
         for number, path in enumerate(args.paths, start=1):
             try:
-                sources = load_sources(path, args.series)
+                volumes = load_volumes(path, args.series)
             except (VolumeReadError, OSError) as err:  # one unreadable input: the others still run
                 prefix = f"input {number}: " if len(args.paths) > 1 else ""
                 print(f"error: {prefix}{one_line(err)}", file=sys.stderr)
                 failed += 1
                 continue
-            for index, (volume, source) in enumerate(sources):
+            for index, volume in enumerate(volumes):
                 volume = _with_window(volume, window)
                 label = f"input {number} series {index + 1}"
                 stream = stream_report(engine, volume, on_scope=_scope_printer(engine, label))
@@ -184,7 +168,7 @@ def run_report(args) -> int:
                 if args.relevance:
                     from .relevance import write_sentence_maps
 
-                    maps = write_sentence_maps(engine, volume, source, record.text, args.out, stem, record.request)
+                    maps = write_sentence_maps(engine, volume, volume, record.text, args.out, stem, record.request)
                     print(f"input {number} series {index + 1}: {len(maps)} relevance map(s), {stem}-where.json")
                 count += 1
                 print(f"input {number} series {index + 1}: {md.name}, {js.name} ({record.duration_s:.1f} s)")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import re
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,19 +17,19 @@ from pathlib import Path
 import torch
 from transformers import StoppingCriteriaList, TextIteratorStreamer
 
-from napari_med3dvlm.io import preprocess_volume
+from napari_med3dvlm.io import Volume, model_input
+from napari_med3dvlm.model import prompts
+from napari_med3dvlm.model.device import configure_cpu_threads, dtype_for, dtype_name, get_device, is_out_of_memory
+from napari_med3dvlm.model.sources import display_model_id, source_kind
+from napari_med3dvlm.settings import InferenceSettings, load_settings
 
-from . import prompts
-from .device import configure_cpu_threads, dtype_name, is_out_of_memory, pick_device, pick_dtype
 from .features import EncodedImage, FeatureCache, volume_signature
-from .settings import EMBEDDED, InferenceSettings, load_settings
 
 logger = logging.getLogger(__name__)
 
 #: ``loader(source, device, dtype) -> (model, tokenizer)``; defaults to ``napari_med3dvlm.model.load_vlm``.
 Loader = Callable[[str, torch.device, torch.dtype], tuple]
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _STREAM_POLL_S = 0.05
 
 
@@ -46,26 +45,6 @@ def _default_loader(source: str, device: torch.device, dtype: torch.dtype):
 
 def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def source_kind(source: str) -> str:
-    """``"embedded"``, ``"folder"`` or ``"hub"`` (a ``owner/name`` id that is not a local folder)."""
-    if source == EMBEDDED:
-        return "embedded"
-    path = Path(source).expanduser()
-    if path.is_dir():
-        return "folder"
-    if _HUB_ID.match(source) and not source.startswith((".", "~", "/")):
-        return "hub"
-    return "folder"
-
-
-def display_model_id(source: str) -> str:
-    """A model name for exports and titles: never a full local path (it may name a user)."""
-    kind = source_kind(source)
-    if kind == "folder":
-        return "local:" + Path(source).expanduser().name
-    return source
 
 
 class InferenceEngine:
@@ -126,7 +105,7 @@ class InferenceEngine:
                 return self._model, self._tokenizer
             self.unload()
             device = self._device_or_raise(s.device)
-            dtype = pick_dtype(device, s.dtype)
+            dtype = dtype_for(device, s.dtype)
             self._threads_before = configure_cpu_threads(device)
             source = s.model_source
             kind = source_kind(source)
@@ -151,7 +130,7 @@ class InferenceEngine:
     @staticmethod
     def _device_or_raise(preference: str) -> torch.device:
         try:
-            return pick_device(preference)
+            return get_device(preference)
         except RuntimeError as err:
             raise ModelUnavailableError(str(err)) from err
 
@@ -194,20 +173,21 @@ class InferenceEngine:
         model, _ = self.load()
         return tuple(int(s) for s in model.config.image_size)
 
-    def signature(self, data, modality: str = "CT", window=None, plane: str = "axial") -> str:
-        return volume_signature(data, window, model_id=self._settings.model_source, modality=f"{modality}|{plane}")
+    def signature(self, volume: Volume) -> str:
+        return volume_signature(
+            volume.data, volume.window, model_id=self._settings.model_source, modality=f"{volume.modality}|{volume.plane}"
+        )
 
-    def encode(self, data, modality: str = "CT", window=None, plane: str = "axial") -> EncodedImage:
-        """Features of a display-ordered (z, y, x) volume acquired in ``plane``, from the cache when
-        this volume was encoded before. The model gets the plane's slice stack, as in training."""
-        key = self.signature(data, modality, window, plane)
+    def encode(self, volume: Volume) -> EncodedImage:
+        """Features of a display-ordered volume (`io.model_input` with the volume's window), from the
+        cache when this volume was encoded before. The model gets the plane's slice stack, as in
+        training."""
+        key = self.signature(volume)
         cached = self.features.get(key)
         if cached is not None:
             return cached
         model, _ = self.load()
-        tensor, transform = preprocess_volume(
-            data, modality=modality, window=window, spatial_size=self.image_size, plane=plane
-        )
+        tensor, transform = model_input(volume, self.image_size, volume.window)
         param = next(model.parameters())
         try:
             with torch.inference_mode():

@@ -28,6 +28,17 @@ class VolumeInfo:
     window: tuple[float, float] | str | None
     signature: str = ""
 
+    @classmethod
+    def of(cls, volume, signature: str = "") -> VolumeInfo:
+        """The exportable facts of an `io.Volume` (geometry, modality, window; no identifiers)."""
+        return cls(
+            shape=tuple(int(s) for s in volume.data.shape),
+            spacing=tuple(float(s) for s in volume.spacing),
+            modality=volume.modality,
+            window=volume.window,
+            signature=signature,
+        )
+
 
 @dataclass
 class ReportRecord:

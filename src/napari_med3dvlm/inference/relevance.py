@@ -38,9 +38,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from napari_med3dvlm.io import PreprocessTransform, preprocess_volume
-
-from . import prompts
+from napari_med3dvlm.io import PreprocessTransform, model_input
+from napari_med3dvlm.model import prompts
 
 METHODS = ("combined", "gradcam", "input")
 DEFAULT_METHOD = "combined"
@@ -347,7 +346,7 @@ class VLMSpanScore:
 def explain(model, tokenizer, image: torch.Tensor, transform: PreprocessTransform, target: SpanTarget,
             method: str = DEFAULT_METHOD, cancel_event: threading.Event | None = None) -> RelevanceMap | None:
     """The relevance map of ``target`` for the model input ``image`` (1, 1, D, H, W) that
-    `preprocess_volume` made with ``transform``; None when cancelled."""
+    `io.model_input` made with ``transform``; None when cancelled."""
     started = time.time()
     ids, mask = span_token_ids(tokenizer, target.prompt, target)
     result = attribute(VLMSpanScore(model, ids, mask), image, method, cancel_event)
@@ -364,7 +363,7 @@ def explain(model, tokenizer, image: torch.Tensor, transform: PreprocessTransfor
 def stream_relevance(engine, volume, target, method: str = DEFAULT_METHOD,
                      cancel_event: threading.Event | None = None) -> Generator[str, None, RelevanceMap | None]:
     """A task for the docks' workers: yields progress messages, returns the `RelevanceMap` (with its
-    ``layer`` map filled in) or None when cancelled. ``volume`` is a `VolumeInput`; ``target`` a
+    ``layer`` map filled in) or None when cancelled. ``volume`` is an `io.Volume`; ``target`` a
     `SpanTarget`, or ``target(engine) -> SpanTarget`` when building it needs the loaded model (its
     image-token count, its tokenizer), so that the caller's thread never loads the model."""
     cancel_event = cancel_event or threading.Event()
@@ -375,14 +374,12 @@ def stream_relevance(engine, volume, target, method: str = DEFAULT_METHOD,
     if cancel_event.is_set():
         return None
     yield "Preparing the volume…"
-    image, transform = preprocess_volume(volume.data, modality=volume.modality, window=volume.window,
-                                         spatial_size=tuple(int(s) for s in model.config.image_size),
-                                         plane=volume.plane)
+    image, transform = model_input(volume, model.config.image_size, volume.window)
     yield f"Back-propagating the span's likelihood ({method})…"
     try:
         result = explain(model, tokenizer, image, transform, target, method, cancel_event)
     except Exception as err:  # noqa: BLE001
-        from .device import is_out_of_memory
+        from napari_med3dvlm.model.device import is_out_of_memory
         from .engine import ModelUnavailableError
 
         if is_out_of_memory(err):
@@ -425,9 +422,7 @@ def write_sentence_maps(engine, volume, source, text: str, folder, stem: str, re
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     model, tokenizer = engine.load()
-    image, transform = preprocess_volume(volume.data, modality=volume.modality, window=volume.window,
-                                         spatial_size=tuple(int(s) for s in model.config.image_size),
-                                         plane=volume.plane)
+    image, transform = model_input(volume, model.config.image_size, volume.window)
     written, index = [], []
     for number, (start, end) in enumerate(sentence_spans(text.strip()), start=1):
         target = report_target(int(model.config.proj_out_num), text, start, end, request)

@@ -13,39 +13,19 @@ import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
+from napari_med3dvlm.io import Volume
+from napari_med3dvlm.model import prompts
+from napari_med3dvlm.settings import InferenceSettings
 
-from . import prompts
 from .engine import InferenceEngine
 from .export import ReportRecord, VolumeInfo
-from .settings import InferenceSettings
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class VolumeInput:
-    """What the engine needs to know about a volume; the data stays in the caller's array."""
-
-    data: np.ndarray
-    modality: str = "CT"
-    window: tuple[float, float] | str | None = None
-    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    plane: str = "axial"  # acquisition plane of the display-ordered data
-
-    def info(self, signature: str = "") -> VolumeInfo:
-        return VolumeInfo(
-            shape=tuple(int(s) for s in self.data.shape),
-            spacing=tuple(float(s) for s in self.spacing),
-            modality=self.modality,
-            window=self.window,
-            signature=signature,
-        )
-
-
 def stream_report(
     engine: InferenceEngine,
-    volume: VolumeInput,
+    volume: Volume,
     settings: InferenceSettings | None = None,
     cancel_event: threading.Event | None = None,
     template: str | None = None,
@@ -73,7 +53,7 @@ def stream_report(
         model_id=engine.model_id,
         settings={**settings.to_dict(), **engine.runtime},
         preprocessing=encoded.transform.to_dict(),
-        volume=volume.info(encoded.signature),
+        volume=VolumeInfo.of(volume, encoded.signature),
         started=started,
         duration_s=time.time() - started,
         stopped=cancel_event.is_set(),
@@ -81,16 +61,16 @@ def stream_report(
     )
 
 
-def _encode(engine: InferenceEngine, volume: VolumeInput, on_scope: Callable | None):
+def _encode(engine: InferenceEngine, volume: Volume, on_scope: Callable | None):
     """The engine's features; a volume the model cannot read (one slice) still gets its reasons."""
     try:
-        return engine.encode(volume.data, volume.modality, volume.window, volume.plane)
+        return engine.encode(volume)
     except ValueError:
         check_scope(engine, volume, None, on_scope)
         raise
 
 
-def check_scope(engine: InferenceEngine, volume: VolumeInput, encoded=None, on_scope: Callable | None = None):
+def check_scope(engine: InferenceEngine, volume: Volume, encoded=None, on_scope: Callable | None = None):
     """`scope.check_input`, never failing the task it belongs to (a failed check is logged)."""
     from .scope import check_input
 
@@ -128,7 +108,7 @@ class Conversation:
     def stream_answer(
         self,
         engine: InferenceEngine,
-        volume: VolumeInput,
+        volume: Volume,
         question: str,
         choices: Sequence[str] | None = None,
         settings: InferenceSettings | None = None,

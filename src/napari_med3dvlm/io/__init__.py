@@ -1,22 +1,32 @@
 """Volumes in and out: NIfTI and DICOM reading, display windows, and model preprocessing.
 
 Every reader returns `Volume` objects in one display orientation (see `orientation`); every
-consumer of pixels for the model goes through `preprocess_volume`.
+consumer of pixels for the model goes through `model_input` (a `Volume` in, the model's
+(1, 1, D, H, W) tensor out), which runs `preprocess_volume`.
 """
 
-from ._napari import model_input_layer, volume_from_layer_data, volume_layer_data
-from ._util import VolumeReadError, is_regular_file
+from ._napari import (
+    ModelInputOverlay,
+    layer_plane,
+    model_input_overlay,
+    volume_from_layer_data,
+    volume_layer_data,
+)
+from ._util import VolumeReadError, is_regular_file, short_hash
 from .dicom import SeriesInfo
 from .nifti import write_nifti_volume
-from .orientation import acquisition_view, display_from_plane, plane_view
-from .preprocess import PUBLISHED_INPUT_SIZE, WINDOW_PRESETS, PreprocessTransform, preprocess_volume
+from .orientation import acquisition_view, display_from_plane, plane_view, stack_spacing
+from .preprocess import PUBLISHED_INPUT_SIZE, WINDOW_PRESETS, PreprocessTransform, model_input, preprocess_volume
 from .reading import list_series, read_volume, read_volumes
-from .volume import Volume
+from .volume import PLANE_NAMES, Plane, Volume
 from .windows import contrast_limits
 
 __all__ = [
+    "PLANE_NAMES",
     "PUBLISHED_INPUT_SIZE",
     "WINDOW_PRESETS",
+    "ModelInputOverlay",
+    "Plane",
     "PreprocessTransform",
     "SeriesInfo",
     "Volume",
@@ -25,12 +35,16 @@ __all__ = [
     "contrast_limits",
     "display_from_plane",
     "is_regular_file",
+    "layer_plane",
     "list_series",
-    "model_input_layer",
+    "model_input",
+    "model_input_overlay",
     "plane_view",
     "preprocess_volume",
     "read_volume",
     "read_volumes",
+    "short_hash",
+    "stack_spacing",
     "volume_from_layer_data",
     "volume_layer_data",
     "write_nifti_volume",

@@ -8,15 +8,26 @@ call `napari_med3dvlm.io.list_series(path)` and then `read_volume(path, series=.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from .nifti import write_nifti_volume
 from .orientation import affine_from_scale_translate, origin_from_affine, spacing_from_affine
-from .preprocess import PreprocessTransform, preprocess_volume
+from .preprocess import PUBLISHED_INPUT_SIZE, PreprocessTransform, model_input
 from .reading import is_supported, read_volumes
-from .volume import Volume
+from .volume import PLANE_NAMES, Plane, Volume
 from .windows import contrast_limits
+
+#: Layer metadata key carrying `Volume.plane` (layers are how volumes travel in napari).
+PLANE_KEY = "acquisition_plane"
+
+
+def layer_plane(metadata) -> Plane:
+    """The acquisition plane recorded in a layer's metadata by `volume_layer_data` (axial for layers
+    from elsewhere)."""
+    plane = (metadata or {}).get(PLANE_KEY) or "axial"
+    return plane if plane in PLANE_NAMES else "axial"
 
 
 def volume_layer_data(volume: Volume, name: str | None = None) -> tuple:
@@ -28,6 +39,7 @@ def volume_layer_data(volume: Volume, name: str | None = None) -> tuple:
         "spacing": volume.spacing,
         "series_description": volume.description,
         "source_hash": volume.metadata.get("series_hash") or volume.metadata.get("source_hash"),
+        PLANE_KEY: volume.plane,
     }
     metadata.update({k: v for k, v in volume.metadata.items() if k not in metadata})
     kwargs = {
@@ -71,10 +83,8 @@ def volume_from_layer_data(data, meta: dict) -> Volume:
         modality=str(layer_meta.get("modality", "CT")),
         window=tuple(window) if window is not None else None,
         description=str(meta.get("name", "")),
-        metadata={
-            "source_hash": layer_meta.get("source_hash", ""),
-            "acquisition_plane": layer_meta.get("acquisition_plane", "axial"),
-        },
+        metadata={"source_hash": layer_meta.get("source_hash", "")},
+        plane=layer_plane(layer_meta),
     )
 
 
@@ -99,50 +109,37 @@ def write_nifti(path: str, data, meta: dict) -> list[str]:
     return [write_nifti_volume(volume, path)]
 
 
-def model_input_layer(
-    source,
-    transform: PreprocessTransform | None = None,
-    tensor=None,
-    window=None,
-) -> tuple:
-    """An image layer of what the model sees, overlaid on the source volume.
+class ModelInputOverlay(NamedTuple):
+    """What the model is given for a volume, placed over it: a (D, H, W) array in the volume's display
+    order with napari ``scale`` and ``translate`` in the volume's world millimetres."""
 
-    `source` is a Volume or a layer tuple (data, kwargs[, type]). Without `tensor` the shared
-    `preprocess_volume` is run (with `transform`'s output size and intensity range, if given).
-    """
-    volume = source if isinstance(source, Volume) else volume_from_layer_data(source[0], source[1])
-    name = volume.description or "volume"
-    if tensor is None:
-        kwargs = {"modality": volume.modality, "window": window}
-        if transform is not None:
-            kwargs["spatial_size"] = transform.output_shape
-            if transform.intensity == "window":
-                kwargs["window"] = ((transform.low + transform.high) / 2, transform.high - transform.low)
-            kwargs["crop_foreground"] = tuple(transform.crop_start) != (0, 0, 0) or tuple(
-                transform.crop_stop
-            ) != tuple(transform.input_shape)
-        plane = volume.metadata.get("acquisition_plane") or "axial"
-        tensor, transform = preprocess_volume(volume.data, plane=plane, **kwargs)
-    elif transform is None:
-        raise ValueError("pass the PreprocessTransform that produced this tensor")
+    data: np.ndarray
+    scale: tuple[float, float, float]
+    translate: tuple[float, float, float]
+    transform: PreprocessTransform
+
+
+def model_input_overlay(
+    volume: Volume,
+    size: tuple[int, int, int] = PUBLISHED_INPUT_SIZE,
+    window=None,
+    encoded: tuple | None = None,
+) -> ModelInputOverlay:
+    """The "what the model sees" overlay of ``volume``: `model_input` (or ``encoded``, a
+    (tensor, transform) pair it already produced) mapped back onto the volume's grid."""
+    tensor, transform = encoded if encoded is not None else model_input(volume, size, window)
     array = tensor.detach().cpu().numpy() if hasattr(tensor, "detach") else np.asarray(tensor)
     array = np.ascontiguousarray(transform.to_display(array.reshape(array.shape[-3:])))
     scale, translate = transform.layer_scale_translate(volume.spacing, volume.origin)
-    kwargs = {
-        "name": f"{name} (model input)",
-        "scale": scale,
-        "translate": translate,
-        "contrast_limits": (0.0, 1.0),
-        "colormap": "gray",
-        "opacity": 0.7,
-        "metadata": {"preprocess": transform.to_dict(), "source_hash": volume.metadata.get("source_hash", "")},
-    }
-    return (array, kwargs, "image")
+    return ModelInputOverlay(array, scale, translate, transform)
 
 
 __all__ = [
+    "ModelInputOverlay",
+    "PLANE_KEY",
     "get_reader",
-    "model_input_layer",
+    "layer_plane",
+    "model_input_overlay",
     "read_layers",
     "volume_from_layer_data",
     "volume_layer_data",

@@ -947,9 +947,9 @@ def _load(group: _Group, path: Path) -> Volume:
             "n_slices": len(slices),
             "slice_spacing_uniform": uniform,
             "body_part": _text(header, "BodyPartExamined"),
-            "acquisition_plane": stored_slice_plane(lps_to_ras(affine_lps)),
             "notes": notes,
         },
+        plane=stored_slice_plane(lps_to_ras(affine_lps)),
     )
 
 

@@ -346,8 +346,8 @@ def read_nifti(path) -> Volume:
             "format": "nifti",
             "nan_voxels": nans,
             "stored_orientation": "".join(nib.aff2axcodes(affine)),
-            "acquisition_plane": stored_slice_plane(affine, guess_thick_axis=True),
         },
+        plane=stored_slice_plane(affine, guess_thick_axis=True),
     )
 
 

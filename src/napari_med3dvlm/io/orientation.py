@@ -86,40 +86,56 @@ def stored_slice_plane(affine: np.ndarray, guess_thick_axis: bool = False) -> st
     return PLANES[int(io_orientation(affine)[axis, 0])]
 
 
+#: How a plane's slice stack (D, H, W) is read from display axes (z, y, x): stack axis k is display
+#: axis perm[k], reversed where flipped[k]. Axial: slices head to feet, as stacks are scrolled;
+#: coronal: slices front to back, rows head to feet, columns patient right to left; sagittal:
+#: slices right to left, rows head to feet, columns front to back.
+PLANE_LAYOUT: dict[str, tuple[tuple[int, int, int], tuple[bool, bool, bool]]] = {
+    "axial": ((0, 1, 2), (True, False, False)),
+    "coronal": ((1, 0, 2), (False, True, False)),
+    "sagittal": ((2, 0, 1), (False, True, False)),
+}
+
+
+def _layout(plane: str):
+    try:
+        return PLANE_LAYOUT[plane]
+    except KeyError:
+        raise ValueError(f"unknown plane {plane!r}; expected one of {PLANES}") from None
+
+
+def _flips(flipped) -> tuple[slice, ...]:
+    return tuple(slice(None, None, -1) if f else slice(None) for f in flipped)
+
+
 def plane_view(data: np.ndarray, plane: str = "axial") -> np.ndarray:
     """(D, H, W) view of a display-ordered (z, y, x) array as slices of `plane` (see
     `acquisition_view`); `display_from_plane` undoes it."""
-    if plane == "coronal":  # slices front to back; rows head to feet; columns patient right to left
-        return data.transpose(1, 0, 2)[:, ::-1, :]
-    if plane == "sagittal":  # slices right to left; rows head to feet; columns front to back
-        return data.transpose(2, 0, 1)[:, ::-1, :]
-    if plane == "axial":  # slices head to feet, as stacks are scrolled
-        return data[::-1]
-    raise ValueError(f"unknown plane {plane!r}; expected one of {PLANES}")
+    perm, flipped = _layout(plane)
+    return data.transpose(perm)[_flips(flipped)]
 
 
 def display_from_plane(array: np.ndarray, plane: str = "axial") -> np.ndarray:
     """Inverse of `plane_view`: a (D, H, W) plane stack (or a map over it) back to (z, y, x)."""
-    if plane == "coronal":
-        return array[:, ::-1, :].transpose(1, 0, 2)
-    if plane == "sagittal":
-        return array[:, ::-1, :].transpose(1, 2, 0)
-    if plane == "axial":
-        return array[::-1]
-    raise ValueError(f"unknown plane {plane!r}; expected one of {PLANES}")
+    perm, flipped = _layout(plane)
+    return array[_flips(flipped)].transpose(np.argsort(perm))
+
+
+def stack_spacing(spacing, plane: str = "axial") -> tuple[float, float, float]:
+    """The (D, H, W) voxel size of `plane_view` for a display (z, y, x) voxel size."""
+    perm, _ = _layout(plane)
+    return tuple(float(spacing[axis]) for axis in perm)
 
 
 def acquisition_view(volume) -> tuple[np.ndarray, tuple[float, float, float]]:
-    """(D, H, W) view of a display-ordered volume as the slices of its acquisition plane, each
-    slice shown as radiologists read that plane; and its (D, H, W) spacing.
+    """(D, H, W) view of a display-ordered volume as the slices of its acquisition plane
+    (``volume.plane``), each slice shown as radiologists read that plane; and its (D, H, W) spacing.
 
     Med3DVLM was trained on stacks whose first axis is the series' slice index whatever the plane
-    (REFERENCE.md section 5). Slices run head to feet (axial), front to back (coronal) or right to
-    left (sagittal); each is shown as radiologists read it: axial anterior-up, coronal and sagittal
-    head-up, patient left on the right (axial, coronal), anterior on the left (sagittal). The
-    phantom generator renders its training stacks in exactly this layout. No data is copied.
+    (docs/reference-model.md, "Preprocessing"). Slices run head to feet (axial), front to back
+    (coronal) or right to left (sagittal); each is shown as radiologists read it: axial anterior-up,
+    coronal and sagittal head-up, patient left on the right (axial, coronal), anterior on the left
+    (sagittal). The phantom generator renders its training stacks in exactly this layout. No data is
+    copied.
     """
-    plane = volume.metadata.get("acquisition_plane", "axial")
-    sz, sy, sx = volume.spacing
-    spacing = {"axial": (sz, sy, sx), "coronal": (sy, sz, sx), "sagittal": (sx, sz, sy)}[plane]
-    return plane_view(volume.data, plane), spacing
+    return plane_view(volume.data, volume.plane), stack_spacing(volume.spacing, volume.plane)

@@ -2,10 +2,14 @@
 training (so the model sees at run time exactly what it was trained on).
 
 Med3DVLM was trained on display-windowed 8-bit slices scaled to [0, 1], foreground-cropped and
-trilinearly resized (REFERENCE.md, section 5). So: window (CT) or percentile scaling (MR) to [0, 1],
+trilinearly resized (docs/reference-model.md, "Preprocessing"). So: window (CT) or percentile scaling (MR) to [0, 1],
 min-max, crop to voxels > 0, resize, and add batch and channel axes: (B, 1, D, H, W).
 The training stacks put the series' slice axis first whatever the plane, so a display-ordered
 (z, y, x) layer is first viewed as the slice stack of its acquisition plane (``plane=``).
+
+`model_input` is the entry point for a `Volume` (its plane and modality come with it); every caller
+with a volume uses it. `preprocess_volume` is the array-level step underneath, also called directly on
+arrays that are already slice stacks in the training layout.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ._util import VolumeReadError
+from .orientation import PLANE_LAYOUT, display_from_plane, plane_view
 
 #: Display windows as (center, width) in HU.
 WINDOW_PRESETS: dict[str, tuple[float, float]] = {
@@ -28,15 +33,6 @@ WINDOW_PRESETS: dict[str, tuple[float, float]] = {
 
 #: The published model's input size (D, H, W).
 PUBLISHED_INPUT_SIZE = (128, 256, 256)
-
-#: How `orientation.plane_view` builds a plane stack from display axes: stack axis k is display axis
-#: perm[k], reversed where flipped[k].
-PLANE_LAYOUT: dict[str, tuple[tuple[int, int, int], tuple[bool, bool, bool]]] = {
-    "axial": ((0, 1, 2), (True, False, False)),
-    "coronal": ((1, 0, 2), (False, True, False)),
-    "sagittal": ((2, 0, 1), (False, True, False)),
-}
-
 
 @dataclass(frozen=True)
 class PreprocessTransform:
@@ -84,8 +80,6 @@ class PreprocessTransform:
         """A model-space (D, H, W) array in the display order of the layer it came from."""
         if not self.plane:
             return array
-        from .orientation import display_from_plane
-
         return display_from_plane(array, self.plane)
 
     def to_dict(self) -> dict:
@@ -252,8 +246,6 @@ def preprocess_volume(
     if data.ndim != 3:
         raise ValueError(f"expected a 3-D volume (z, y, x), got shape {data.shape}")
     if plane:
-        from .orientation import plane_view
-
         data = plane_view(data, plane)
     if min(data.shape) < 2:
         raise VolumeReadError(thin_volume_message(data.shape))
@@ -272,3 +264,25 @@ def preprocess_volume(
         plane=plane or None,
     )
     return tensor.contiguous(), transform
+
+
+def model_input(
+    volume,
+    size: tuple[int, int, int] = PUBLISHED_INPUT_SIZE,
+    window: tuple[float, float] | str | None = None,
+    crop_foreground: bool = True,
+) -> tuple[torch.Tensor, PreprocessTransform]:
+    """A display-ordered `Volume` -> model input (1, 1, D, H, W) of ``size``, and its transform.
+
+    The volume is read as the slice stack of ``volume.plane`` with ``volume.modality``'s intensity
+    scaling. ``window`` is what the model is given (a preset name or (center, width); None: the
+    modality default); pass ``volume.window`` to use the file's.
+    """
+    return preprocess_volume(
+        volume.data,
+        modality=volume.modality,
+        window=window,
+        spatial_size=tuple(int(s) for s in size),
+        crop_foreground=crop_foreground,
+        plane=volume.plane,
+    )

@@ -60,6 +60,8 @@ def contrast_limits(volume: Volume, preset="auto") -> tuple[float, float]:
     if key == "percentile":
         return percentile_limits(volume.data)
     if key == "auto":
+        if isinstance(volume.window, str):  # a preset chosen for the model
+            return contrast_limits(volume, volume.window)
         if volume.window is not None and volume.window[1] > 0:
             return window_to_limits(*volume.window)
         if volume.modality.upper() == "CT":

@@ -23,7 +23,7 @@ _EXPORTS = {
     "ModelLoadError": "files",
     "ModelNotAvailableError": "loading",
     "PickleRefusedError": "loading",
-    "load_vlm": "loading",
+    "load_vlm": "auto",
     "load_published": "loading",
     "load_siglip": "loading",
     "save_pretrained": "loading",

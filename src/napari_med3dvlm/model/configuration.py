@@ -20,7 +20,7 @@ PUBLISHED_ARCHITECTURES = {
     "vlm_phi3": "VLMPhi3ForCausalLM",
 }
 
-#: Our fields, with the values of the published Med3DVLM-Qwen-2.5-7B config (REFERENCE.md section 8).
+#: Our fields, with the values of the published Med3DVLM-Qwen-2.5-7B config (docs/reference-model.md, "Published checkpoint layout").
 VISION_DEFAULTS: dict[str, Any] = {
     "vision_tower": "dcformer",
     "vision_variant": "small",

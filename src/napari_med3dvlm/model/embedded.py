@@ -38,7 +38,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from .bases import cache_dir, resolve_base
 from .configuration import Med3DVLMConfig
 from .files import ModelLoadError, check_config_values, config_errors, load_folder_tokenizer, open_safetensors, read_json
-from .loading import assign_state_dict, resolve_device, resolve_dtype, without_local_paths
+from .device import dtype_for, get_device
+from .loading import assign_state_dict, without_local_paths
 from .vlm import Med3DVLMForCausalLM
 
 EMBEDDED_FORMAT = 1
@@ -153,8 +154,8 @@ def _default_card(config: dict) -> str:
 def load_embedded(folder, device="cpu", dtype=None):
     """(model, tokenizer) from an embedded folder (see the module docstring for the format)."""
     folder = Path(folder)
-    device = resolve_device(device)
-    dtype = resolve_dtype(device, dtype)
+    device = get_device(device)
+    dtype = dtype_for(device, dtype)
     config_path = folder / "config.json"
     raw = read_json(config_path, "model config")
     check_config_values(raw, config_path)

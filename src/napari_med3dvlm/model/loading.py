@@ -30,7 +30,8 @@ from accelerate import init_empty_weights
 from safetensors.torch import save_file
 from transformers import GenerationConfig
 
-from .configuration import PUBLISHED_MODEL_TYPES, Med3DVLMConfig
+from .configuration import Med3DVLMConfig
+from .device import dtype_for, get_device
 from .files import (
     SAFE_INDEX,
     SAFE_SINGLE,
@@ -115,28 +116,6 @@ def _is_tied(model: Med3DVLMForCausalLM) -> bool:
     lm = model.language_model
     out = lm.get_output_embeddings()
     return out is not None and out.weight is lm.get_input_embeddings().weight
-
-
-# ---------------------------------------------------------------------- dtype / device
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    if device in (None, "auto"):
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(device)
-
-
-def resolve_dtype(device: torch.device, dtype: torch.dtype | str | None = None) -> torch.dtype:
-    """bf16 on CUDA (as the reference demo), fp16 on MPS, fp32 on CPU unless asked otherwise."""
-    if isinstance(dtype, str):
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}.get(dtype) or getattr(
-            torch, dtype
-        )
-    if dtype is not None:
-        return dtype
-    return {"cuda": torch.bfloat16, "mps": torch.float16}.get(device.type, torch.float32)
 
 
 # ---------------------------------------------------------------------- reading tensors
@@ -232,8 +211,8 @@ def load_tokenizer(folder: Path, config: Med3DVLMConfig):
 def load_published(folder, device=None, dtype=None, allow_pickle: bool = False):
     """(model, tokenizer) from a folder in the published ``vlm_qwen`` layout."""
     folder = Path(folder)
-    device = resolve_device(device)
-    dtype = resolve_dtype(device, dtype)
+    device = get_device(device)
+    dtype = dtype_for(device, dtype)
     raw = read_config(folder)
     check_config_values(raw, folder / "config.json")
     files = weight_files(folder, allow_pickle)
@@ -312,28 +291,6 @@ def resolve_source(source) -> Path:
     return Path(snapshot_download(str(source), allow_patterns=patterns))
 
 
-def load_vlm(source=None, device="cpu", dtype=None, allow_pickle: bool = False):
-    """(model, tokenizer) for a published folder, an embedded-format folder, a hub id or the demo.
-
-    ``source`` None / ``"embedded"`` loads the packaged demo model. The folder format is detected
-    from its ``config.json``: ``base_language_model`` means the embedded own-weights format.
-    """
-    folder = resolve_source(source)
-    config = read_config(folder)
-    if config.get("base_language_model"):
-        from .embedded import load_embedded
-
-        return load_embedded(folder, device=device, dtype=dtype)
-    if config.get("model_type") in PUBLISHED_MODEL_TYPES:
-        return load_published(folder, device=device, dtype=dtype, allow_pickle=allow_pickle)
-    raise ModelLoadError(
-        folder / "config.json",
-        f"model_type {config.get('model_type')!r} is not a Med3DVLM model",
-        f"choose a folder whose config.json has model_type {' / '.join(sorted(PUBLISHED_MODEL_TYPES))}, or an "
-        "embedded-format folder",
-    )
-
-
 # ---------------------------------------------------------------------- SigLIP dual encoder
 SIGLIP_SUBFOLDER = "siglip"
 
@@ -359,8 +316,8 @@ def load_siglip(source=None, device="cpu", dtype=None, allow_pickle: bool = Fals
     from .siglip import SigLIPConfig, SigLIPModel
 
     folder = _siglip_folder(source)
-    device = resolve_device(device)
-    dtype = resolve_dtype(device, dtype)
+    device = get_device(device)
+    dtype = dtype_for(device, dtype)
     raw = read_config(folder)
     if raw.get("model_type") != "dec_clip":
         raise ModelLoadError(

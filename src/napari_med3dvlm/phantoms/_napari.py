@@ -52,7 +52,7 @@ def lesion_labels_layer_data(image, volume=None, name: str = LABELS_NAME) -> tup
 
 def phantom_ct_sample():
     """Layer data for napari's File > Open Sample menu."""
-    from ..io._napari import volume_layer_data
+    from ..io import volume_layer_data
 
     volume = render_sample().display_volume()
     return [volume_layer_data(volume, name=SAMPLE_NAME)]
@@ -60,7 +60,7 @@ def phantom_ct_sample():
 
 def phantom_ct_with_lesions_sample():
     """The sample CT and its lesion label map (ground truth, for comparison) as a Labels layer."""
-    from ..io._napari import volume_layer_data
+    from ..io import volume_layer_data
 
     image = render_sample()
     volume = image.display_volume()

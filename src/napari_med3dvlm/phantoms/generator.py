@@ -33,7 +33,8 @@ PLANE_AXES = {"axial": (0, 1, 2), "coronal": (1, 0, 2), "sagittal": (2, 0, 1)}
 @dataclass
 class PhantomImage:
     """A rendered case. ``volume.data`` is the acquisition stack (slice axis first), what the model
-    is trained on; `display_volume` is the same pixels in the plugin's display orientation."""
+    is trained on (its plane is ``case.plane``); `display_volume` is the same pixels in the plugin's
+    display orientation, the `Volume` that `napari_med3dvlm.io.model_input` takes."""
 
     case: PhantomCase
     volume: Volume  # HU, stack order; affine maps (slice, row, column) indices to RAS+ mm
@@ -77,7 +78,8 @@ class PhantomImage:
             modality="CT",
             window=None,
             description=self.volume.description,
-            metadata={"acquisition_plane": self.case.plane, "phantom": self.case.to_dict()},
+            metadata={"phantom": self.case.to_dict()},
+            plane=self.case.plane,
         )
 
 
@@ -142,7 +144,7 @@ def render_case(case: PhantomCase, slices: int = NATIVE_SLICES, pixels: int = NA
         modality="CT",
         window=None,
         description=f"phantom {case.region} {case.phase} {case.plane}",
-        metadata={"phantom": case.to_dict(), "acquisition_plane": case.plane,
+        metadata={"phantom": case.to_dict(),
                   "canonical_origin": (float(grid.z[0]), float(grid.y[0]), float(grid.x[0]))},
     )
     return PhantomImage(

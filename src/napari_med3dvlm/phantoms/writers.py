@@ -11,7 +11,7 @@ Layout under the output root (paths in the JSON and CSVs are relative to it, as 
                                        affine, uint8: finding i of case.json is label i + 1
     M3D_Cap_npy/phantom/<id>/text.txt  the report
     M3D_Cap_npy/phantom/<id>/case.json ground truth
-The .npy goes through `napari_med3dvlm.io.preprocess_volume`, the same call inference makes.
+The .npy goes through `napari_med3dvlm.io.model_input`, the same call inference makes.
 """
 
 from __future__ import annotations
@@ -60,13 +60,13 @@ def series_name(case: PhantomCase) -> str:
 
 def write_case(root: Path, case: PhantomCase, options: WriteOptions) -> dict:
     """Render one case and write its files; returns its JSON entry, report and VQA rows."""
-    from ..io import preprocess_volume  # torch import stays out of module import time
+    from ..io import model_input  # torch import stays out of module import time
 
     image = render_case(case, slices=options.slices, pixels=options.pixels)
     folder = root / SUBDIR / case.case_id
     folder.mkdir(parents=True, exist_ok=True)
     stem = series_name(case)
-    tensor, _ = preprocess_volume(image.volume.data, "CT", window=options.window, spatial_size=tuple(options.size))
+    tensor, _ = model_input(image.display_volume(), options.size, window=options.window)
     np.save(folder / f"{stem}.npy", tensor[0].numpy().astype(np.float32, copy=False))
     if options.nifti:
         import nibabel as nib

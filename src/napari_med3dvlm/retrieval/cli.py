@@ -8,6 +8,8 @@ import sys
 import threading
 from pathlib import Path
 
+from napari_med3dvlm.settings import DEVICES, DTYPES
+
 
 def register(subparsers) -> None:
     index = subparsers.add_parser(
@@ -45,16 +47,14 @@ def register(subparsers) -> None:
 def _add_model(parser) -> None:
     group = parser.add_argument_group("model (default: the saved settings)")
     group.add_argument("--model", help="'embedded', a local model folder, or a hub id")
-    group.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"))
+    group.add_argument("--device", choices=DEVICES)
+    group.add_argument("--dtype", choices=DTYPES)
 
 
 def _embedder(args):
-    from napari_med3dvlm.inference.device import pick_device
-
     from .embedder import get_embedder
 
-    device = None if args.device is None else str(pick_device(args.device))
-    return get_embedder(args.model, device)
+    return get_embedder(args.model, args.device, getattr(args, "dtype", None))
 
 
 def run_index(args) -> int:
@@ -129,7 +129,6 @@ def run_search(args) -> int:
     embedder = _embedder(args)
     if volume is not None:
         hits = search_volume(index, embedder, volume, k=args.k)
-
     else:
         text = args.report.read_text(encoding="utf-8") if args.report else args.text
         hits = search_text(index, embedder, text, k=args.k)

@@ -18,7 +18,7 @@ import torch
 class Embedder(Protocol):
     #: Stored with every row: vectors from different models never mix in one search.
     model_id: str
-    #: The (D, H, W) model input size handed to ``preprocess_volume``.
+    #: The (D, H, W) model input size handed to ``io.model_input``.
     spatial_size: tuple[int, int, int]
     #: The display window for preprocessing (None: the modality default, as in inference).
     window: object
@@ -55,7 +55,7 @@ class SigLIPEmbedder:
         self.spatial_size = tuple(int(s) for s in spatial_size)
         self.window = window
         self.max_length = max_length
-        self.scope_profile = None  # inference.scope.ScopeProfile: set by from_source
+        self.scope_profile = None  # model.scope.ScopeProfile: set by from_source
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         # One model shared by GUI workers and a CLI run: forward passes must not interleave.
         self._lock = threading.Lock()
@@ -78,11 +78,16 @@ class SigLIPEmbedder:
             return _unit(out)
 
     @classmethod
-    def from_source(cls, source: str = "embedded", device: str | None = None, window=None) -> "SigLIPEmbedder":
-        """The SigLIP part of a model folder, a hub id or the embedded demo model."""
+    def from_source(
+        cls, source: str = "embedded", device: str | None = None, window=None, dtype: str | torch.dtype | None = "auto"
+    ) -> "SigLIPEmbedder":
+        """The SigLIP part of a model folder, a hub id or the embedded demo model, on ``device`` in
+        ``dtype`` as the one device policy (`model.device`) resolves them."""
         from napari_med3dvlm.model import load_siglip
+        from napari_med3dvlm.model.device import dtype_for, get_device
 
-        model, tokenizer = load_siglip(source, device=device or "cpu")
+        device = str(get_device(device or "cpu"))
+        model, tokenizer = load_siglip(source, device=device, dtype=dtype_for(device, dtype))
         if tokenizer is None:
             raise ValueError(f"the SigLIP model in {source!r} has no tokenizer files; text search needs them")
         embedder = cls(
@@ -95,9 +100,9 @@ class SigLIPEmbedder:
             max_length=int(getattr(model.config, "text_max_length", None) or 512),
             device=device,
         )
-        from napari_med3dvlm.inference.scope import profile_for
+        from napari_med3dvlm.model.scope import profile_for
 
-        # What the model was trained on: indexed volumes outside it are marked (inference/scope.py).
+        # What the model was trained on: indexed volumes outside it are marked (model/scope.py).
         embedder.scope_profile = profile_for(source)
         return embedder
 
@@ -105,7 +110,7 @@ class SigLIPEmbedder:
 def model_fingerprint(source: str) -> str:
     """A model id that changes when the weights change (a retrained demo keeps its name, not its
     vectors), without naming local folders (they may carry a user name)."""
-    from napari_med3dvlm.inference.engine import display_model_id
+    from napari_med3dvlm.model.sources import display_model_id
     from napari_med3dvlm.model.loading import resolve_source
 
     from .sources import content_hash
@@ -131,19 +136,24 @@ _cache: dict[tuple, SigLIPEmbedder] = {}
 _cache_lock = threading.Lock()
 
 
-def get_embedder(source: str | None = None, device: str | None = None) -> SigLIPEmbedder:
-    """One loaded SigLIP per (source, device) for the whole process: the dock and a CLI run in the
-    same interpreter share it. ``source`` None: the model chosen in Settings."""
-    if source is None or device is None:
-        from napari_med3dvlm.inference import get_engine
-        from napari_med3dvlm.inference.device import pick_device
+def get_embedder(source: str | None = None, device: str | None = None, dtype: str | None = None) -> SigLIPEmbedder:
+    """One loaded SigLIP per (source, device, dtype) for the whole process: the dock and a CLI run in
+    the same interpreter share it. What is None comes from the saved settings (the dock passes the
+    session's Settings instead); device and dtype go through the one policy of `model.device`."""
+    from napari_med3dvlm.model.device import dtype_for, get_device
 
-        settings = get_engine().settings  # what the Settings dock shows (saved + this session's changes)
+    if source is None or device is None or dtype is None:
+        from napari_med3dvlm.settings import load_settings
+
+        settings = load_settings()
         source = source or settings.model_source
-        device = device or str(pick_device(settings.device))
-    key = (str(source), str(device))
+        device = device or settings.device
+        dtype = dtype or settings.dtype
+    device = str(get_device(device))
+    dtype = dtype_for(device, dtype)
+    key = (str(source), device, str(dtype))
     with _cache_lock:
         if key not in _cache:
             _cache.clear()  # one model at a time: they are hundreds of MB
-            _cache[key] = SigLIPEmbedder.from_source(source, device=device)
+            _cache[key] = SigLIPEmbedder.from_source(source, device=device, dtype=dtype)
         return _cache[key]

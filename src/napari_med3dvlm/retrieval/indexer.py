@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from napari_med3dvlm.io import Volume, acquisition_view, preprocess_volume
+from napari_med3dvlm.io import Volume, acquisition_view, model_input
 
 from .embedder import Embedder
 from .sources import VolumeSource, content_hash, scan_folder
@@ -102,8 +102,8 @@ def plan_index(index: VolumeIndex, root, model_id: str, sources: Sequence[Volume
 def _prepare(source: VolumeSource, digest: str, root_id: int, embedder: Embedder, loader):
     """Read, preprocess and describe one volume (runs in a worker thread, ahead of the encoder)."""
     volume = loader(source)
-    stack, stack_spacing = acquisition_view(volume)  # the slice stack layout the model was trained on
-    image, _ = preprocess_volume(stack, volume.modality, embedder.window, embedder.spatial_size)
+    image, _ = model_input(volume, embedder.spatial_size, embedder.window)
+    stack, stack_spacing = acquisition_view(volume)  # the slice stack the model reads, for the preview
     row = {
         "key": f"{root_id}/{source.key}",
         "root_id": root_id,
@@ -122,16 +122,15 @@ def _prepare(source: VolumeSource, digest: str, root_id: int, embedder: Embedder
 
 def _scope_reasons(volume: Volume, embedder: Embedder) -> list[str]:
     """The model-free scope checks of one volume (the embedding check follows in ``flush``)."""
-    from napari_med3dvlm.inference.scope import ScopeProfile, volume_reasons
+    from napari_med3dvlm.model.scope import ScopeProfile, volume_reasons
 
     profile = getattr(embedder, "scope_profile", None) or ScopeProfile(source="defaults")
-    plane = volume.metadata.get("acquisition_plane") or "axial"
-    return [r.message for r in volume_reasons(volume.data, volume.modality, volume.spacing, plane, profile)]
+    return [r.message for r in volume_reasons(volume.data, volume.modality, volume.spacing, volume.plane, profile)]
 
 
 def _finish_scope(rows: list[dict], vectors, embedder: Embedder) -> None:
     """Add the embedding-distance check and store the reasons one a line ("" = in scope)."""
-    from napari_med3dvlm.inference.scope import feature_reason
+    from napari_med3dvlm.model.scope import feature_reason
 
     profile = getattr(embedder, "scope_profile", None)
     for row, vector in zip(rows, vectors):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_med3dvlm.io import Volume, acquisition_view, preprocess_volume
+from napari_med3dvlm.io import Volume, model_input
 
 from .embedder import Embedder
 from .store import SearchHit, VolumeIndex
@@ -35,14 +35,13 @@ def search_volume(
     k: int = 10,
     plane: str | None = None,
 ) -> list[SearchHit]:
-    """Image -> images: the query goes through the same view and preprocessing as indexed volumes.
+    """Image -> images: the query goes through the same `io.model_input` as indexed volumes.
 
-    ``volume`` is a `Volume` (from our readers) or a display-ordered (z, y, x) array, e.g. a layer's
-    data, with ``plane`` its acquisition plane (the reader stores it in the layer metadata).
+    ``volume`` is a `Volume` (from our readers, or built from a layer), or a display-ordered
+    (z, y, x) array with its ``modality`` and acquisition ``plane``.
     """
     _check_model(index, embedder)
     if not isinstance(volume, Volume):
-        volume = Volume(np.asarray(volume), modality=modality, metadata={"acquisition_plane": plane or "axial"})
-    stack, _ = acquisition_view(volume)
-    image, _ = preprocess_volume(np.asarray(stack), volume.modality, embedder.window, embedder.spatial_size)
+        volume = Volume(np.asarray(volume), modality=modality, plane=plane or "axial")
+    image, _ = model_input(volume, embedder.spatial_size, embedder.window)
     return index.search(embedder.embed_volumes(image)[0], k=k)

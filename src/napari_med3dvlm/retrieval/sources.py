@@ -12,8 +12,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from napari_med3dvlm.io import is_regular_file
-from napari_med3dvlm.io._util import short_hash
+from napari_med3dvlm.io import is_regular_file, short_hash
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 #: Bytes read from the start and the end of each file for the content hash.

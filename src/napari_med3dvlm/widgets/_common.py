@@ -4,6 +4,7 @@ streaming task off the GUI thread with a Stop button that works.
 
 from __future__ import annotations
 
+import inspect
 import threading
 from collections.abc import Callable
 
@@ -14,7 +15,7 @@ from napari.utils.notifications import show_error
 from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import QComboBox, QHBoxLayout, QLabel, QProgressBar, QWidget
 
-from napari_med3dvlm.inference import VolumeInput
+from napari_med3dvlm.io import Volume, layer_plane
 
 #: Layer metadata key where the Volume dock stores the window the model should use.
 MODEL_WINDOW_KEY = "med3dvlm_window"
@@ -55,19 +56,17 @@ def layer_window(layer):
     return None
 
 
-def volume_input(layer) -> VolumeInput:
-    return VolumeInput(
+def volume_input(layer) -> Volume:
+    """The layer as the `io.Volume` the model is given: its data in place, world scale and
+    translate, modality, the window the model sees, and the acquisition plane our reader recorded."""
+    return Volume(
         data=layer_array(layer),
+        spacing=tuple(float(s) for s in layer.scale[-3:]),
+        origin=tuple(float(t) for t in layer.translate[-3:]),
         modality=layer_modality(layer),
         window=layer_window(layer),
-        spacing=tuple(float(s) for s in layer.scale[-3:]),
-        plane=layer_plane(layer),
+        plane=layer_plane(getattr(layer, "metadata", None)),
     )
-
-
-def layer_plane(layer) -> str:
-    """The acquisition plane our reader recorded (axial for layers from elsewhere)."""
-    return (getattr(layer, "metadata", None) or {}).get("acquisition_plane") or "axial"
 
 
 def layer_key(layer) -> str:
@@ -176,6 +175,34 @@ def guarded_call(func: Callable, *args, **kwargs):
         raise TaskError(str(err) or type(err).__name__) from err
 
 
+def run_in_worker(
+    function: Callable,
+    *args,
+    returned: Callable | None = None,
+    errored: Callable | None = None,
+    finished: Callable | None = None,
+    yielded: Callable | None = None,
+    start: bool = True,
+    **kwargs,
+):
+    """The one way the docks run work off the GUI thread: a napari worker (``create_worker``) for
+    ``function(*args, **kwargs)`` with its signals connected, started (unless ``start`` is false:
+    the caller records it first), and returned.
+
+    A generator function streams what it yields (``yielded``) and hands its return value to
+    ``returned``. `RuntimeError` is re-raised as `TaskError` (napari would drop it), and errors only
+    reach ``errored``, never the event loop.
+    """
+    wrapper = guarded if inspect.isgeneratorfunction(function) else guarded_call
+    worker = create_worker(wrapper, function, *args, _start_thread=False, _ignore_errors=True, **kwargs)
+    for signal, slot in (("yielded", yielded), ("returned", returned), ("errored", errored), ("finished", finished)):
+        if slot is not None:
+            getattr(worker, signal).connect(slot)
+    if start:
+        worker.start()
+    return worker
+
+
 class StreamRunner(QObject):
     """Runs a task generator (``yield`` text pieces, ``return`` a result) in a napari worker.
 
@@ -204,22 +231,19 @@ class StreamRunner(QObject):
             raise RuntimeError("a task is already running")
         self.cancel_event = threading.Event()
         self._result = self._no_result = object()
-        worker = create_worker(
-            guarded,
+        self.worker = run_in_worker(
             task,
             *args,
             cancel_event=self.cancel_event,
-            _start_thread=False,
-            _ignore_errors=True,  # errors are shown as notifications by _on_error
+            yielded=self.piece.emit,
+            returned=self._on_returned,
+            errored=self._on_error,  # errors are shown as notifications
+            finished=self._on_finished,
+            start=False,
             **kwargs,
         )
-        worker.yielded.connect(self.piece.emit)
-        worker.returned.connect(self._on_returned)
-        worker.errored.connect(self._on_error)
-        worker.finished.connect(self._on_finished)
-        self.worker = worker
         self.running_changed.emit(True)
-        worker.start()
+        self.worker.start()
 
     def stop(self) -> None:
         if self.cancel_event is not None:

@@ -19,7 +19,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_med3dvlm.inference import Conversation, get_engine
-from napari_med3dvlm.inference.prompts import CHOICE_LETTERS
+from napari_med3dvlm.model.prompts import CHOICE_LETTERS
 
 from ._common import BusyIndicator, LayerPicker, ScopeBanner, StreamRunner, layer_key, volume_input
 from ._relevance import WhereRunner

@@ -10,7 +10,6 @@ import threading
 from pathlib import Path
 
 import platformdirs
-from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QSize, Qt, Signal
 from qtpy.QtGui import QColor, QIcon, QImage, QPixmap
@@ -28,6 +27,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_med3dvlm.inference import get_engine
 from napari_med3dvlm.retrieval import (
     IndexReport,
     VolumeIndex,
@@ -39,7 +39,13 @@ from napari_med3dvlm.retrieval import (
 from napari_med3dvlm.retrieval import embedder as _embedder
 from napari_med3dvlm.retrieval.thumbnail import png_to_array
 
-from ._common import LayerPicker, layer_array, layer_modality
+from ._common import LayerPicker, run_in_worker, volume_input
+
+
+def _settings_embedder():
+    """The SigLIP of the model chosen in Settings (saved or changed this session), on its device and dtype."""
+    settings = get_engine().settings
+    return _embedder.get_embedder(settings.model_source, settings.device, settings.dtype)
 
 ICON_SIZE = 72
 #: Item data role holding a result's scope reasons (empty: inside what the model knows).
@@ -92,7 +98,7 @@ class RetrievalWidget(QWidget):
         super().__init__(parent)
         self.viewer = napari_viewer
         #: Returns the embedder (model) to use; called in a worker thread. Tests swap it.
-        self.embedder_factory = lambda: _embedder.get_embedder()
+        self.embedder_factory = _settings_embedder
         self.index: VolumeIndex | None = None
         self.hits = []
         self._worker = None
@@ -277,11 +283,10 @@ class RetrievalWidget(QWidget):
             return
         if index is None or self._busy_or_warn():
             return
-        data, modality, k = layer_array(layer), layer_modality(layer), self.k_spin.value()
-        plane = (layer.metadata or {}).get("acquisition_plane")
+        volume, k = volume_input(layer), self.k_spin.value()
 
         def run():
-            return search_volume(index, self.embedder_factory(), data, modality, k=k, plane=plane)
+            return search_volume(index, self.embedder_factory(), volume, k=k)
 
         self.status.setText(f"Searching for volumes like {layer.name}…")
         self._start(run, self.show_results)
@@ -326,15 +331,12 @@ class RetrievalWidget(QWidget):
         return self.busy
 
     def _start(self, function, on_return) -> None:
-        # Errors are shown as notifications by _on_error; without _ignore_errors the worker would also
-        # re-raise them in the GUI thread.
-        worker = create_worker(function, _start_thread=False, _ignore_errors=True)
-        worker.returned.connect(on_return)
-        worker.errored.connect(self._on_error)
-        worker.finished.connect(self._on_finished)
-        self._worker = worker
+        # Errors are shown as notifications by _on_error, never raised in the GUI thread.
+        self._worker = run_in_worker(
+            function, returned=on_return, errored=self._on_error, finished=self._on_finished, start=False
+        )
         self._set_busy(True)
-        worker.start()
+        self._worker.start()
 
     def _on_error(self, err: BaseException) -> None:
         self.progress.hide()

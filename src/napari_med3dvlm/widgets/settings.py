@@ -19,7 +19,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_med3dvlm.inference import InferenceSettings, get_engine, save_settings
-from napari_med3dvlm.inference.settings import DEVICES, DTYPES, EMBEDDED
+from napari_med3dvlm.settings import DEVICES, DTYPES, EMBEDDED
 
 _SOURCES = (("Embedded demo model", "embedded"), ("Local folder", "folder"), ("Hub id (cached)", "hub"))
 
@@ -90,7 +90,7 @@ class SettingsWidget(QWidget):
         if source == EMBEDDED:
             kind = "embedded"
         else:
-            from napari_med3dvlm.inference.engine import source_kind
+            from napari_med3dvlm.model.sources import source_kind
 
             kind = source_kind(source)
         self.source_kind.setCurrentIndex([k for _, k in _SOURCES].index(kind))

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 
-from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -22,19 +21,20 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_med3dvlm.inference import ModelUnavailableError, get_engine
-from napari_med3dvlm.io import PUBLISHED_INPUT_SIZE, WINDOW_PRESETS, preprocess_volume
+from napari_med3dvlm.inference import get_engine
+from napari_med3dvlm.io import PUBLISHED_INPUT_SIZE, WINDOW_PRESETS, model_input_overlay
+from napari_med3dvlm.model.sources import input_size
 
 from ._common import (
     MODEL_INPUT_KEY,
     MODEL_WINDOW_KEY,
     LayerPicker,
-    guarded_call,
     layer_array,
     layer_key,
     layer_modality,
-    layer_plane,
     layer_window,
+    run_in_worker,
+    volume_input,
 )
 
 AUTO = "auto (file / modality default)"
@@ -42,7 +42,7 @@ AUTO = "auto (file / modality default)"
 
 def add_volume_layer(viewer, volume, name: str | None = None):
     """Add a `Volume` as an image layer the same way the reader does (mm scale, window, metadata)."""
-    from napari_med3dvlm.io._napari import volume_layer_data
+    from napari_med3dvlm.io import volume_layer_data
 
     data, kwargs, _ = volume_layer_data(volume, name)
     return viewer.add_image(data, **kwargs)
@@ -50,15 +50,9 @@ def add_volume_layer(viewer, volume, name: str | None = None):
 
 def model_input_for(layer, image_size=PUBLISHED_INPUT_SIZE):
     """(model input array (D, H, W), scale, translate) overlaying ``layer`` in world coordinates."""
-    tensor, transform = preprocess_volume(
-        layer_array(layer),
-        modality=layer_modality(layer),
-        window=layer_window(layer),
-        spatial_size=image_size,
-        plane=layer_plane(layer),
-    )
-    scale, translate = transform.layer_scale_translate(layer.scale[-3:], layer.translate[-3:])
-    return np.ascontiguousarray(transform.to_display(tensor[0, 0].numpy())), scale, translate
+    volume = volume_input(layer)
+    overlay = model_input_overlay(volume, image_size, volume.window)
+    return overlay.data, overlay.scale, overlay.translate
 
 
 class VolumeWidget(QWidget):
@@ -129,10 +123,7 @@ class VolumeWidget(QWidget):
 
         self._path = Path(path)
         self.status.setText(f"Reading {self._path.name}…")
-        worker = create_worker(guarded_call, list_series, self._path, _start_thread=False, _ignore_errors=True)
-        worker.returned.connect(self._series_listed)
-        self._track(worker)
-        return worker
+        return self._read(list_series, self._path, returned=self._series_listed)
 
     def _series_listed(self, infos) -> None:
         self._pending = list(infos)
@@ -160,27 +151,27 @@ class VolumeWidget(QWidget):
         info = self._pending[index]
         self.status.setText(f"Reading series {index + 1}…")
         series = info if len(self._pending) > 1 else None
-        worker = create_worker(
-            guarded_call, read_volume, self._path, series, _start_thread=False, _ignore_errors=True
-        )
-        worker.returned.connect(lambda volume: self._add_volume(volume, index))
-        self._track(worker)
-        return worker
+        return self._read(read_volume, self._path, series, returned=lambda volume: self._add_volume(volume, index))
 
     @property
     def reading(self) -> bool:
         """Whether a file or folder is being read."""
         return self.read_worker is not None
 
-    def _track(self, worker) -> None:
-        worker.errored.connect(self._read_failed)
-        worker.finished.connect(lambda: self._read_finished(worker))
+    def _read(self, function, *args, returned):
+        """Run a reading step in a worker; `reading` is true until the last one started ends."""
+        worker = None
+
+        def finished():
+            if self.read_worker is worker:
+                self.read_worker = None
+
+        worker = run_in_worker(
+            function, *args, returned=returned, errored=self._read_failed, finished=finished, start=False
+        )
         self.read_worker = worker
         worker.start()
-
-    def _read_finished(self, worker) -> None:
-        if self.read_worker is worker:
-            self.read_worker = None
+        return worker
 
     def _add_volume(self, volume, index: int) -> None:
         name = volume.description or f"{volume.modality} series {index + 1}"
@@ -266,18 +257,18 @@ class VolumeWidget(QWidget):
         self.status.setText("Preparing the model input…")
 
         def compute():
-            try:
-                size = get_engine().image_size
-            except ModelUnavailableError:
+            try:  # the size is in the model folder's config.json: no weights are loaded for it
+                size = input_size(get_engine().settings.model_source)
+            except Exception:  # noqa: BLE001 - no readable config: the published model's input size
                 size = PUBLISHED_INPUT_SIZE
             return model_input_for(layer, size)
 
-        worker = create_worker(guarded_call, compute, _start_thread=False, _ignore_errors=True)
-        worker.returned.connect(lambda result: self._add_model_input(layer, *result))
-        worker.errored.connect(lambda err: show_error(f"Could not prepare the model input: {err}"))
-        self.model_input_worker = worker
-        worker.start()
-        return worker
+        self.model_input_worker = run_in_worker(
+            compute,
+            returned=lambda result: self._add_model_input(layer, *result),
+            errored=lambda err: show_error(f"Could not prepare the model input: {err}"),
+        )
+        return self.model_input_worker
 
     def _add_model_input(self, layer, data, scale, translate) -> None:
         if self._model_input_layer(layer) is not None or layer not in self.viewer.layers:

@@ -1,7 +1,7 @@
 """What does a SigLIP vision encoder read? Findings probes on phantom cases, stage by stage.
 
-    python benchmarks/retrieval_vision_probe.py --data data/phantoms [--model embedded]
-    python benchmarks/retrieval_vision_probe.py --data data/phantoms --tune-from 2 --extra-train 10000
+    python experiments/retrieval_vision_probe.py --data data/phantoms [--model embedded]
+    python experiments/retrieval_vision_probe.py --data data/phantoms --tune-from 2 --extra-train 10000
 
 Retrieval among 200 phantoms at R@1 >= 0.90 needs each volume's findings (kind and site) to be told
 apart; region, phase and plane alone give about 0.2. This benchmark asks how much of that the image

@@ -1,7 +1,8 @@
-"""Text -> volume retrieval on held-out phantom cases, through the real index and search path.
+"""Text -> volume retrieval on held-out phantom cases, through the real index and search path: an
+evaluation command with a pass mark (an accuracy gate, not a speed check).
 
     python -m napari_med3dvlm.phantoms split --out DATA --train 0 --test 200
-    python benchmarks/retrieval_phantoms.py --data DATA --db DB [--model embedded]
+    python -m training.evaluation.retrieval_phantoms --data DATA --db DB [--model embedded]
 
 Indexes the test split's raw HU NIfTI volumes (exactly as a user's folder would be indexed), then
 uses each case's report as a text query and reports recall@1/5/10 of that case's own volume, with
@@ -56,40 +57,9 @@ def link_folder(cases, folder: Path) -> None:
             os.symlink(nifti.resolve(), link)
 
 
-def take_screenshot(index: VolumeIndex, embedder, query: str, path: Path) -> None:
-    """The dock with real results for ``query`` and the best hit opened, as a user would see it
-    (needs a display; use xvfb-run on a headless machine)."""
-    import napari
-    from qtpy.QtWidgets import QApplication
-
-    from napari_med3dvlm.widgets.retrieval import RetrievalWidget
-
-    viewer = napari.Viewer(show=True)
-    viewer.window.resize(1500, 900)
-    widget = RetrievalWidget(viewer)
-    widget.embedder_factory = lambda: embedder
-    viewer.window.add_dock_widget(widget, name="Retrieval", area="right")
-    widget.set_index_path(index.path)
-    first_sentence = query.split(". ")[0].strip().rstrip(".")
-    widget.query_edit.setText(first_sentence)
-    widget.query_edit.setCursorPosition(0)
-    widget.k_spin.setValue(6)
-    hits = search_text(index, embedder, first_sentence, k=6)
-    widget.show_results(hits)  # what the search worker hands the dock
-    viewer.open(str(hits[0].path), plugin="napari-med3dvlm")  # what a double-click does
-    viewer.dims.set_point(0, viewer.dims.range[0].start + (viewer.dims.range[0].stop - viewer.dims.range[0].start) / 2)
-    for _ in range(20):
-        QApplication.processEvents()
-    viewer.reset_view()
-    for _ in range(20):
-        QApplication.processEvents()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    viewer.screenshot(str(path), canvas_only=False)
-    viewer.close()
-    print(f"screenshot: {path}")
-
-
-def main(argv=None) -> int:
+def main(argv=None, after=None) -> int:
+    """The command; ``after(index, embedder, first_query)`` runs once the scores are printed (the
+    dock screenshot of scripts/retrieval_screenshot.py)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, type=Path, help="phantom split root (with M3D_Cap.json)")
     parser.add_argument("--db", required=True, type=Path, help="index folder (created or refreshed)")
@@ -99,7 +69,6 @@ def main(argv=None) -> int:
     parser.add_argument("--n", type=int, default=200, help="cases (the first N of the split)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--min-r1", type=float, default=0.90)
-    parser.add_argument("--screenshot", type=Path, help="also save the Retrieval dock showing the first query's results")
     args = parser.parse_args(argv)
 
     cases = test_cases(args.data, args.split, args.n)
@@ -135,8 +104,8 @@ def main(argv=None) -> int:
     # What the encoder reads: how often the top hit shares each ground-truth attribute with the query.
     print("top hit shares " + ", ".join(f"{name} {shared[name] / n:.0%}" for name in ATTRIBUTES))
     r1 = hits_at[1] / n
-    if args.screenshot:
-        take_screenshot(index, embedder, cases[0][2], args.screenshot)
+    if after is not None:
+        after(index, embedder, cases[0][2])
     print(f"R@1 {r1:.3f} {'>=' if r1 >= args.min_r1 else '<'} {args.min_r1}")
     return 0 if r1 >= args.min_r1 else 1
 

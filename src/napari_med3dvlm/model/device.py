@@ -1,6 +1,8 @@
-"""Where the model runs and in which precision.
+"""Where a model runs and in which precision: the one policy for the VLM, the SigLIP encoder and
+retrieval (the loaders, the inference engine and the retrieval embedder all ask here).
 
-bf16 on CUDA halves memory (the published 7B model needs ~15 GB instead of ~31 GB); on CPU fp32 is
+``auto`` picks CUDA, then Apple MPS, then the CPU. bf16 on CUDA halves memory (the published 7B
+model needs ~15 GB instead of ~31 GB; fp16 where the GPU has no bf16), fp16 on MPS; on CPU fp32 is
 the safe default. On CPU one core is left free so the napari event loop stays responsive while the
 model generates.
 """
@@ -12,7 +14,10 @@ import sys
 
 import torch
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_DTYPES = {
+    "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+    "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
+}
 
 
 def mps_available() -> bool:
@@ -20,9 +25,11 @@ def mps_available() -> bool:
     return bool(backend is not None and backend.is_available())
 
 
-def pick_device(preference: str = "auto") -> torch.device:
-    """``auto`` prefers CUDA, then Apple MPS, then CPU; an explicit choice must be available."""
-    if preference == "auto":
+def get_device(preference: str | torch.device | None = "auto") -> torch.device:
+    """``auto`` (or None) prefers CUDA, then Apple MPS, then CPU; an explicit choice must be available."""
+    if isinstance(preference, torch.device):
+        return preference
+    if preference in (None, "auto"):
         if torch.cuda.is_available():
             return torch.device("cuda")
         if mps_available():
@@ -35,9 +42,19 @@ def pick_device(preference: str = "auto") -> torch.device:
     return torch.device(preference)
 
 
-def pick_dtype(device: torch.device, preference: str = "auto") -> torch.dtype:
-    if preference != "auto":
-        return _DTYPES[preference]
+def dtype_for(device: torch.device | str, requested: str | torch.dtype | None = "auto") -> torch.dtype:
+    """The dtype to run on ``device``: ``requested`` when given (a torch dtype or its name), else the
+    policy above."""
+    if isinstance(requested, torch.dtype):
+        return requested
+    if requested not in (None, "auto"):
+        if requested in _DTYPES:
+            return _DTYPES[requested]
+        value = getattr(torch, str(requested), None)
+        if not isinstance(value, torch.dtype):
+            raise ValueError(f"unknown dtype {requested!r}; expected one of {sorted(_DTYPES)}")
+        return value
+    device = torch.device(device)
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device.type == "mps":

@@ -1,4 +1,5 @@
-"""User settings for inference, shared by the docks and the command line.
+"""User settings (model source, device, dtype, generation), shared by the docks, the inference and
+retrieval code and the command line.
 
 Persisted as JSON so a choice made in the Settings dock (say a local model folder) is what the next
 napari session and the next `napari-med3dvlm report` run use. ``NAPARI_MED3DVLM_CONFIG_DIR``

@@ -2,7 +2,7 @@
 shipped demo model: pointing game and energy inside the mask against a uniform map and a centre prior.
 
     python -m napari_med3dvlm.phantoms split --out HELDOUT --train 0 --test 200 --seed 18
-    python benchmarks/relevance_probe.py --train-data data/phantoms --test-data HELDOUT [--minutes 8]
+    python experiments/relevance_probe.py --train-data data/phantoms --test-data HELDOUT [--minutes 8]
         [--demo-cases 60]
 
 The probe is a tiny 3D convolutional network trained here (a few minutes, one CPU thread) to
@@ -142,17 +142,17 @@ def probe_pointing(probe: Probe, cases, methods) -> tuple[dict, dict]:
 
 
 def demo_pointing(cases, count: int, methods) -> dict:
-    from napari_med3dvlm.inference import InferenceEngine, InferenceSettings, VolumeInput, stream_report
+    from napari_med3dvlm.inference import InferenceEngine, InferenceSettings, stream_report
+    from napari_med3dvlm.io import read_volume
 
     engine = InferenceEngine(InferenceSettings(model_source="embedded", device="cpu", temperature=0.0))
     model, tokenizer = engine.load()
     reports, used = [], []
     for folder, case in cases[:count]:
-        import nibabel as nib
-
         raw = next(p for p in folder.glob("*.nii.gz") if not p.name.endswith("_lesions.nii.gz"))
-        data = np.asarray(nib.load(raw).dataobj).transpose(2, 1, 0)
-        task = stream_report(engine, VolumeInput(data=data, modality="CT", window="soft tissue", plane=None))
+        volume = read_volume(raw)  # display order with its plane: the model gets the stored stack back
+        volume.window = "soft tissue"
+        task = stream_report(engine, volume)
         while True:
             try:
                 next(task)

@@ -1,8 +1,9 @@
-"""The one prompt builder, used by inference and training alike.
+"""The one prompt builder, used by inference and training alike. It lives beside the model (as a
+processor does) because the format is part of what the weights were trained on.
 
 Med3DVLM was trained without a chat template or system prompt: the prompt is ``"<im_patch>" * N``
-followed directly by the text (REFERENCE.md section 3). Questions start with a space, report
-templates do not. The model overwrites positions 1..N with image features, so the first text token
+followed directly by the text (docs/reference-model.md, "Prompt format"). Questions start with a
+space, report templates do not. The model overwrites positions 1..N with image features, so the first text token
 is never seen; keeping the exact training format matters more than "fixing" that.
 """
 

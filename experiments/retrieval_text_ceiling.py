@@ -1,6 +1,6 @@
 """How far can a frozen text encoder take phantom retrieval? A ceiling with a perfect image side.
 
-    python benchmarks/retrieval_text_ceiling.py --data data/phantoms [--preset demo] [--text-trainable lora]
+    python experiments/retrieval_text_ceiling.py --data data/phantoms [--preset demo] [--text-trainable lora]
 
 The image side is replaced by an oracle: a learned embedding of each case's ground truth (region,
 phase, plane, and every finding's kind, site, count, severity and size from case.json). It is trained

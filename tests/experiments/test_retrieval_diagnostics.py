@@ -1,4 +1,4 @@
-"""The retrieval diagnostics run end to end on a small phantom split with the shipped demo model, so
+"""The retrieval experiments run end to end on a small phantom split with the shipped demo model, so
 the numbers quoted in docs/retrieval.md come from scripts that still work."""
 
 import importlib.util
@@ -9,11 +9,11 @@ import pytest
 
 from napari_med3dvlm.phantoms.writers import WriteOptions, write_split
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 
 
 def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, EXPERIMENTS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # the probe's render workers pickle functions by module name
     spec.loader.exec_module(module)
