@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, CONFIG_MAPPING
+from transformers import AutoModelForCausalLM, AutoTokenizer, CONFIG_MAPPING
 
 from napari_med3dvlm.model import Med3DVLMConfig, Med3DVLMForCausalLM
 
@@ -107,20 +107,3 @@ def build_vlm(config: dict, device: str = "cpu", with_tokenizer: bool = True):
     with torch.device(device):
         model = Med3DVLMForCausalLM(cfg, language_model=language_model)
     return model, tokenizer
-
-
-def vision_state_from_siglip(path: Path) -> dict[str, torch.Tensor]:
-    """The DCFormer weights inside a SigLIP stage result (keys without their prefix)."""
-    from safetensors.torch import load_file
-
-    state = load_file(str(path))
-    prefix = next((p for p in ("vision_encoder.", "vision_tower.", "image_encoder.") if any(k.startswith(p) for k in state)), None)
-    if prefix is None:
-        raise KeyError(f"no vision encoder weights in {path}")
-    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-
-
-def text_config_for(model_cfg: dict):
-    if model_cfg.get("text_encoder_config"):
-        return config_from_dict(model_cfg["text_encoder_config"])
-    return AutoConfig.from_pretrained(resolve_pretrained(model_cfg["text_encoder"]))

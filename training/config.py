@@ -68,15 +68,6 @@ def set_dotted(config: dict, key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def get_dotted(config: dict, key: str, default: Any = None) -> Any:
-    node = config
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return default
-        node = node[part]
-    return node
-
-
 def apply_overrides(config: dict, overrides: list[str]) -> dict:
     """Return a copy of ``config`` with ``key=value`` strings applied."""
     config = copy.deepcopy(config)

@@ -31,10 +31,6 @@ def stage_dir(config: dict, stage: str) -> Path:
     return Path(config["output_dir"]) / stage
 
 
-def is_done(config: dict, stage: str) -> bool:
-    return (stage_dir(config, stage) / "DONE").exists()
-
-
 def run_stage(config: dict, stage: str, force: bool = False) -> dict:
     """Run one stage unless it already finished; returns its summary (also written to DONE)."""
     done = stage_dir(config, stage) / "DONE"
