@@ -117,11 +117,9 @@ def test_index_keeps_the_good_volumes_and_skips_the_bad(corpus, tmp_path, monkey
 
 @pytest.mark.timeout(900, func_only=True)
 @pytest.mark.parametrize("case_id", ["gzip-crc", "nifti-fifo", "zip-bomb-128m"])
-def test_the_installed_command_refuses_in_one_line(case_id, corpus, tmp_path):
+def test_the_installed_command_refuses_in_one_line(case_id, corpus, tmp_path, config_dir):
     """A real process, as a user runs it: nothing but one error line on stderr, exit code 2."""
-    from napari_med3dvlm.settings import CONFIG_DIR_ENV
-
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", **{CONFIG_DIR_ENV: str(tmp_path / "cfg")})
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")  # with the test's config folder
     result = subprocess.run(
         [sys.executable, "-m", "napari_med3dvlm", "report", str(corpus[case_id]), "--out", str(tmp_path / "out")],
         capture_output=True, text=True, timeout=600, env=env,
