@@ -55,6 +55,12 @@ ZIP_RATIO_FLOOR = 64 << 20
 
 _ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError)
 
+# pydicom's reading validation warns with the raw bytes of a malformed element, and a damaged length
+# field makes that "value" run on over the following elements, patient name and ID included (found by
+# tests/hardening/test_fuzz.py). This reader validates every value it uses itself (`_Values`), so
+# pydicom's reading validation is turned off; its writing validation is left as it is.
+pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+
 
 @dataclass(frozen=True)
 class SeriesInfo:
