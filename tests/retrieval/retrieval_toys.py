@@ -118,3 +118,25 @@ def write_dicom_series(folder: Path, data_zyx: np.ndarray, description: str = "t
         ds.save_as(path, enforce_file_format=True)
         files.append(path)
     return files
+
+
+def indexing_child(delay: float) -> str:
+    """Source of a child process that indexes argv[2] into the index at argv[1] with a slow
+    `CountingEmbedder` (argv[3]: this folder, for the import), for tests that kill it midway."""
+    return (
+        "import sys\n"
+        "sys.path.insert(0, sys.argv[3])\n"
+        "from retrieval_toys import CountingEmbedder\n"
+        "from napari_med3dvlm.retrieval import index_folder\n"
+        f"index_folder(sys.argv[1], sys.argv[2], CountingEmbedder(delay={delay}), batch_size=2)\n"
+    )
+
+
+def index_rows(db) -> int:
+    """Rows committed to the index so far (0 before its table exists)."""
+    from napari_med3dvlm.retrieval import VolumeIndex
+
+    try:
+        return len(VolumeIndex(db))
+    except Exception:  # noqa: BLE001 - the table may not exist yet
+        return 0

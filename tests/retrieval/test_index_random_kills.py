@@ -11,12 +11,11 @@ import random
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import numpy as np
-from retrieval_toys import CountingEmbedder, make_collection
+from retrieval_toys import CountingEmbedder, index_rows, indexing_child, make_collection
 
 from napari_med3dvlm.retrieval import VolumeIndex, index_folder
 
@@ -25,22 +24,7 @@ SEED = 1515
 KILLS = 5
 VOLUMES = 10
 
-CHILD = textwrap.dedent(
-    """
-    import sys
-    sys.path.insert(0, sys.argv[3])
-    from retrieval_toys import CountingEmbedder
-    from napari_med3dvlm.retrieval import index_folder
-    index_folder(sys.argv[1], sys.argv[2], CountingEmbedder(delay=0.3), batch_size=2)
-    """
-)
-
-
-def _rows(db) -> int:
-    try:
-        return len(VolumeIndex(db))
-    except Exception:  # noqa: BLE001 - the table may not exist yet
-        return 0
+CHILD = indexing_child(delay=0.3)
 
 
 def _kill_at(db: Path, root: Path, rows: int, delay: float) -> bool:
@@ -50,11 +34,11 @@ def _kill_at(db: Path, root: Path, rows: int, delay: float) -> bool:
     )
     try:
         deadline = time.monotonic() + 600  # a loaded machine is slow, not hung
-        while _rows(db) < rows and child.poll() is None:
+        while index_rows(db) < rows and child.poll() is None:
             assert time.monotonic() < deadline, f"{rows} rows never came"
             time.sleep(0.02)
         until, cap = time.monotonic() + delay, min(rows + 2, VOLUMES - 2)
-        while time.monotonic() < until and _rows(db) < cap:
+        while time.monotonic() < until and index_rows(db) < cap:
             time.sleep(0.02)
         child.send_signal(signal.SIGKILL)
         child.wait(timeout=60)

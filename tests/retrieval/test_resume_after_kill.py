@@ -5,33 +5,17 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
-from retrieval_toys import CountingEmbedder, make_collection
+from retrieval_toys import CountingEmbedder, index_rows, indexing_child, make_collection
 
 from napari_med3dvlm.retrieval import VolumeIndex, index_folder
 
 HERE = Path(__file__).resolve().parent
 VOLUMES = 10
 
-CHILD = textwrap.dedent(
-    """
-    import sys
-    sys.path.insert(0, sys.argv[3])
-    from retrieval_toys import CountingEmbedder
-    from napari_med3dvlm.retrieval import index_folder
-    index_folder(sys.argv[1], sys.argv[2], CountingEmbedder(delay=0.4), batch_size=2)
-    """
-)
-
-
-def _rows(db) -> int:
-    try:
-        return len(VolumeIndex(db))
-    except Exception:  # the table may not exist yet
-        return 0
+CHILD = indexing_child(delay=0.4)
 
 
 def test_sigkill_midway_then_resume(tmp_path):
@@ -44,7 +28,7 @@ def test_sigkill_midway_then_resume(tmp_path):
     )
     try:
         deadline = time.monotonic() + 90
-        while _rows(db) < 4 and time.monotonic() < deadline and child.poll() is None:
+        while index_rows(db) < 4 and time.monotonic() < deadline and child.poll() is None:
             time.sleep(0.05)
         assert child.poll() is None, "indexing finished before it could be interrupted"
         time.sleep(0.3)  # land somewhere inside the next batch
