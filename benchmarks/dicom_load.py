@@ -1,9 +1,11 @@
 """DICOM series loading: our reader against SimpleITK (GDCM) and a plain pydicom loop.
 
 Writes a 300-slice 512x512 CT series into a temporary folder, then loads it with each reader a few
-times (best of N, files already in the page cache) and prints seconds and ratios to SimpleITK.
+times, the readers interleaved round by round (files already in the page cache, so drift of a shared
+machine hits every reader alike), and prints each reader's median seconds, its median ratio to
+SimpleITK and the spread (lowest and highest) of the per-round ratios.
 
-    python benchmarks/dicom_load.py [--slices 300] [--repeats 3]
+    python benchmarks/dicom_load.py [--slices 300] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -52,19 +54,16 @@ def load_naive_pydicom(folder: Path) -> np.ndarray:
     )
 
 
-def best_time(function, folder: Path, repeats: int) -> tuple[float, np.ndarray]:
-    best, result = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = function(folder)
-        best = min(best, time.perf_counter() - start)
-    return best, result
+def timed(function, folder: Path) -> tuple[float, np.ndarray]:
+    start = time.perf_counter()
+    result = function(folder)
+    return time.perf_counter() - start, result
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slices", type=int, default=300)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -74,20 +73,22 @@ def main(argv=None) -> None:
         write_dicom_series(truth, folder, spacing=(1.25, 0.7, 0.7), shuffle=True)
         print(f"wrote {args.slices} slices of 512x512 in {time.perf_counter() - start:.1f} s")
 
-        rows = []
-        for name, function in (
+        readers = (
             ("SimpleITK ImageSeriesReader", load_simpleitk),
             ("napari-med3dvlm read_volume", load_ours),
             ("naive pydicom loop", load_naive_pydicom),
-        ):
-            seconds, array = best_time(function, folder, args.repeats)
-            assert np.array_equal(np.asarray(array, dtype=np.float64), truth), f"{name} read wrong values"
-            rows.append((name, seconds))
+        )
+        times = np.zeros((args.repeats, len(readers)))
+        for round_ in range(args.repeats):
+            for j, (name, function) in enumerate(readers):
+                times[round_, j], array = timed(function, folder)
+                assert np.array_equal(np.asarray(array, dtype=np.float64), truth), f"{name} read wrong values"
 
-    baseline = rows[0][1]
-    print(f"{'reader':32s} {'seconds':>8s} {'x SimpleITK':>12s}")
-    for name, seconds in rows:
-        print(f"{name:32s} {seconds:8.3f} {seconds / baseline:12.2f}")
+    ratios = times / times[:, :1]
+    print(f"{'reader':32s} {'median s':>8s} {'x SimpleITK':>12s} {'spread':>12s}  ({args.repeats} interleaved rounds)")
+    for j, (name, _) in enumerate(readers):
+        print(f"{name:32s} {np.median(times[:, j]):8.3f} {np.median(ratios[:, j]):12.2f} "
+              f"{ratios[:, j].min():5.2f}-{ratios[:, j].max():.2f}")
 
 
 if __name__ == "__main__":
