@@ -1,0 +1,179 @@
+"""How fast can a 3D network learn to *see* focal phantom lesions on two CPU cores, and what limits it?
+
+    python experiments/focal_learnability.py --arch plain --minutes 8
+    python experiments/focal_learnability.py --arch patchify --minutes 8
+    python experiments/focal_learnability.py --arch patchify --crop 64 --minutes 8
+
+Trains a network on the vision stage's cached dense phantom targets (training/data/dense.py; build
+them once with `python -m training.run vision --preset demo`) with only the located lesion signal:
+the per-channel balanced dense loss on the stride-8 kind map plus the case-level max loss
+(training/stages/vision.py). Every ``--eval-every`` minutes it prints the test cases' case-level
+focal AUC (each focal kind: the head's maximum over a case's cells, ranked across the 200 whole test
+volumes; 0.5 is chance) with minutes and cases seen, one JSON line per evaluation.
+
+* ``--arch plain``: a plain CNN (3x3x3 convolutions, BatchNorm, ReLU; stride 8), a learnability
+  reference with no DCFormer part;
+* ``--arch published`` / ``patchify``: DCFormer-nano with that stem and the vision stage's dense head;
+* ``--crop N``: train on N x N in-plane crops (full depth) centred on a focal lesion or on a voxel of
+  an organ that can host one, half and half; evaluation is always on whole volumes (the networks are
+  fully convolutional).
+
+Not a benchmark: it trains models; the numbers go into docs/training.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from napari_med3dvlm.phantoms.anatomy import LABEL
+from napari_med3dvlm.phantoms.case import FOCAL_KINDS, KINDS
+from training.data.dense import NUM_KINDS, DenseDataset, cell_targets
+from training.stages.vision import DenseVisionModel, balanced_bce, case_max_bce, rank_auc
+
+HOSTS = [LABEL[name] for name in LABEL if name in (
+    "liver", "spleen", "pancreas", "right kidney", "left kidney", "brain", "right lung", "left lung")]
+
+
+class PlainCNN(nn.Module):
+    def __init__(self, width: int = 32):
+        super().__init__()
+
+        def block(cin, cout, stride):
+            return [nn.Conv3d(cin, cout, 3, stride=stride, padding=1), nn.BatchNorm3d(cout), nn.ReLU()]
+
+        self.body = nn.Sequential(*block(1, width // 2, 1), *block(width // 2, width, 2), *block(width, 2 * width, 2),
+                                  *block(2 * width, 2 * width, 2), nn.Conv3d(2 * width, NUM_KINDS, 1))
+
+    def forward(self, images):
+        # (B, 1, D, H, W) -> kind logits depth-last (B, K, H, W, D), as the vision stage's heads give them
+        return {"kind": self.body(images).permute(0, 1, 3, 4, 2)}
+
+
+class DenseOnly(DenseVisionModel):
+    """The vision stage's model with only its dense head evaluated (the set heads need a fixed input size)."""
+
+    def forward(self, images):
+        maps = self.encoder.encoder(images.permute(0, 1, 3, 4, 2))
+        grid = maps[1].shape[2:]
+        pyramid = sum(
+            nn.functional.interpolate(lat(m), size=grid, mode="trilinear", align_corners=False)
+            if m.shape[2:] != grid else lat(m)
+            for lat, m in zip(self.lateral, maps[1:])
+        )
+        return {"kind": self.dense(pyramid)[:, :NUM_KINDS]}
+
+
+def open_split(root: Path, split: str, limit: int | None = None) -> dict[str, np.ndarray]:
+    arrays = {k: np.load(root / split / f"{k}.npy", mmap_mode="r") for k in ("image", "kind", "organ", "labels")}
+    if limit:
+        arrays = {k: v[:limit] for k, v in arrays.items()}
+    return arrays
+
+
+def crop_item(arrays, index: int, size: int, rng: np.random.Generator):
+    """(image (1, D, size, size), kind presence (K, d, h, w)) of one crop aligned to the stride-8 grid."""
+    kind, organ = np.asarray(arrays["kind"][index]), np.asarray(arrays["organ"][index])
+    focal = np.isin(kind, [KINDS.index(k) + 1 for k in FOCAL_KINDS])
+    where = np.argwhere(focal) if focal.any() and rng.random() < 0.5 else np.argwhere(np.isin(organ, HOSTS))
+    if len(where) == 0:
+        where = np.argwhere(np.ones_like(organ, bool))
+    _, cy, cx = where[rng.integers(len(where))]
+    half = size // 2  # label maps are at half resolution: a crop of `size` voxels is size // 2 label cells
+    h, w = kind.shape[1:]
+    y0 = int(np.clip(cy - half // 2, 0, h - half)) // 4 * 4
+    x0 = int(np.clip(cx - half // 2, 0, w - half)) // 4 * 4
+    presence, _ = cell_targets(kind[:, y0:y0 + half, x0:x0 + half], organ[:, y0:y0 + half, x0:x0 + half], 4)
+    image = np.asarray(arrays["image"][index, :, 2 * y0:2 * y0 + size, 2 * x0:2 * x0 + size], np.float32) / 255.0
+    return torch.from_numpy(image)[None], torch.from_numpy(presence)
+
+
+@torch.no_grad()
+def case_auc(model, test: DenseDataset, batch: int = 20) -> dict[str, float]:
+    model.eval()
+    scores, truth = [], []
+    for start in range(0, len(test), batch):
+        items = [test[i] for i in range(start, min(start + batch, len(test)))]
+        out = model(torch.stack([it["images"] for it in items]))["kind"]
+        scores.append(out.flatten(2).amax(2).numpy())
+        truth.append(torch.stack([it["kind"] for it in items]).flatten(2).amax(2).numpy() > 0.5)
+    model.train()
+    s, t = np.concatenate(scores), np.concatenate(truth)
+    out = {kind: round(rank_auc(t[:, KINDS.index(kind)], s[:, KINDS.index(kind)]), 3) for kind in FOCAL_KINDS}
+    out["mean"] = round(float(np.mean(list(out.values()))), 3)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--arch", choices=("plain", "published", "patchify"), default="plain")
+    parser.add_argument("--cache", type=Path, default=Path("runs/demo/vision_dense"))
+    parser.add_argument("--train-cases", type=int, default=None)
+    parser.add_argument("--crop", type=int, default=0, help="in-plane crop size in voxels (0: whole volumes)")
+    parser.add_argument("--minutes", type=float, default=8.0)
+    parser.add_argument("--eval-every", type=float, default=2.0)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, help="save the trained weights (safetensors) here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    train = open_split(args.cache, "train", args.train_cases)
+    test = DenseDataset(open_split(args.cache, "test"))
+    size = tuple(train["image"].shape[1:])
+    if args.arch == "plain":
+        model = PlainCNN()
+    else:
+        model = DenseOnly("nano", size, layer_scale_init=0.1,
+                                 stem="decomposed" if args.arch == "published" else args.arch)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
+    whole = DenseDataset(train)
+    n = len(train["labels"])
+    start, step, next_eval, compute = time.monotonic(), 0, args.eval_every * 60, 0.0
+    model.train()
+    while True:
+        elapsed = time.monotonic() - start
+        if elapsed >= next_eval or elapsed >= args.minutes * 60:
+            t0 = time.monotonic()
+            print(json.dumps({"arch": args.arch, "crop": args.crop, "step": step, "cases": step * args.batch,
+                              "train_minutes": round(compute / 60, 2), "case_auc": case_auc(model, test)}), flush=True)
+            start += time.monotonic() - t0  # evaluation time does not count
+            next_eval += args.eval_every * 60
+            if elapsed >= args.minutes * 60:
+                break
+        t0 = time.monotonic()
+        idx = rng.integers(n, size=args.batch)
+        if args.crop:
+            pairs = [crop_item(train, int(i), args.crop, rng) for i in idx]
+            images, target = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+        else:
+            items = [whole[int(i)] for i in idx]
+            images, target = torch.stack([it["images"] for it in items]), torch.stack([it["kind"] for it in items])
+        for group in optimizer.param_groups:
+            group["lr"] = args.lr * min(1.0, (step + 1) / 50)
+        logits = model(images)["kind"].float()
+        target = target.permute(0, 1, 3, 4, 2)
+        loss = balanced_bce(logits, target) + case_max_bce(logits, target)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        compute += time.monotonic() - t0
+    if args.out:
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(args.out))
+
+
+if __name__ == "__main__":
+    main()
