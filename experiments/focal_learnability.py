@@ -110,6 +110,32 @@ def case_auc(model, test: DenseDataset, batch: int = 20) -> dict[str, float]:
     return out
 
 
+@torch.no_grad()
+def where_max(model, test: DenseDataset, batch: int = 20) -> dict:
+    """Where the case-level maximum lands: for each focal kind, in cases with the kind the share whose
+    maximum cell holds it, and in cases without it the organs of the maximum cells (the look-alikes)."""
+    names = {v: k for k, v in LABEL.items()}
+    names[0] = "outside"
+    model.eval()
+    out = {kind: {"hit": [], "negatives": {}} for kind in FOCAL_KINDS}
+    for start in range(0, len(test), batch):
+        items = [test[i] for i in range(start, min(start + batch, len(test)))]
+        logits = model(torch.stack([it["images"] for it in items]))["kind"].permute(0, 1, 4, 2, 3)  # (B, K, d, h, w)
+        for b, item in enumerate(items):
+            for kind in FOCAL_KINDS:
+                k = KINDS.index(kind)
+                cell = np.unravel_index(int(logits[b, k].argmax()), logits.shape[2:])
+                if item["kind"][k].max() > 0.5:
+                    out[kind]["hit"].append(bool(item["kind"][k][cell] > 0.2))
+                else:
+                    organ = names.get(int(item["organ"][cell]), "?")
+                    out[kind]["negatives"][organ] = out[kind]["negatives"].get(organ, 0) + 1
+    model.train()
+    return {kind: {"positives_max_in_lesion": round(float(np.mean(v["hit"])), 3) if v["hit"] else None,
+                   "negatives_max_in": dict(sorted(v["negatives"].items(), key=lambda x: -x[1]))}
+            for kind, v in out.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--arch", choices=("plain", "published", "patchify"), default="plain")
@@ -123,6 +149,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="save the trained weights (safetensors) here")
+    parser.add_argument("--where", action="store_true", help="at the end, print where the case-level maximum lands")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -169,6 +196,8 @@ def main() -> None:
         optimizer.zero_grad(set_to_none=True)
         step += 1
         compute += time.monotonic() - t0
+    if args.where:
+        print(json.dumps({"where_max": where_max(model, test)}), flush=True)
     if args.out:
         from safetensors.torch import save_file
 
