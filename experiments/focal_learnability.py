@@ -35,7 +35,8 @@ from torch import nn
 from napari_med3dvlm.phantoms.anatomy import LABEL
 from napari_med3dvlm.phantoms.case import FOCAL_KINDS, KINDS
 from training.data.dense import NUM_KINDS, DenseDataset, cell_targets
-from training.stages.vision import DenseVisionModel, balanced_bce, case_max_bce, rank_auc
+from training.stages.vision import (DenseVisionModel, balanced_bce, case_max_bce, focal_host_labels,
+                                   host_balanced_bce, rank_auc)
 
 HOSTS = [LABEL[name] for name in LABEL if name in (
     "liver", "spleen", "pancreas", "right kidney", "left kidney", "brain", "right lung", "left lung")]
@@ -70,6 +71,20 @@ class DenseOnly(DenseVisionModel):
         return {"kind": self.dense(pyramid)[:, :NUM_KINDS]}
 
 
+class Downsampled(DenseDataset):
+    """Items at 1/``factor`` of the model resolution on every axis (mean of each block of voxels), with the
+    dense targets on the stride-8 grid of that smaller input."""
+
+    def __init__(self, arrays, factor: int):
+        super().__init__(arrays, cell=4 * factor)
+        self.factor = factor
+
+    def __getitem__(self, index: int) -> dict:
+        item = super().__getitem__(index)
+        item["images"] = nn.functional.avg_pool3d(item["images"][None], self.factor)[0]
+        return item
+
+
 def open_split(root: Path, split: str, limit: int | None = None) -> dict[str, np.ndarray]:
     arrays = {k: np.load(root / split / f"{k}.npy", mmap_mode="r") for k in ("image", "kind", "organ", "labels")}
     if limit:
@@ -97,16 +112,29 @@ def crop_item(arrays, index: int, size: int, rng: np.random.Generator):
 @torch.no_grad()
 def case_auc(model, test: DenseDataset, batch: int = 20) -> dict[str, float]:
     model.eval()
-    scores, truth = [], []
+    scores, truth, cell_scores, cell_truth = [], [], [], []
+    focal = [KINDS.index(kind) for kind in FOCAL_KINDS]
+    hosts = torch.tensor(focal_host_labels())
     for start in range(0, len(test), batch):
         items = [test[i] for i in range(start, min(start + batch, len(test)))]
         out = model(torch.stack([it["images"] for it in items]))["kind"]
+        target = torch.stack([it["kind"] for it in items]).permute(0, 1, 3, 4, 2)
         scores.append(out.flatten(2).amax(2).numpy())
-        truth.append(torch.stack([it["kind"] for it in items]).flatten(2).amax(2).numpy() > 0.5)
+        truth.append(torch.stack([it["case_kinds"] for it in items]).numpy() > 0.5)
+        # cells of a host organ: lesion (any focal kind) against parenchyma, whatever the rest of the volume does
+        host = torch.isin(torch.stack([it["organ"] for it in items]), hosts).permute(0, 2, 3, 1)
+        lesion = target[:, focal].amax(1) > 0.2
+        keep = host | lesion
+        cell_scores.append(out[:, focal].amax(1)[keep].numpy())
+        cell_truth.append(lesion[keep].numpy())
     model.train()
     s, t = np.concatenate(scores), np.concatenate(truth)
     out = {kind: round(rank_auc(t[:, KINDS.index(kind)], s[:, KINDS.index(kind)]), 3) for kind in FOCAL_KINDS}
     out["mean"] = round(float(np.mean(list(out.values()))), 3)
+    focal = [KINDS.index(kind) for kind in FOCAL_KINDS]
+    # detection without the kind: does the case hold any focal lesion, scored by the highest focal channel
+    out["any"] = round(rank_auc(t[:, focal].any(1), s[:, focal].max(1)), 3)
+    out["lesion_vs_parenchyma_cells"] = round(rank_auc(np.concatenate(cell_truth), np.concatenate(cell_scores)), 3)
     return out
 
 
@@ -125,7 +153,7 @@ def where_max(model, test: DenseDataset, batch: int = 20) -> dict:
             for kind in FOCAL_KINDS:
                 k = KINDS.index(kind)
                 cell = np.unravel_index(int(logits[b, k].argmax()), logits.shape[2:])
-                if item["kind"][k].max() > 0.5:
+                if item["case_kinds"][k] > 0.5:
                     out[kind]["hit"].append(bool(item["kind"][k][cell] > 0.2))
                 else:
                     organ = names.get(int(item["organ"][cell]), "?")
@@ -140,6 +168,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--arch", choices=("plain", "published", "patchify"), default="plain")
     parser.add_argument("--cache", type=Path, default=Path("runs/demo/vision_dense"))
+    parser.add_argument("--train-cache", type=Path, help="train split from this cache folder (default: --cache)")
     parser.add_argument("--train-cases", type=int, default=None)
     parser.add_argument("--crop", type=int, default=0, help="in-plane crop size in voxels (0: whole volumes)")
     parser.add_argument("--minutes", type=float, default=8.0)
@@ -149,23 +178,37 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="save the trained weights (safetensors) here")
+    parser.add_argument("--downsample", type=int, default=1,
+                        help="train and evaluate at 1/N of the model resolution (block means)")
+    parser.add_argument("--loss", choices=("balanced", "host"), default="balanced",
+                        help="dense loss: per-channel balanced, or with host-organ negatives as their own group")
+    parser.add_argument("--init", type=Path, help="start from these weights (safetensors, e.g. an --out of a smaller input)")
     parser.add_argument("--where", action="store_true", help="at the end, print where the case-level maximum lands")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
-    train = open_split(args.cache, "train", args.train_cases)
-    test = DenseDataset(open_split(args.cache, "test"))
-    size = tuple(train["image"].shape[1:])
+    train = open_split(args.train_cache or args.cache, "train", args.train_cases)
+    f = args.downsample
+    test = Downsampled(open_split(args.cache, "test"), f) if f > 1 else DenseDataset(open_split(args.cache, "test"))
+    size = tuple(n // f for n in train["image"].shape[1:])
     if args.arch == "plain":
         model = PlainCNN()
     else:
         model = DenseOnly("nano", size, layer_scale_init=0.1,
                                  stem="decomposed" if args.arch == "published" else args.arch)
+    if args.init:
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(args.init)))
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
-    whole = DenseDataset(train)
+    whole = Downsampled(train, f) if f > 1 else DenseDataset(train)
+    hosts = torch.tensor(focal_host_labels())
+    if args.crop and (args.loss == "host" or f > 1):
+        parser.error("--loss host and --downsample need whole volumes")
     n = len(train["labels"])
-    start, step, next_eval, compute = time.monotonic(), 0, args.eval_every * 60, 0.0
+    start, step, compute = time.monotonic(), 0, 0.0
+    next_eval = 0.0 if args.init else args.eval_every * 60  # a started model is scored before it trains
     model.train()
     while True:
         elapsed = time.monotonic() - start
@@ -182,14 +225,21 @@ def main() -> None:
         if args.crop:
             pairs = [crop_item(train, int(i), args.crop, rng) for i in idx]
             images, target = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+            case_target = (target.flatten(2).amax(2) > 0).float()  # what the crop shows
         else:
             items = [whole[int(i)] for i in idx]
             images, target = torch.stack([it["images"] for it in items]), torch.stack([it["kind"] for it in items])
+            organ = torch.stack([it["organ"] for it in items])
+            case_target = torch.stack([it["case_kinds"] for it in items])
         for group in optimizer.param_groups:
             group["lr"] = args.lr * min(1.0, (step + 1) / 50)
         logits = model(images)["kind"].float()
         target = target.permute(0, 1, 3, 4, 2)
-        loss = balanced_bce(logits, target) + case_max_bce(logits, target)
+        if args.loss == "host":
+            host = torch.isin(organ, hosts).permute(0, 2, 3, 1)[:, None]  # (B, 1, h, w, d) like the logits
+            loss = host_balanced_bce(logits, target, host) + case_max_bce(logits, case_target)
+        else:
+            loss = balanced_bce(logits, target) + case_max_bce(logits, case_target)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()

@@ -81,6 +81,26 @@ def test_balanced_loss_gives_rare_lesion_cells_half_the_weight_of_their_channel(
                          torch.nn.functional.binary_cross_entropy_with_logits(all_negative, torch.zeros_like(target)))
 
 
+def test_host_balanced_loss_penalises_firing_on_the_whole_host_organ():
+    """Firing on every cell of the organ that holds the lesion costs little under `balanced_bce` (the
+    organ is a small share of all negatives); with host negatives as their own group it costs as much
+    as missing the lesion, and a detector that fires only on the lesion is still near zero."""
+    from training.stages.vision import balanced_bce, host_balanced_bce
+
+    target = torch.zeros(1, 1, 10, 10, 10)
+    target[0, 0, 4, 4, 4] = 1.0
+    host = torch.zeros(1, 1, 10, 10, 10, dtype=torch.bool)
+    host[0, 0, 2:7, 2:7, 2:7] = True  # 125 cells of the host organ, one of them the lesion
+    organ_prior = torch.where(host, 8.0, -8.0)
+    detector = torch.full_like(target, -8.0)
+    detector[0, 0, 4, 4, 4] = 8.0
+    assert balanced_bce(organ_prior, target) < 0.6
+    assert host_balanced_bce(organ_prior, target, host) > 2.5
+    assert host_balanced_bce(detector, target, host) < 0.01
+    # without host cells it is the balanced loss
+    assert torch.isclose(host_balanced_bce(organ_prior, target, torch.zeros_like(host)), balanced_bce(organ_prior, target))
+
+
 def test_dense_loss_trains_the_token_kind_head_on_s3_blocks(tmp_path):
     from training.data.dense import FINDING_LABELS, NUM_KINDS
     from training.stages.vision import DenseVisionModel, dense_loss
@@ -114,6 +134,45 @@ def test_case_max_loss_lands_on_the_false_positive_cell():
     logits = torch.full((1, 1, 4, 4, 4), -6.0, requires_grad=True)
     with torch.no_grad():
         logits[0, 0, 1, 2, 3] = 3.0  # a look-alike in a case without the kind
-    case_max_bce(logits, torch.zeros(1, 1, 4, 4, 4)).backward()
+    case_max_bce(logits, torch.zeros(1, 1)).backward()
     grad = logits.grad[0, 0]
     assert grad[1, 2, 3] > 0 and (grad != 0).sum() == 1
+
+
+def test_small_lesions_are_positives_at_every_cell_size():
+    """A 2 cm calcification is about 8 label-map voxels: its cell is a full positive on the stride-8 grid
+    and on a coarser one, and the case-level truth comes from the findings, not from the cells."""
+    from training.data.dense import FINDING_LABELS, NUM_KINDS, case_kinds, cell_targets
+
+    kind = np.zeros((16, 64, 64), np.uint8)
+    kind[5:7, 20:22, 30:32] = 3  # 8 voxels of kind index 2 (calcification)
+    organ = np.zeros_like(kind)
+    for cell in (4, 8):
+        presence, _ = cell_targets(kind, organ, cell)
+        assert presence.shape == (NUM_KINDS,) + tuple(n // cell for n in kind.shape)
+        assert presence[2].max() == 1.0 and presence[[0, 1, 3, 4, 5]].max() == 0
+    labels = np.zeros(len(FINDING_LABELS), np.uint8)
+    labels[[i for i, (k, _site) in enumerate(FINDING_LABELS) if k == "calcification"][0]] = 1
+    assert case_kinds(labels).tolist() == [0, 0, 1, 0, 0, 0]
+
+
+def test_lesion_rich_training_cases_follow_the_generator_rules():
+    """The vision stage's lesion-rich sampler: reproducible, one region per case, findings at distinct
+    sites under the generator's compatibility rules, several focal lesions per case on average, some
+    cases with none (the negatives); the natural sampler's cache signature is unchanged."""
+    from napari_med3dvlm.phantoms.case import FOCAL_KINDS
+    from napari_med3dvlm.phantoms.sampling import CATALOGUE, compatible
+    from training.data.dense import DenseSpec, sample_lesion_rich_case
+
+    focal_counts = []
+    for seed in range(300):
+        case = sample_lesion_rich_case(seed)
+        assert case.to_dict() == sample_lesion_rich_case(seed).to_dict()
+        for i, f in enumerate(case.findings):
+            assert CATALOGUE[(f.kind, f.organ)][0] == case.region
+            assert compatible(f, case.findings[:i])
+        focal_counts.append(sum(f.kind in FOCAL_KINDS for f in case.findings))
+    assert 1.8 < np.mean(focal_counts) < 3.0
+    assert 0.05 < np.mean(np.asarray(focal_counts) == 0) < 0.3
+    assert "sampler" not in DenseSpec(0, "train", 6).signature()
+    assert DenseSpec(0, "train", 6, sampler="lesion-rich").signature()["sampler"] == "lesion-rich"

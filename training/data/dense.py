@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from napari_med3dvlm.phantoms.anatomy import LABEL
-from napari_med3dvlm.phantoms.case import KINDS, PhantomCase
-from napari_med3dvlm.phantoms.sampling import CATALOGUE, sample_case
+from napari_med3dvlm.phantoms.case import FOCAL_KINDS, KINDS, PHASES, PLANES, REGIONS, PhantomCase
+from napari_med3dvlm.phantoms.sampling import CATALOGUE, compatible, draw_finding, sample_case
 
 #: Every (kind, site) the generator can draw, in a fixed order: the global label vector.
 FINDING_LABELS: tuple[tuple[str, str], ...] = tuple(
@@ -44,6 +44,41 @@ def case_labels(case: PhantomCase) -> np.ndarray:
     for f in case.findings:
         out[LABEL_INDEX[(f.kind, f.site)]] = 1
     return out
+
+
+#: Share of lesion-rich training cases drawn with no focal finding (they keep the hard negatives).
+LESION_RICH_EMPTY = 0.15
+
+
+def sample_lesion_rich_case(seed: int, case_id: str | None = None, most: int = 4) -> PhantomCase:
+    """A training case with up to ``most`` focal lesions at distinct sites of one region (the benchmark's
+    cases hold about one), and a diffuse finding a third of the time.
+
+    Supervision only: it changes how often the dense targets hold a lesion, not what a lesion or an
+    organ looks like (the same `draw_finding` and compatibility rules as `sample_case`). Test splits
+    always use `sample_case`."""
+    rng = np.random.default_rng(seed)
+    region = REGIONS[rng.integers(len(REGIONS))]
+    phase = PHASES[rng.integers(len(PHASES))]
+    plane = PLANES[rng.integers(len(PLANES))]
+    scale = float(rng.uniform(0.93, 1.07))
+    findings = []
+    options = [(k, o) for (k, o), v in CATALOGUE.items() if v[0] == region]
+    focal = [ko for ko in options if ko[0] in FOCAL_KINDS]
+    diffuse = [ko for ko in options if ko[0] not in FOCAL_KINDS]
+    if rng.random() < 1 / 3:
+        findings.append(draw_finding(rng, *diffuse[rng.integers(len(diffuse))]))
+    wanted = 0 if rng.random() < LESION_RICH_EMPTY else int(rng.integers(1, most + 1))
+    attempts = 0
+    while sum(f.kind in FOCAL_KINDS for f in findings) < wanted and attempts < 30:
+        attempts += 1
+        kind = FOCAL_KINDS[rng.integers(len(FOCAL_KINDS))]
+        organs = sorted({o for k, o in focal if k == kind})
+        candidate = draw_finding(rng, kind, organs[rng.integers(len(organs))])
+        if compatible(candidate, findings):
+            findings.append(candidate)
+    return PhantomCase(case_id=case_id or f"{seed:06d}", seed=int(seed), region=region, phase=phase,
+                       plane=plane, findings=findings, scale=scale)
 
 
 def render_dense(case: PhantomCase, size=(32, 128, 128), window="soft tissue"):
@@ -76,17 +111,22 @@ class DenseSpec:
     count: int
     size: tuple[int, int, int] = (32, 128, 128)
     window: str = "soft tissue"
+    sampler: str = "natural"  # or "lesion-rich" (`sample_lesion_rich_case`; training splits only)
 
     def signature(self) -> dict:
-        return {"seed": self.seed, "split": self.split, "count": self.count, "size": list(self.size),
-                "window": self.window, "labels": len(FINDING_LABELS)}
+        out = {"seed": self.seed, "split": self.split, "count": self.count, "size": list(self.size),
+               "window": self.window, "labels": len(FINDING_LABELS)}
+        if self.sampler != "natural":
+            out["sampler"] = self.sampler
+        return out
 
 
 def _render_job(args):
     index, spec = args
     from napari_med3dvlm.phantoms.writers import case_seed
 
-    case = sample_case(case_seed(spec.seed, spec.split, index), case_id=f"{spec.split}_{index:05d}")
+    sampler = {"natural": sample_case, "lesion-rich": sample_lesion_rich_case}[spec.sampler]
+    case = sampler(case_seed(spec.seed, spec.split, index), case_id=f"{spec.split}_{index:05d}")
     image, kind, organ = render_dense(case, spec.size, spec.window)
     return index, image, kind, organ, case_labels(case), case.to_dict()
 
@@ -168,21 +208,37 @@ class DenseCache:
         return json.loads((self.folder / "cases.json").read_text())
 
 
+#: Label-map voxels (half resolution) that make a cell fully positive for a kind: about the smallest
+#: lesion the generator draws (2 cm at this scale), so a small lesion is a positive at any cell size.
+SMALLEST_LESION_VOXELS = 8
+
+
 def cell_targets(kind: np.ndarray, organ: np.ndarray, cell: int) -> tuple[np.ndarray, np.ndarray]:
     """Targets on a grid of ``cell``-voxel cubes of the label maps: (NUM_KINDS, d, h, w) presence in
     [0, 1] and the organ at each cell's centre (d, h, w).
 
-    A cell holds a kind in proportion to the share of it the finding fills, saturating at a quarter,
-    so small lesions are positives and borders are soft."""
+    A cell holds a kind in proportion to the voxels of it that it contains, saturating at a quarter of
+    the cell or at `SMALLEST_LESION_VOXELS`, whichever is fewer: borders are soft and a small lesion is
+    a full positive in its cell (saturating at a quarter alone left a 2 cm calcification at 0.1-0.5)."""
     d, h, w = (n // cell for n in kind.shape)
     presence = np.zeros((NUM_KINDS, d, h, w), dtype=np.float32)
     blocks = kind[: d * cell, : h * cell, : w * cell]
+    full = min(cell ** 3 / 4.0, SMALLEST_LESION_VOXELS)
     for k in np.unique(blocks):
         if k:
-            share = (blocks == k).reshape(d, cell, h, cell, w, cell).mean(axis=(1, 3, 5))
-            presence[k - 1] = np.minimum(1.0, 4.0 * share)
+            count = (blocks == k).reshape(d, cell, h, cell, w, cell).sum(axis=(1, 3, 5))
+            presence[k - 1] = np.minimum(1.0, count / full)
     centre = cell // 2
     return presence, np.ascontiguousarray(organ[centre::cell, centre::cell, centre::cell][:d, :h, :w])
+
+
+def case_kinds(labels: np.ndarray) -> np.ndarray:
+    """(NUM_KINDS,) 1 where the case holds a finding of that kind, from its (kind, site) label vector:
+    the case-level truth, whether or not the lesion survives the label maps' resolution."""
+    out = np.zeros(NUM_KINDS, dtype=np.float32)
+    for i in np.flatnonzero(np.asarray(labels)):
+        out[KINDS.index(FINDING_LABELS[i][0])] = 1.0
+    return out
 
 
 class DenseDataset:
@@ -206,6 +262,7 @@ class DenseDataset:
             "kind": torch.from_numpy(presence),
             "organ": torch.from_numpy(organ.astype(np.int64)),
             "labels": torch.from_numpy(np.asarray(a["labels"][index], dtype=np.float32)),
+            "case_kinds": torch.from_numpy(case_kinds(a["labels"][index])),
         }
 
 

@@ -104,14 +104,42 @@ def balanced_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return per_channel.mean()
 
 
-def case_max_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def host_balanced_bce(logits: torch.Tensor, target: torch.Tensor, host: torch.Tensor) -> torch.Tensor:
+    """`balanced_bce` with the negatives split in two: cells of an organ that can hold a focal lesion
+    (``host``, a boolean map broadcast over channels) and all other cells. Positives, host negatives and
+    other negatives weigh the same per channel. With one negative group the host parenchyma is a small
+    share of it, and firing on every cell of the host organ is nearly optimal (docs/training.md); this
+    weight makes lesion against parenchyma the decision the loss is about."""
+    loss = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    dims = [0] + list(range(2, loss.dim()))
+    positive = (target > 0).float()
+    host = host.expand_as(loss).float() * (1 - positive)
+    other = (1 - positive) * (1 - host)
+    means, present = [], []
+    for group in (positive, host, other):
+        count = group.sum(dims)
+        means.append((loss * group).sum(dims) / count.clamp(min=1))
+        present.append((count > 0).float())
+    means, present = torch.stack(means), torch.stack(present)
+    per_channel = (means * present).sum(0) / present.sum(0).clamp(min=1)
+    return per_channel.mean()
+
+
+def focal_host_labels() -> list[int]:
+    """Organ labels that host focal lesions (each site's own organ, not the tissue a lesion may spill into)."""
+    from napari_med3dvlm.phantoms.lesions import SITES
+
+    return sorted({hosts[0] for _centre, _jitter, hosts in SITES.values()})
+
+
+def case_max_bce(logits: torch.Tensor, case_target: torch.Tensor) -> torch.Tensor:
     """Multiple-instance loss: per case and channel, BCE of the highest cell's logit against whether the
-    case holds that kind anywhere. In a case without the kind the gradient lands on the one cell that
-    looks most like it: hard-negative mining by construction (normal parenchyma next to the lesion's
-    look-alikes), which a mean over mostly-easy background cells never does."""
+    case holds that kind anywhere (``case_target`` (B, K), from the case's findings, not from the cells:
+    a small lesion must not count as absent). In a case without the kind the gradient lands on the one
+    cell that looks most like it: hard-negative mining by construction (normal parenchyma next to the
+    lesion's look-alikes), which a mean over mostly-easy background cells never does."""
     case_logit = logits.flatten(2).amax(2)
-    case_target = (target.flatten(2).amax(2) > 0.5).float()
-    return F.binary_cross_entropy_with_logits(case_logit, case_target)
+    return F.binary_cross_entropy_with_logits(case_logit, case_target.float())
 
 
 def dense_loss(model, batch, pos_weight: float = 5.0, balanced: bool = False, token_weight: float = 0.0,
@@ -137,9 +165,9 @@ def dense_loss(model, batch, pos_weight: float = 5.0, balanced: bool = False, to
     pooled_loss = F.binary_cross_entropy_with_logits(out["findings_pooled"].float(), labels, pos_weight=weight)
     case_loss = torch.zeros((), device=kind_target.device)
     if case_weight:
-        case_loss = case_max_bce(out["kind"].float(), kind_target)
+        case_loss = case_max_bce(out["kind"].float(), batch["case_kinds"])
         if token_weight:
-            case_loss = 0.5 * (case_loss + case_max_bce(out["token_kind"].float(), kind_target))
+            case_loss = 0.5 * (case_loss + case_max_bce(out["token_kind"].float(), batch["case_kinds"]))
     loss = (kind_loss + 0.5 * organ_loss + finding_loss + pooled_loss + token_weight * token_loss
             + case_weight * case_loss)
     with torch.no_grad():
@@ -196,7 +224,7 @@ def evaluate_findings(model: DenseVisionModel, dataset: DenseDataset, batch_size
         truth.append(batch["labels"].numpy() > 0.5)
         dense_max.append(out["kind"].flatten(2).amax(2).numpy())
         token_max.append(out["token_kind"].flatten(2).amax(2).numpy())
-        kinds_true.append(batch["kind"].flatten(2).amax(2).numpy() > 0.5)
+        kinds_true.append(batch["case_kinds"].numpy() > 0.5)
     model.train(was_training)
     truth = np.concatenate(truth)
     scores = set_scores(np.concatenate(preds), truth, FOCAL)
@@ -219,7 +247,8 @@ def dense_caches(config: dict) -> tuple[DenseCache, DenseCache]:
     window = config["data"].get("window", "soft tissue")
     root = Path(stage.get("cache_dir") or Path(config["output_dir"]) / "vision_dense")
     seed = int(stage.get("phantom_seed", 0))
-    train_spec = DenseSpec(seed, "train", int(stage.get("train_cases", 2000)), size, window)
+    train_spec = DenseSpec(seed, "train", int(stage.get("train_cases", 2000)), size, window,
+                           sampler=str(stage.get("train_sampler", "natural")))
     test_spec = DenseSpec(seed, "test", int(stage.get("test_cases", 200)), size, window)
     workers = int(stage.get("render_workers", 2))
     return (DenseCache(root / "train", train_spec).build(workers), DenseCache(root / "test", test_spec).build(workers))

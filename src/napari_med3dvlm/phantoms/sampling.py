@@ -63,7 +63,7 @@ def _side(site: str) -> str | None:
     return None
 
 
-def _draw_finding(rng: np.random.Generator, kind: str, organ: str) -> Finding:
+def draw_finding(rng: np.random.Generator, kind: str, organ: str) -> Finding:
     region, sites, size_range, max_count = CATALOGUE[(kind, organ)]
     site = sites[rng.integers(len(sites))]
     size = None
@@ -91,7 +91,7 @@ def sample_case(seed: int, case_id: str | None = None) -> PhantomCase:
     else:
         kind = KINDS[rng.integers(len(KINDS))]
         organs = _organs_for(kind)
-        first = _draw_finding(rng, kind, organs[rng.integers(len(organs))])
+        first = draw_finding(rng, kind, organs[rng.integers(len(organs))])
         region = CATALOGUE[(first.kind, first.organ)][0]
         findings.append(first)
         wanted = int(rng.choice([1, 2, 3], p=FINDING_COUNT_PROBS))
@@ -102,8 +102,8 @@ def sample_case(seed: int, case_id: str | None = None) -> PhantomCase:
             organs = _organs_for(kind, region)
             if not organs:
                 continue
-            candidate = _draw_finding(rng, kind, organs[rng.integers(len(organs))])
-            if not _compatible(candidate, findings):
+            candidate = draw_finding(rng, kind, organs[rng.integers(len(organs))])
+            if not compatible(candidate, findings):
                 continue
             findings.append(candidate)
     return PhantomCase(
@@ -112,7 +112,7 @@ def sample_case(seed: int, case_id: str | None = None) -> PhantomCase:
     )
 
 
-def _compatible(new: Finding, existing: list[Finding]) -> bool:
+def compatible(new: Finding, existing: list[Finding]) -> bool:
     """One finding per organ+kind, no lesions in an organ already marked enlarged or the reverse
     (keeps each organ's abnormality unambiguous), one effusion of each kind."""
     for f in existing:
