@@ -28,6 +28,8 @@ def register(subparsers) -> None:
     demo.add_argument("--headless", action="store_true", help="do not show the window (needs an X server, e.g. Xvfb)")
     demo.add_argument("--out", type=Path, required=True, help="folder for report.md, report.json, screenshot.png")
     demo.add_argument("--question", default=DEMO_QUESTION, help="a question for the Chat dock")
+    demo.add_argument("--front", choices=("report", "chat"), default="report",
+                      help="the dock in front for the screenshot")
     demo.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for each generation")
     demo.add_argument("--dock-images", type=Path, help="also save each dock as dock_<name>.png in this folder")
     add_model_options(demo)
@@ -119,7 +121,7 @@ def _demo(viewer, docks, args) -> int:
         chat.runner.failed.connect(failures.append)
         chat.send(args.question)
         _wait(chat.runner, args.timeout)
-    _raise_dock(report)  # the Report tab in front for the screenshot
+    _raise_dock(chat if args.front == "chat" and chat is not None else report)  # in front for the screenshot
     for _ in range(5):
         QCoreApplication.processEvents()
     shot = args.out / "screenshot.png"

@@ -102,6 +102,7 @@ def test_host_balanced_loss_penalises_firing_on_the_whole_host_organ():
 
 
 def test_dense_loss_trains_the_token_kind_head_on_s3_blocks(tmp_path):
+    from napari_med3dvlm.phantoms.anatomy import LABEL
     from training.data.dense import FINDING_LABELS, NUM_KINDS
     from training.stages.vision import DenseVisionModel, dense_loss
 
@@ -114,10 +115,15 @@ def test_dense_loss_trains_the_token_kind_head_on_s3_blocks(tmp_path):
         "labels": torch.zeros(1, len(FINDING_LABELS)),
     }
     batch["kind"][0, 0, 1, 5, 5] = 1.0
-    loss, parts = dense_loss(model, batch, balanced=True, token_weight=1.0)
+    batch["case_kinds"] = torch.tensor([[1.0, 0, 0, 0, 0, 0]])
+    loss, parts = dense_loss(model, batch, balanced=True, token_weight=1.0, case_weight=1.0)
     assert parts["token_loss"] > 0
     loss.backward()
     assert model.token_kind.weight.grad.abs().sum() > 0
+    # the host-balanced variant reads the organ map of the batch (host organ cells around the lesion)
+    batch["organ"][0, :, 3:8, 3:8] = LABEL["liver"]
+    host_loss, _ = dense_loss(model, batch, host_balanced=True, token_weight=1.0, case_weight=1.0)
+    assert torch.isfinite(host_loss) and not torch.isclose(host_loss, loss)
 
 
 def test_case_level_auc_is_chance_for_an_organ_prior_and_one_for_a_detector():

@@ -143,13 +143,16 @@ def case_max_bce(logits: torch.Tensor, case_target: torch.Tensor) -> torch.Tenso
 
 
 def dense_loss(model, batch, pos_weight: float = 5.0, balanced: bool = False, token_weight: float = 0.0,
-               case_weight: float = 0.0):
+               case_weight: float = 0.0, host_balanced: bool = False):
     out = model(batch["images"])
     # targets come as (B, [K,] D, H, W); the encoder's maps are depth-last (B, [K,] H, W, D)
     kind_target = batch["kind"].permute(0, 1, 3, 4, 2)
     organ_target = batch["organ"].permute(0, 2, 3, 1)
     weight = torch.tensor(pos_weight, device=kind_target.device)
-    if balanced:
+    if host_balanced:
+        hosts = torch.tensor(focal_host_labels(), device=organ_target.device)
+        kind_loss = host_balanced_bce(out["kind"].float(), kind_target, torch.isin(organ_target, hosts)[:, None])
+    elif balanced:
         kind_loss = balanced_bce(out["kind"].float(), kind_target)
     else:
         kind_loss = F.binary_cross_entropy_with_logits(out["kind"].float(), kind_target, pos_weight=weight)
@@ -271,6 +274,7 @@ def run(config: dict) -> dict:
     balanced = bool(stage.get("balanced_dense", False))
     token_weight = float(stage.get("token_kind_weight", 0.0))
     case_weight = float(stage.get("case_max_weight", 0.0))
+    host_balanced = bool(stage.get("host_balanced_dense", False))
     train_eval = DenseDataset({k: v[: len(test)] for k, v in dataset.arrays.items()})
 
     def evaluate(m):
@@ -281,7 +285,7 @@ def run(config: dict) -> dict:
         model=model,
         dataset=dataset,
         collate_fn=collate_dense,
-        compute_loss=lambda m, b: dense_loss(m, b, pos_weight, balanced, token_weight, case_weight),
+        compute_loss=lambda m, b: dense_loss(m, b, pos_weight, balanced, token_weight, case_weight, host_balanced),
         cfg=cfg,
         output_dir=stage_dir(config, "vision"),
         evaluate=evaluate,
