@@ -36,10 +36,8 @@ from napari_med3dvlm.phantoms.anatomy import LABEL
 from napari_med3dvlm.phantoms.case import FOCAL_KINDS, KINDS
 from training.data.dense import NUM_KINDS, DenseDataset, cell_targets
 from training.stages.vision import (DenseVisionModel, balanced_bce, case_max_bce, focal_host_labels,
-                                   host_balanced_bce, rank_auc)
+                                   host_balanced_bce, host_cells, rank_auc)
 
-HOSTS = [LABEL[name] for name in LABEL if name in (
-    "liver", "spleen", "pancreas", "right kidney", "left kidney", "brain", "right lung", "left lung")]
 
 
 class PlainCNN(nn.Module):
@@ -96,7 +94,7 @@ def crop_item(arrays, index: int, size: int, rng: np.random.Generator):
     """(image (1, D, size, size), kind presence (K, d, h, w)) of one crop aligned to the stride-8 grid."""
     kind, organ = np.asarray(arrays["kind"][index]), np.asarray(arrays["organ"][index])
     focal = np.isin(kind, [KINDS.index(k) + 1 for k in FOCAL_KINDS])
-    where = np.argwhere(focal) if focal.any() and rng.random() < 0.5 else np.argwhere(np.isin(organ, HOSTS))
+    where = np.argwhere(focal) if focal.any() and rng.random() < 0.5 else np.argwhere(np.isin(organ, focal_host_labels().numpy()))
     if len(where) == 0:
         where = np.argwhere(np.ones_like(organ, bool))
     _, cy, cx = where[rng.integers(len(where))]
@@ -114,7 +112,6 @@ def case_auc(model, test: DenseDataset, batch: int = 20) -> dict[str, float]:
     model.eval()
     scores, truth, cell_scores, cell_truth = [], [], [], []
     focal = [KINDS.index(kind) for kind in FOCAL_KINDS]
-    hosts = torch.tensor(focal_host_labels())
     for start in range(0, len(test), batch):
         items = [test[i] for i in range(start, min(start + batch, len(test)))]
         out = model(torch.stack([it["images"] for it in items]))["kind"]
@@ -122,7 +119,7 @@ def case_auc(model, test: DenseDataset, batch: int = 20) -> dict[str, float]:
         scores.append(out.flatten(2).amax(2).numpy())
         truth.append(torch.stack([it["case_kinds"] for it in items]).numpy() > 0.5)
         # cells of a host organ: lesion (any focal kind) against parenchyma, whatever the rest of the volume does
-        host = torch.isin(torch.stack([it["organ"] for it in items]), hosts).permute(0, 2, 3, 1)
+        host = host_cells(torch.stack([it["organ"] for it in items]))[:, 0]
         lesion = target[:, focal].amax(1) > 0.2
         keep = host | lesion
         cell_scores.append(out[:, focal].amax(1)[keep].numpy())
@@ -131,7 +128,6 @@ def case_auc(model, test: DenseDataset, batch: int = 20) -> dict[str, float]:
     s, t = np.concatenate(scores), np.concatenate(truth)
     out = {kind: round(rank_auc(t[:, KINDS.index(kind)], s[:, KINDS.index(kind)]), 3) for kind in FOCAL_KINDS}
     out["mean"] = round(float(np.mean(list(out.values()))), 3)
-    focal = [KINDS.index(kind) for kind in FOCAL_KINDS]
     # detection without the kind: does the case hold any focal lesion, scored by the highest focal channel
     out["any"] = round(rank_auc(t[:, focal].any(1), s[:, focal].max(1)), 3)
     out["lesion_vs_parenchyma_cells"] = round(rank_auc(np.concatenate(cell_truth), np.concatenate(cell_scores)), 3)
@@ -185,6 +181,8 @@ def main() -> None:
     parser.add_argument("--init", type=Path, help="start from these weights (safetensors, e.g. an --out of a smaller input)")
     parser.add_argument("--where", action="store_true", help="at the end, print where the case-level maximum lands")
     args = parser.parse_args()
+    if args.crop and (args.loss == "host" or args.downsample > 1):
+        parser.error("--loss host and --downsample need whole volumes")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
@@ -203,9 +201,6 @@ def main() -> None:
         model.load_state_dict(load_file(str(args.init)))
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
     whole = Downsampled(train, f) if f > 1 else DenseDataset(train)
-    hosts = torch.tensor(focal_host_labels())
-    if args.crop and (args.loss == "host" or f > 1):
-        parser.error("--loss host and --downsample need whole volumes")
     n = len(train["labels"])
     start, step, compute = time.monotonic(), 0, 0.0
     next_eval = 0.0 if args.init else args.eval_every * 60  # a started model is scored before it trains
@@ -236,8 +231,7 @@ def main() -> None:
         logits = model(images)["kind"].float()
         target = target.permute(0, 1, 3, 4, 2)
         if args.loss == "host":
-            host = torch.isin(organ, hosts).permute(0, 2, 3, 1)[:, None]  # (B, 1, h, w, d) like the logits
-            loss = host_balanced_bce(logits, target, host) + case_max_bce(logits, case_target)
+            loss = host_balanced_bce(logits, target, host_cells(organ)) + case_max_bce(logits, case_target)
         else:
             loss = balanced_bce(logits, target) + case_max_bce(logits, case_target)
         loss.backward()

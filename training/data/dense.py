@@ -25,14 +25,16 @@ from pathlib import Path
 import numpy as np
 
 from napari_med3dvlm.phantoms.anatomy import LABEL
-from napari_med3dvlm.phantoms.case import FOCAL_KINDS, KINDS, PHASES, PLANES, REGIONS, PhantomCase
-from napari_med3dvlm.phantoms.sampling import CATALOGUE, compatible, draw_finding, sample_case
+from napari_med3dvlm.phantoms.case import FOCAL_KINDS, KINDS, REGIONS, PhantomCase
+from napari_med3dvlm.phantoms.sampling import CATALOGUE, compatible, draw_finding, draw_technique, sample_case
 
 #: Every (kind, site) the generator can draw, in a fixed order: the global label vector.
 FINDING_LABELS: tuple[tuple[str, str], ...] = tuple(
     sorted({(kind, site) for (kind, _organ), (_region, sites, _size, _n) in CATALOGUE.items() for site in sites})
 )
 LABEL_INDEX = {label: i for i, label in enumerate(FINDING_LABELS)}
+#: The kind index of each entry of `FINDING_LABELS`.
+LABEL_KIND = np.array([KINDS.index(kind) for kind, _site in FINDING_LABELS])
 NUM_KINDS = len(KINDS)
 NUM_ORGANS = max(LABEL.values()) + 1
 #: The label maps are stored at half the model resolution on every axis.
@@ -59,9 +61,7 @@ def sample_lesion_rich_case(seed: int, case_id: str | None = None, most: int = 4
     always use `sample_case`."""
     rng = np.random.default_rng(seed)
     region = REGIONS[rng.integers(len(REGIONS))]
-    phase = PHASES[rng.integers(len(PHASES))]
-    plane = PLANES[rng.integers(len(PLANES))]
-    scale = float(rng.uniform(0.93, 1.07))
+    phase, plane, scale = draw_technique(rng)
     findings = []
     options = [(k, o) for (k, o), v in CATALOGUE.items() if v[0] == region]
     focal = [ko for ko in options if ko[0] in FOCAL_KINDS]
@@ -236,8 +236,7 @@ def case_kinds(labels: np.ndarray) -> np.ndarray:
     """(NUM_KINDS,) 1 where the case holds a finding of that kind, from its (kind, site) label vector:
     the case-level truth, whether or not the lesion survives the label maps' resolution."""
     out = np.zeros(NUM_KINDS, dtype=np.float32)
-    for i in np.flatnonzero(np.asarray(labels)):
-        out[KINDS.index(FINDING_LABELS[i][0])] = 1.0
+    out[LABEL_KIND[np.asarray(labels) > 0]] = 1.0
     return out
 
 

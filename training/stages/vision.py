@@ -17,6 +17,8 @@ head against minutes and cases seen) in ``metrics.jsonl``; the labels never ente
 
 from __future__ import annotations
 
+import functools
+
 from pathlib import Path
 
 import numpy as np
@@ -125,11 +127,18 @@ def host_balanced_bce(logits: torch.Tensor, target: torch.Tensor, host: torch.Te
     return per_channel.mean()
 
 
-def focal_host_labels() -> list[int]:
+@functools.cache
+def focal_host_labels() -> torch.Tensor:
     """Organ labels that host focal lesions (each site's own organ, not the tissue a lesion may spill into)."""
     from napari_med3dvlm.phantoms.lesions import SITES
 
-    return sorted({hosts[0] for _centre, _jitter, hosts in SITES.values()})
+    return torch.tensor(sorted({hosts[0] for _centre, _jitter, hosts in SITES.values()}))
+
+
+def host_cells(organ: torch.Tensor) -> torch.Tensor:
+    """(B, 1, h, w, d) boolean map of host-organ cells, in the layout of the dense logits, from the
+    depth-first organ targets (B, d, h, w)."""
+    return torch.isin(organ, focal_host_labels().to(organ.device)).permute(0, 2, 3, 1)[:, None]
 
 
 def case_max_bce(logits: torch.Tensor, case_target: torch.Tensor) -> torch.Tensor:
@@ -150,8 +159,7 @@ def dense_loss(model, batch, pos_weight: float = 5.0, balanced: bool = False, to
     organ_target = batch["organ"].permute(0, 2, 3, 1)
     weight = torch.tensor(pos_weight, device=kind_target.device)
     if host_balanced:
-        hosts = torch.tensor(focal_host_labels(), device=organ_target.device)
-        kind_loss = host_balanced_bce(out["kind"].float(), kind_target, torch.isin(organ_target, hosts)[:, None])
+        kind_loss = host_balanced_bce(out["kind"].float(), kind_target, host_cells(batch["organ"]))
     elif balanced:
         kind_loss = balanced_bce(out["kind"].float(), kind_target)
     else:

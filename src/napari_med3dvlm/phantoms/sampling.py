@@ -63,6 +63,13 @@ def _side(site: str) -> str | None:
     return None
 
 
+def draw_technique(rng: np.random.Generator) -> tuple[str, str, float]:
+    """(contrast phase, acquisition plane, body scale) of a case."""
+    phase = PHASES[rng.integers(len(PHASES))]
+    plane = PLANES[rng.integers(len(PLANES))]
+    return phase, plane, float(rng.uniform(0.93, 1.07))
+
+
 def draw_finding(rng: np.random.Generator, kind: str, organ: str) -> Finding:
     region, sites, size_range, max_count = CATALOGUE[(kind, organ)]
     site = sites[rng.integers(len(sites))]
@@ -82,9 +89,7 @@ def _organs_for(kind: str, region: str | None = None) -> list[str]:
 def sample_case(seed: int, case_id: str | None = None) -> PhantomCase:
     """A reproducible random case: the same seed always gives the same ground truth."""
     rng = np.random.default_rng(seed)
-    phase = PHASES[rng.integers(len(PHASES))]
-    plane = PLANES[rng.integers(len(PLANES))]
-    scale = float(rng.uniform(0.93, 1.07))
+    phase, plane, scale = draw_technique(rng)
     findings: list[Finding] = []
     if rng.random() < NORMAL_FRACTION:
         region = REGIONS[rng.integers(len(REGIONS))]
