@@ -33,10 +33,12 @@ def test_preprocess_baseline_is_the_same_job():
     assert torch.equal(module.ours(data), module.plain_torch(data))
 
 
-def test_dcformer_benchmark_layouts_agree(capsys):
+def test_dcformer_benchmark_executions_agree(capsys):
     module = _load("dcformer")
-    assert module.main(["--variant", "nano", "--size", "16", "32", "32", "--rounds", "1"]) == 0
+    assert module.main(["--variant", "nano", "--size", "16", "32", "32", "--rounds", "1", "--channels-last"]) == 0
     out = capsys.readouterr().out
-    diff = float(out.split("default layout")[1].split("reference|")[1].split()[0])
-    assert diff <= 1e-5
-    assert np.isfinite(diff)
+    for name in ("default", "channels-last"):
+        line = next(row for row in out.splitlines() if row.startswith(name + " "))
+        diff = float(line.split("reference|")[1].split()[0])
+        assert np.isfinite(diff) and diff <= 1e-5
+    assert "ratio default / reference" in out

@@ -106,14 +106,80 @@ def test_config_round_trips_and_rejects_unknown_variant():
         DCFormerConfig(variant="huge")
 
 
-def test_channels_last_is_used_only_where_it_is_safe_and_matches_the_reference_layout():
-    """Single volumes without autograd run channels-last (fast path); batches keep the contiguous
-    layout (channels-last 3-D convolutions corrupted the heap for batches on torch's CPU build)."""
-    from napari_med3dvlm.model.dcformer import DCFormer, DCFormerConfig
+def _with_running_statistics(model):
+    """Eval-mode BatchNorm with non-trivial statistics and layer scales that matter, so that a wrong
+    fold or a wrong tap shows in the outputs."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm3d):
+                module.running_mean.normal_(0, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+                module.weight.normal_(1, 0.1)
+                module.bias.normal_(0, 0.1)
+        for name, param in model.named_parameters():
+            if name.endswith("scale"):
+                param.fill_(0.1)
+    return model.eval()
 
+
+@pytest.mark.parametrize("size", [(16, 32, 32), (30, 34, 17)])
+def test_cpu_inference_runs_the_fused_stem_and_gives_the_reference_outputs(size, monkeypatch):
+    """The default CPU inference path (stem as matrix products, BatchNorm folded) is the same
+    function as the reference execution: batches and sizes that are no multiple of 4 too."""
+    from napari_med3dvlm.model.dcformer import DecomposedStem, LAYOUT_ENV
+
+    monkeypatch.delenv(LAYOUT_ENV, raising=False)
+    torch.manual_seed(0)
+    model = _with_running_statistics(DCFormer(DCFormerConfig(variant="nano")))
+    reference = DCFormer(DCFormerConfig(variant="nano")).eval()
+    reference.load_state_dict(model.state_dict())
+    reference.memory_format = "contiguous"
+    calls = []
+    original = DecomposedStem.forward_fused
+    monkeypatch.setattr(DecomposedStem, "forward_fused", lambda self, x: calls.append(x.shape[0]) or original(self, x))
+    images = torch.rand(2, 1, *size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        fused = model(images)
+        expected = reference(images)
+    assert calls == [2]
+    for got, want in zip(fused, expected):
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+        assert got.abs().max() > 0.1  # outputs that carry signal, not a vacuous match
+
+
+def test_training_and_gradients_run_the_reference_execution(monkeypatch):
+    """Folding BatchNorm is only valid with frozen statistics: a forward that trains or builds a
+    graph takes the reference path (and its gradients), as does the explicit reference setting."""
+    from napari_med3dvlm.model.dcformer import DecomposedStem, LAYOUT_ENV
+
+    monkeypatch.delenv(LAYOUT_ENV, raising=False)
+    calls = []
+    monkeypatch.setattr(DecomposedStem, "forward_fused", lambda self, x: calls.append(1))
+    model = DCFormer(DCFormerConfig(variant="nano"))
+    images = torch.rand(2, 1, 16, 32, 32)  # two: training BatchNorm needs more than one value
+    model.train()
+    with torch.no_grad():
+        model(images)
+    model.eval()
+    model(images)[-1].sum().backward()
+    model.memory_format = "contiguous"
+    with torch.no_grad():
+        model(images)
+    model.memory_format = "auto"
+    monkeypatch.setenv(LAYOUT_ENV, "contiguous")
+    with torch.no_grad():
+        model(images)
+    assert calls == []
+
+
+def test_channels_last_is_used_only_for_single_volumes_and_matches_the_reference_layout():
+    """The opt-in channels-last execution (the CUDA default) runs single volumes without autograd
+    in NDHWC; batches keep the contiguous layout (channels-last 3-D convolutions corrupted the heap
+    for batches on torch's CPU build)."""
     torch.manual_seed(0)
     model = DCFormer(DCFormerConfig(variant="nano")).eval()
-    model.memory_format = "channels_last"  # opt-in on CPU
+    model.memory_format = "channels_last"
     reference = DCFormer(DCFormerConfig(variant="nano")).eval()
     reference.load_state_dict(model.state_dict())
     reference.memory_format = "contiguous"

@@ -133,6 +133,91 @@ class DecomposedConv3d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.c1(x) + self.c2(x) + self.c3(x))
 
+    def folded(self) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+        """Per branch, the convolution's weight and bias with the eval-mode BatchNorm folded in."""
+        out = []
+        for branch in (self.c1, self.c2, self.c3):
+            conv, norm = branch[0], branch[1]
+            bias = conv.bias if conv.bias is not None else torch.zeros_like(conv.weight[:, 0, 0, 0, 0])
+            if isinstance(norm, nn.BatchNorm3d):
+                scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+                out.append((conv.weight * scale.view(-1, 1, 1, 1, 1), (bias - norm.running_mean) * scale + norm.bias))
+            else:
+                out.append((conv.weight, bias))
+        return out
+
+    def taps(self) -> Tuple[Dict[Tuple[int, int, int], torch.Tensor], torch.Tensor]:
+        """The dense convolution as a cross-shaped stencil: {(dh, dw, dd) offset: (C_in, C_out) matrix}
+        and one bias. The three branches' centre taps add up into one matrix (7 taps for k=3, not 9)."""
+        taps: Dict[Tuple[int, int, int], torch.Tensor] = {}
+        total_bias = 0
+        k = self.c1[0].kernel_size[0]
+        for axis, (weight, bias) in enumerate(self.folded()):
+            for t in range(k):
+                offset, index = [0, 0, 0], [0, 0, 0]
+                offset[axis], index[axis] = t - k // 2, t
+                matrix = weight[:, :, index[0], index[1], index[2]].t()
+                taps[tuple(offset)] = taps[tuple(offset)] + matrix if tuple(offset) in taps else matrix
+            total_bias = total_bias + bias
+        return {key: value.contiguous() for key, value in taps.items()}, total_bias
+
+    def forward_padded(self, padded: torch.Tensor) -> torch.Tensor:
+        """Inference on a zero-bordered channels-last buffer ``(B, H+2p, W+2p, D+2p, C)`` (p = k // 2),
+        returning the same kind of buffer: each tap is one matrix product over a shifted row range of
+        the flattened buffer (a neighbour along any axis is a fixed row offset there), accumulated into
+        the output; the border rows get garbage and are zeroed again. Dense, stride 1 only."""
+        conv = self.c1[0]
+        if conv.groups != 1 or conv.stride != (1, 1, 1):
+            raise ValueError("forward_padded takes a dense, stride-1 decomposed convolution")
+        taps, bias = self.taps()
+        batch, hp, wp, dp, channels = padded.shape
+        pad = self.c1[0].kernel_size[0] // 2
+        rows = padded.reshape(-1, channels)
+        out = torch.empty(rows.shape[0], bias.shape[0], dtype=padded.dtype, device=padded.device)
+        margin = pad * (wp * dp + dp + 1)  # the largest row offset of a tap; these rows are all border
+        lo, hi = margin, rows.shape[0] - margin
+        for i, ((dh, dw, dd), matrix) in enumerate(taps.items()):
+            shift = dh * wp * dp + dw * dp + dd
+            if i == 0:
+                torch.addmm(bias.to(padded.dtype), rows[lo + shift : hi + shift], matrix, out=out[lo:hi])
+            else:
+                out[lo:hi].addmm_(rows[lo + shift : hi + shift], matrix)
+        out = out.view(batch, hp, wp, dp, -1)
+        if not isinstance(self.act, nn.Identity):
+            out = self.act(out)
+        return zero_border(out, pad)
+
+
+def zero_border(padded: torch.Tensor, pad: int) -> torch.Tensor:
+    """Zero the ``pad``-wide border of the three spatial axes of a ``(B, H, W, D, C)`` buffer, in place."""
+    for axis in (1, 2, 3):
+        padded.narrow(axis, 0, pad).zero_()
+        padded.narrow(axis, padded.shape[axis] - pad, pad).zero_()
+    return padded
+
+
+def strided_single_channel_padded(conv: DecomposedConv3d, x: torch.Tensor, pad: int) -> torch.Tensor:
+    """Inference of a decomposed convolution with one input channel and stride s (the published stem's
+    first k=7 / stride 4 layer) as one matrix product: the 3k - 2 distinct voxels each output reads
+    (the branches share the centre) gathered by strided slicing, times a (3k - 2, C) matrix. Returns
+    the output inside a zero-bordered channels-last buffer ``(B, H/s + 2 pad, ..., C)``."""
+    taps, bias = conv.taps()
+    k, stride = conv.c1[0].kernel_size[0], conv.c1[0].stride[0]
+    half = k // 2
+    batch, _, *spatial = x.shape
+    sizes = [-(-n // stride) for n in spatial]  # (n + 2 half - k) // stride + 1, for odd k
+    source = F.pad(x[:, 0], (half, half) * 3)
+    columns = []
+    for offset in taps:
+        h, w, d = (half + o for o in offset)
+        columns.append(source[:, h::stride, w::stride, d::stride][:, : sizes[0], : sizes[1], : sizes[2]])
+    gathered = torch.stack(columns, dim=-1).reshape(-1, len(columns))
+    matrix = torch.cat(list(taps.values()))  # (3k - 2, C)
+    out = x.new_empty(batch, *(n + 2 * pad for n in sizes), matrix.shape[1])
+    inner = out[:, pad : pad + sizes[0], pad : pad + sizes[1], pad : pad + sizes[2]]
+    inner.copy_(torch.addmm(bias.to(x.dtype), gathered, matrix).view(batch, *sizes, -1))
+    return zero_border(out, pad)
+
 
 class DecomposedStem(nn.Sequential):
     """Four decomposed convolutions: k=7 / stride 4, then three k=3 / stride 1.
@@ -149,6 +234,20 @@ class DecomposedStem(nn.Sequential):
             DecomposedConv3d(out_channels, out_channels, 3),
             DecomposedConv3d(out_channels, out_channels, 3),
         )
+
+    def forward_fused(self, x: torch.Tensor) -> torch.Tensor:
+        """The same function for inference, as matrix products on one channels-last buffer (see
+        `DecomposedConv3d.forward_padded`): BatchNorm folded, no per-branch outputs, no transposes
+        between the four layers. Returns the contiguous ``(B, C, H, W, D)`` map like ``forward``."""
+        first, *rest = self
+        pad = rest[0].c1[0].kernel_size[0] // 2
+        buffer = strided_single_channel_padded(first, x, pad)
+        for conv in rest:
+            buffer = conv.forward_padded(buffer)
+        inner = buffer[:, pad:-pad, pad:-pad, pad:-pad]
+        # stored depth-major with channels innermost, the layout of the stem's tokens, so that
+        # `feature_map_to_tokens` is a view; the next stage reads it through its strides
+        return inner.contiguous().permute(0, 4, 1, 2, 3)
 
 
 class PatchifyStem(nn.Sequential):
@@ -222,7 +321,8 @@ class DCFormerBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.downsample:
-            x = self.proj(self.pool(x))
+            # contiguous: the fused stem hands over a channels-last map (see `execution_for`)
+            x = self.proj(self.pool(x).contiguous())
         update = self.dwconv(x).permute(0, 2, 3, 4, 1)  # channels last for the MLP
         update = self.scale * self.mlp(update)
         return x + update.permute(0, 4, 1, 2, 3)
@@ -256,38 +356,46 @@ class DCFormerEncoder(nn.Module):
             stage = DCFormerStage(channels[i - 1], channels[i], blocks[i], config.kernel_sizes[i - 1], config)
             self.add_module(f"s{i}", stage)
 
-    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
-        maps = []
-        for i in range(5):
+    def forward(self, x: torch.Tensor, fused: bool = False) -> List[torch.Tensor]:
+        """``fused``: the stem's inference-only path (`DecomposedStem.forward_fused`), same function."""
+        stem = self.s0[0]
+        x = stem.forward_fused(x) if fused and isinstance(stem, DecomposedStem) else self.s0(x)
+        maps = [x]
+        for i in range(1, 5):
             x = getattr(self, f"s{i}")(x)
             maps.append(x)
         return maps
 
 
-#: Overrides the encoder's memory layout everywhere: "channels_last", "contiguous" or "auto".
+#: Overrides the encoder's execution everywhere: "auto", "channels_last" or "contiguous" (the reference).
 LAYOUT_ENV = "NAPARI_MED3DVLM_DCFORMER_LAYOUT"
 
 
-def memory_format_for(device: torch.device, preference: str = "auto") -> Optional[torch.memory_format]:
-    """The memory layout the encoder runs in on ``device``; None keeps the input's own.
+def execution_for(device: torch.device, preference: str = "auto") -> str:
+    """How the encoder runs inference on ``device``: "fused", "channels_last" or "reference".
 
-    Channels-last (NDHWC) lets the oneDNN / cuDNN convolutions and the channel MLP work without
-    transposes: on a 2-core CPU a DCFormer-small forward at 128x256x256 takes about two thirds of the
-    time, with fp32 outputs within about 1e-5 of the contiguous layout. It is the default on CUDA; on CPU it
-    is opt-in (``memory_format = "channels_last"`` or the environment variable), because the test suite
-    still saw heap corruption there; elsewhere (MPS) the input's layout is kept. It applies to single volumes without autograd
-    only (a report, an indexed volume): with torch 2.13's CPU build, channels-last 3-D convolutions
-    corrupted the heap and aborted the process ("free(): invalid next size") for batches of 2 or
-    more, with or without gradients (a SigLIP training step, a batched feature probe).
+    - "fused" (CPU default): the published stem runs as matrix products on one channels-last buffer
+      with BatchNorm folded (`DecomposedStem.forward_fused`); the stages run as in the reference.
+      The stem is about two thirds of a 128x256x256 forward, and on a 2-core CPU the whole forward
+      takes about half the reference's time, fp32 outputs within about 3e-6. It uses only plain
+      matrix products and contiguous convolutions, any batch size.
+    - "channels_last" (CUDA default; opt-in on CPU): the whole network in NDHWC so that the
+      cuDNN / oneDNN convolutions need no transposes. For single volumes only: with torch 2.13's
+      CPU build, channels-last 3-D convolutions corrupted the heap and aborted the process
+      ("free(): invalid next size") for batches of 2 or more, and the test suite saw it again, hence
+      not the CPU default.
+    - "reference": contiguous NCDHW op for op, as the reference implementation runs
+      (``memory_format = "contiguous"`` or the environment variable); also every training forward,
+      since the fused path is for inference only.
     """
     import os
 
     preference = os.environ.get(LAYOUT_ENV, "").strip().lower() or preference
     if preference == "contiguous":
-        return None
+        return "reference"
     if preference == "channels_last" or device.type == "cuda":
-        return torch.channels_last_3d
-    return None
+        return "channels_last"
+    return "fused" if device.type == "cpu" else "reference"
 
 
 def feature_map_to_tokens(feature_map: torch.Tensor) -> torch.Tensor:
@@ -311,7 +419,7 @@ class DCFormer(nn.Module):
             raise TypeError("pass either a DCFormerConfig or keyword arguments, not both")
         self.config = config
         self.encoder = DCFormerEncoder(config)
-        #: "auto" (by device, see `memory_format_for`), "channels_last" or "contiguous".
+        #: "auto" (by device, see `execution_for`), "channels_last" or "contiguous" (the reference).
         self.memory_format = "auto"
 
     @property
@@ -337,10 +445,12 @@ class DCFormer(nn.Module):
     def forward(self, images: torch.Tensor) -> List[torch.Tensor]:
         self._check_input(images)
         depth_last = images.permute(0, 1, 3, 4, 2)  # (B, C, D, H, W) -> (B, C, H, W, D)
-        layout = memory_format_for(images.device, self.memory_format)
-        if layout is not None and images.shape[0] == 1 and not torch.is_grad_enabled():
-            depth_last = depth_last.contiguous(memory_format=layout)
-        return [feature_map_to_tokens(m) for m in self.encoder(depth_last)]
+        execution = execution_for(images.device, self.memory_format)
+        if torch.is_grad_enabled() or self.encoder.s0.training:
+            execution = "reference"
+        if execution == "channels_last" and images.shape[0] == 1:
+            depth_last = depth_last.contiguous(memory_format=torch.channels_last_3d)
+        return [feature_map_to_tokens(m) for m in self.encoder(depth_last, fused=execution == "fused")]
 
 
 def stage_token_counts(input_size: Sequence[int]) -> List[int]:
