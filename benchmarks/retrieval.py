@@ -121,7 +121,7 @@ def latency(args, workdir: Path) -> None:
     start = time.perf_counter()
     index.build_ann_index(args.index_type)
     build = time.perf_counter() - start
-    for nprobes, refine in ((10, 3), (20, 5)):
+    for nprobes, refine in ((10, 3), (20, 5), (20, 2)):  # the last: VolumeIndex.search's default
         ann_times, ann_hits = time_queries(
             lambda q: index.search(q, k, exact=False, nprobes=nprobes, refine_factor=refine), queries
         )
@@ -129,8 +129,9 @@ def latency(args, workdir: Path) -> None:
         recall1 = np.mean([bool(h) and key_to_id(h[0]) == t for h, t in zip(ann_hits, targets)])
         overlap = np.mean([len({key_to_id(x) for x in h} & set(top)) / k for h, top in zip(ann_hits, base_top)])
         print(f"index ANN {args.index_type} nprobes {nprobes:>2} refine {refine}  p50 {a50:7.2f} ms  p95 {a95:7.2f} ms  "
-              f"x{a95 / b95:.2f} of baseline p95; target@1 {recall1:.1%}; top-{k} overlap with exact {overlap:.1%}")
-    print(f"(ANN index build {build:.1f} s; target p95 <= 20 ms: {'met' if a95 <= 20 else 'NOT met'})")
+              f"x{a95 / b95:.2f} of baseline p95; target@1 {recall1:.1%}; top-{k} overlap with exact {overlap:.1%}"
+              + ("  (default)" if (nprobes, refine) == (20, 2) else ""))
+    print(f"(ANN index build {build:.1f} s; target p95 <= 20 ms at the default: {'met' if a95 <= 20 else 'NOT met'})")
 
     print("== exact scan vs table size (sets ANN_MIN_FLOATS)")
     for n in (1_000, 5_000, 10_000, 25_000, 50_000, 100_000):

@@ -79,6 +79,7 @@ class VolumeIndex:
         self._db = lancedb.connect(str(self.path))
         self._read_info()  # fail early on an index from a newer version
         self._matrix_cache = None  # (table version, keys, matrix) for exact search
+        self._ann_cache = None  # (table version, whether searches use the vector index)
         self._lock = threading.Lock()
 
     # -- bookkeeping -------------------------------------------------------------------------
@@ -145,7 +146,7 @@ class VolumeIndex:
             return
         if TABLE in self._tables():
             self._db.drop_table(TABLE)
-        self._matrix_cache = None
+        self._matrix_cache = self._ann_cache = None
         info = self._read_info()
         info.update(model_id=model_id, dim=int(dim))
         self._write_info(info)
@@ -266,6 +267,7 @@ class VolumeIndex:
         else:
             options = {"num_partitions": max(1, rows // 1500)}
         table.create_index(metric="cosine", index_type=index_type, replace=True, **options)
+        self._ann_cache = None
 
     # -- searching -----------------------------------------------------------------------------
     def _matrix(self, table):
@@ -282,12 +284,21 @@ class VolumeIndex:
         return row_ids, matrix
 
     def uses_ann(self, table=None) -> bool:
-        """Whether searches go through the vector index (large tables that have one)."""
+        """Whether searches go through the vector index (large tables that have one); cached per
+        table version (a write or a new index makes a new version)."""
         table = table or self.table()
-        return table is not None and table.count_rows() >= self.ann_threshold and bool(_vector_indices(table))
+        if table is None:
+            return False
+        version = table.version
+        cached = self._ann_cache
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        answer = table.count_rows() >= self.ann_threshold and bool(_vector_indices(table))
+        self._ann_cache = (version, answer)
+        return answer
 
     def search(self, query: np.ndarray, k: int = 10, exact: bool | None = None, nprobes: int = 20,
-               refine_factor: int = 5) -> list[SearchHit]:
+               refine_factor: int = 2) -> list[SearchHit]:
         """Top-k volumes by cosine similarity to a unit query vector.
 
         Exact (a numpy scan of the cached matrix) below ``ann_threshold`` rows; the LanceDB vector
