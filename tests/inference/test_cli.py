@@ -55,3 +55,30 @@ def test_closed_question_and_unavailable_model(engine, nifti_path, capsys, monke
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert main(["ask", str(nifti_path), "Which organ?", "--model", "nobody/no-model"]) == 1
     assert "Settings" in capsys.readouterr().err
+
+
+def test_the_command_line_process_exits_with_every_output_written(tiny_model_dir, nifti_path, tmp_path, config_dir):
+    """`python -m napari_med3dvlm report` (the console script's path) leaves without the interpreter's
+    teardown: the files, the piped standard output and the exit code must all still be there; and
+    an error in a command that leaves that way keeps its code 2 and its one line."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "NAPARI_MED3DVLM_MERGED_CACHE": "0"}
+    out = tmp_path / "reports"
+    result = subprocess.run(
+        [sys.executable, "-m", "napari_med3dvlm", "report", str(nifti_path), "--out", str(out), "--model", str(tiny_model_dir),
+         "--device", "cpu", "--max-new-tokens", "8"],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.rstrip().endswith(f"1 report(s) written to {out}")  # buffered pipe, flushed
+    record = json.loads((out / "report-01.json").read_text())
+    assert record["report"] and record["report"] in (out / "report-01.md").read_text()
+    missing = subprocess.run(
+        [sys.executable, "-m", "napari_med3dvlm", "search", "anything", "--db", str(tmp_path / "no-index")],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert missing.returncode == 2
+    assert len(missing.stderr.strip().splitlines()) == 1 and "no index at" in missing.stderr

@@ -31,7 +31,7 @@ def register(subparsers) -> None:
         "report (report-NN-where-KK.nii.gz, the source's affine) and report-NN-where.json naming them",
     )
     _add_common(report)
-    report.set_defaults(func=run_report)
+    report.set_defaults(func=run_report, quick_exit=True)
 
     ask = subparsers.add_parser(
         "ask",
@@ -44,7 +44,7 @@ def register(subparsers) -> None:
         "--choices", nargs=4, metavar=("A", "B", "C", "D"), help="answer options: a closed question"
     )
     _add_common(ask)
-    ask.set_defaults(func=run_ask)
+    ask.set_defaults(func=run_ask, quick_exit=True)
 
 
 def add_model_options(parser: argparse.ArgumentParser):

@@ -27,7 +27,7 @@ def register(subparsers) -> None:
     index.add_argument("--db", required=True, type=Path, help="index folder (created if missing)")
     index.add_argument("--batch-size", type=int, default=4, help="volumes per encoder batch and per commit")
     _add_model(index)
-    index.set_defaults(func=run_index)
+    index.set_defaults(func=run_index, quick_exit=True)
 
     search = subparsers.add_parser(
         "search",
@@ -41,7 +41,7 @@ def register(subparsers) -> None:
     search.add_argument("--volume", type=Path, help="use a volume (NIfTI file or DICOM folder) as the query")
     search.add_argument("--json", action="store_true", help="print results as JSON lines")
     _add_model(search)
-    search.set_defaults(func=run_search)
+    search.set_defaults(func=run_search, quick_exit=True)
 
 
 def _add_model(parser) -> None:
