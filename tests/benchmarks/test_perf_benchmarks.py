@@ -42,3 +42,10 @@ def test_dcformer_benchmark_executions_agree(capsys):
         diff = float(line.split("reference|")[1].split()[0])
         assert np.isfinite(diff) and diff <= 1e-5
     assert "ratio default / reference" in out
+
+
+def test_model_load_benchmark_times_both_loads(capsys):
+    module = _load("model_load")
+    assert module.main(["--rounds", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "merged model cached" in out and "rebuilt and merged" in out and "ratio cached / rebuilt" in out
