@@ -74,7 +74,7 @@ class _exit:
     """The process's last step after a headless command (report, ask, index, search: the commands
     that set ``quick_exit``). Once its outputs are written and every other exit handler has run,
     the interpreter's own teardown only frees memory and unloads torch's and transformers'
-    thousands of modules: 1.1-1.2 s of a 7-8 s cold ``report`` on the 2-core machine. The handler
+    thousands of modules, which takes a noticeable part of a cold ``report``. The handler
     below is registered when this module is imported, before torch or any other library, so it runs
     last (exit handlers run in reverse order); it flushes the standard streams and leaves with the
     command's exit code. Only `entry` (the console script, ``python -m napari_med3dvlm``) arms it:

@@ -156,8 +156,9 @@ class DecomposedConv3d(nn.Module):
             for t in range(k):
                 offset, index = [0, 0, 0], [0, 0, 0]
                 offset[axis], index[axis] = t - k // 2, t
+                key = tuple(offset)
                 matrix = weight[:, :, index[0], index[1], index[2]].t()
-                taps[tuple(offset)] = taps[tuple(offset)] + matrix if tuple(offset) in taps else matrix
+                taps[key] = taps[key] + matrix if key in taps else matrix
             total_bias = total_bias + bias
         return {key: value.contiguous() for key, value in taps.items()}, total_bias
 
@@ -171,7 +172,7 @@ class DecomposedConv3d(nn.Module):
             raise ValueError("forward_padded takes a dense, stride-1 decomposed convolution")
         taps, bias = self.taps()
         batch, hp, wp, dp, channels = padded.shape
-        pad = self.c1[0].kernel_size[0] // 2
+        pad = conv.kernel_size[0] // 2
         rows = padded.reshape(-1, channels)
         out = torch.empty(rows.shape[0], bias.shape[0], dtype=padded.dtype, device=padded.device)
         margin = pad * (wp * dp + dp + 1)  # the largest row offset of a tap; these rows are all border
@@ -238,15 +239,14 @@ class DecomposedStem(nn.Sequential):
     def forward_fused(self, x: torch.Tensor) -> torch.Tensor:
         """The same function for inference, as matrix products on one channels-last buffer (see
         `DecomposedConv3d.forward_padded`): BatchNorm folded, no per-branch outputs, no transposes
-        between the four layers. Returns the contiguous ``(B, C, H, W, D)`` map like ``forward``."""
+        between the four layers. Returns the ``(B, C, H, W, D)`` map of ``forward`` in channels-last
+        memory (``channels_last_3d``), which the first stage's max-pool reads without a copy."""
         first, *rest = self
         pad = rest[0].c1[0].kernel_size[0] // 2
         buffer = strided_single_channel_padded(first, x, pad)
         for conv in rest:
             buffer = conv.forward_padded(buffer)
         inner = buffer[:, pad:-pad, pad:-pad, pad:-pad]
-        # stored depth-major with channels innermost, the layout of the stem's tokens, so that
-        # `feature_map_to_tokens` is a view; the next stage reads it through its strides
         return inner.contiguous().permute(0, 4, 1, 2, 3)
 
 
@@ -376,8 +376,9 @@ def execution_for(device: torch.device, preference: str = "auto") -> str:
 
     - "fused" (CPU default): the published stem runs as matrix products on one channels-last buffer
       with BatchNorm folded (`DecomposedStem.forward_fused`); the stages run as in the reference.
-      The stem is about two thirds of a 128x256x256 forward, and on a 2-core CPU the whole forward
-      takes about half the reference's time, fp32 outputs within about 3e-6. It uses only plain
+      The stem is about three quarters of the reference's 128x256x256 forward; on a 2-core CPU the
+      whole forward takes 0.44x the reference's time, fp32 outputs within about 3e-6
+      (`benchmarks/dcformer.py`). It uses only plain
       matrix products and contiguous convolutions, any batch size.
     - "channels_last" (CUDA default; opt-in on CPU): the whole network in NDHWC so that the
       cuDNN / oneDNN convolutions need no transposes. For single volumes only: with torch 2.13's
