@@ -6,7 +6,10 @@ stem's fused path, on CUDA channels-last). ``--channels-last`` also times the op
 layout on CPU. Same random weights (BatchNorm in eval mode with non-trivial statistics), same input;
 the largest absolute difference of the five stage outputs is printed. Rounds alternate A, B.
 
-    python benchmarks/dcformer.py [--variant small] [--size 128 256 256] [--rounds 3] [--channels-last] [--compile]
+    python benchmarks/dcformer.py [--variant small] [--size 128 256 256] [--rounds 3] [--channels-last] [--compile] [--profile]
+
+``--profile`` also prints, for the reference and the default, the operators that take the most CPU
+time in one forward (torch.profiler, grouped by input shape): where the time goes.
 
 Target: time ratio <= 0.6 with fp32 outputs within 1e-5.
 """
@@ -47,6 +50,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--channels-last", action="store_true", help="also time the opt-in channels-last layout")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile of the default layout")
+    parser.add_argument("--profile", action="store_true", help="print the costliest operators of one forward")
     args = parser.parse_args(argv)
 
     candidate = build(args.variant)  # memory_format "auto"
@@ -76,6 +80,15 @@ def main(argv=None) -> int:
     for name in runs:
         diff = max(float((a - b).abs().max()) for a, b in zip(outputs[name], outputs["reference"]))
         print(f"{name:13s} s {_summary(times[name])}  max |output - reference| {diff:.1e}")
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        for name in ("reference", "default"):
+            with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+                runs[name](images)
+            print(f"== {name}: operators by self CPU time, one forward")
+            print(prof.key_averages(group_by_input_shape=True).table(
+                sort_by="self_cpu_time_total", row_limit=10, max_name_column_width=28, max_shapes_column_width=60))
     for name in runs:
         if name != "reference":
             ratios = [a / b for a, b in zip(times[name], times["reference"])]
