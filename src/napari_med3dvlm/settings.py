@@ -114,3 +114,46 @@ def save_settings(settings: InferenceSettings, path: str | os.PathLike | None = 
     tmp.write_text(json.dumps(settings.to_dict(), indent=2), encoding="utf-8")
     tmp.replace(file)
     return file
+
+
+# -- secrets ------------------------------------------------------------------------------------
+# Tokens and passwords (a backend server's token, PACS credentials) live beside the settings in a
+# file of their own, readable by the user only, so that `InferenceSettings.to_dict()` (which goes
+# into every export) never holds one. Callers never print or log a secret's value.
+SECRETS_FILE = "secrets.json"
+
+
+def secrets_path(path: str | os.PathLike | None = None) -> Path:
+    return config_dir(path) / SECRETS_FILE
+
+
+def load_secret(name: str, path: str | os.PathLike | None = None) -> str:
+    """The secret stored under ``name`` ('' when none is stored or the file is unreadable)."""
+    try:
+        values = json.loads(secrets_path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ""
+    value = values.get(name, "") if isinstance(values, dict) else ""
+    return value if isinstance(value, str) else ""
+
+
+def save_secret(name: str, value: str, path: str | os.PathLike | None = None) -> Path:
+    """Store (or, with an empty ``value``, remove) one secret; the file is created with mode 0600."""
+    file = secrets_path(path)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        values = json.loads(file.read_text(encoding="utf-8"))
+        values = values if isinstance(values, dict) else {}
+    except (OSError, ValueError):
+        values = {}
+    if value:
+        values[name] = value
+    else:
+        values.pop(name, None)
+    tmp = file.with_suffix(".json.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(values, handle, indent=2)
+    os.chmod(tmp, 0o600)
+    tmp.replace(file)
+    return file
