@@ -17,8 +17,10 @@ import warnings
 #: Modules that contribute sub-commands through a ``register(subparsers)`` function.
 COMMAND_MODULES = (
     "napari_med3dvlm.inference.cli",  # report, ask
+    "napari_med3dvlm.inference.llm_cli",  # export-llm (the language model as a plain folder, for vLLM)
     "napari_med3dvlm.retrieval.cli",  # index, search
     "napari_med3dvlm.viewer_cli",  # view (napari with the sample and docks), demo
+    "napari_med3dvlm.server.cli",  # serve (the model over HTTP)
 )
 
 

@@ -25,6 +25,12 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 #: How a closed question (choices A-D) is answered: rank the four choices by the model's
 #: likelihood of each as the answer, or generate "B. ..." freely as the reference evaluates.
 CLOSED_ANSWER_MODES = ("score", "generate")
+#: Where the model runs: in this process, or on a `napari-med3dvlm serve` server.
+BACKENDS = ("local", "server")
+#: The name under which the server token is stored (`save_secret`).
+SERVER_TOKEN = "server_token"
+#: Where the language model runs: in this process, or in a vLLM server (docs/vllm.md).
+LLM_BACKENDS = ("transformers", "vllm")
 
 
 @dataclass
@@ -42,6 +48,14 @@ class InferenceSettings:
     #: Show the "outside what this model knows" warning in the docks and on the CLI's stderr
     #: (`scope`). Exports record the check either way.
     scope_warnings: bool = True
+    #: Where the model runs: "local" (this process) or "server" (`napari-med3dvlm serve` at
+    #: ``server_url``; its token is a secret, see `load_secret("server_token")`).
+    backend: str = "local"
+    server_url: str = ""
+    #: "transformers" (in this process) or "vllm" (a vLLM server: continuous batching, many GPUs).
+    llm: str = "transformers"
+    #: A vLLM server that is already running (http://host:port); empty: start one for the model.
+    vllm_url: str = ""
 
     def __post_init__(self):
         if self.device not in DEVICES:
@@ -58,9 +72,15 @@ class InferenceSettings:
         if self.closed_answer not in CLOSED_ANSWER_MODES:
             raise ValueError(f"closed_answer must be one of {CLOSED_ANSWER_MODES}, got {self.closed_answer!r}")
         self.model_source = str(self.model_source).strip() or EMBEDDED
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        self.server_url = str(self.server_url or "").strip()
         if isinstance(self.scope_warnings, str):
             self.scope_warnings = self.scope_warnings.strip().lower() not in {"0", "false", "no", "off"}
         self.scope_warnings = bool(self.scope_warnings)
+        if self.llm not in LLM_BACKENDS:
+            raise ValueError(f"llm must be one of {LLM_BACKENDS}, got {self.llm!r}")
+        self.vllm_url = str(self.vllm_url or "").strip().rstrip("/")
 
     def generation_kwargs(self) -> dict:
         """Keyword arguments for ``generate`` (sampling only when temperature > 0)."""

@@ -11,9 +11,11 @@ import sys
 from pathlib import Path
 
 from napari_med3dvlm.io import Volume, VolumeReadError
-from napari_med3dvlm.settings import CLOSED_ANSWER_MODES, DEVICES, DTYPES
+from napari_med3dvlm.settings import CLOSED_ANSWER_MODES, DEVICES, DTYPES, LLM_BACKENDS, load_settings
 
-from .engine import InferenceEngine, ModelUnavailableError, get_engine
+from .backend import get_engine
+from .engine import InferenceEngine, ModelUnavailableError
+from .pacs_cli import add_dicomweb_options, load_input, report_inputs, sr_outputs
 from .tasks import Conversation, stream_report
 
 
@@ -23,7 +25,7 @@ def register(subparsers) -> None:
         help="write a Markdown and JSON report for each volume",
         description="Generate a findings report for each volume (NIfTI file, DICOM file or folder).",
     )
-    report.add_argument("paths", nargs="+", metavar="PATH", help="NIfTI files, DICOM files or folders")
+    report.add_argument("paths", nargs="*", metavar="PATH", help="NIfTI files, DICOM files or folders")
     report.add_argument("--out", required=True, type=Path, help="folder for the .md and .json reports")
     report.add_argument(
         "--relevance", action="store_true",
@@ -31,6 +33,7 @@ def register(subparsers) -> None:
         "report (report-NN-where-KK.nii.gz, the source's affine) and report-NN-where.json naming them",
     )
     _add_common(report)
+    add_dicomweb_options(report)  # --dicomweb URL --study UID, --sr, --stow
     report.set_defaults(func=run_report, quick_exit=True)
 
     ask = subparsers.add_parser(
@@ -63,6 +66,11 @@ def add_model_options(parser: argparse.ArgumentParser):
         "--no-scope-warning", dest="scope_warnings", action="store_false", default=None,
         help="do not print the 'outside what this model knows' warning (exports still record the check)",
     )
+    group.add_argument(
+        "--llm", choices=LLM_BACKENDS,
+        help="where the language model runs: in this process, or in vLLM (batches requests; docs/vllm.md)",
+    )
+    group.add_argument("--vllm-url", metavar="URL", help="a vLLM server already running (default: start one)")
     return group
 
 
@@ -73,11 +81,26 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         help="CT display window for the model: a preset name or CENTER,WIDTH (default: soft tissue)",
     )
     group.add_argument("--series", type=int, help="only this series (0-based) of a multi-series folder")
+    add_server_options(parser)
 
 
-def engine_from_args(args) -> InferenceEngine:
-    """The shared engine with the command-line overrides applied (not saved)."""
-    engine = get_engine()
+def add_server_options(parser: argparse.ArgumentParser) -> None:
+    """--server and --token: run against `napari-med3dvlm serve` instead of a model in this process."""
+    group = parser.add_argument_group("backend server (default: the saved settings)")
+    group.add_argument("--server", metavar="URL",
+                       help="a `napari-med3dvlm serve` address, e.g. http://127.0.0.1:8765 "
+                       "(default: $NAPARI_MED3DVLM_SERVER, else Settings > Backend)")
+    group.add_argument("--token", help="the server's token (default: $NAPARI_MED3DVLM_TOKEN, else the stored one)")
+
+
+def engine_from_args(args, local: bool = False):
+    """The shared engine with the command-line overrides applied (not saved). ``local``: always the
+    model in this process (the server itself), whatever the saved backend says."""
+    import os
+
+    from .backend import SERVER_ENV, use_settings
+
+    settings = get_engine().settings if not local else load_settings()
     overrides = {
         "model_source": args.model,
         "device": args.device,
@@ -86,11 +109,19 @@ def engine_from_args(args) -> InferenceEngine:
         "temperature": args.temperature,
         "closed_answer": getattr(args, "closed_answer", None),
         "scope_warnings": getattr(args, "scope_warnings", None),
+        "llm": getattr(args, "llm", None) or ("vllm" if getattr(args, "vllm_url", None) else None),
+        "vllm_url": getattr(args, "vllm_url", None),
     }
     overrides = {k: v for k, v in overrides.items() if v is not None}
+    server = None if local else (getattr(args, "server", None) or
+                                 (os.environ.get(SERVER_ENV) if hasattr(args, "server") else None))
+    if local:
+        overrides["backend"] = "local"
+    elif server:
+        overrides.update(backend="server", server_url=server)
     if overrides:
-        engine.update_settings(engine.settings.updated(**overrides))
-    return engine
+        settings = settings.updated(**overrides)
+    return use_settings(settings, token=getattr(args, "token", None) or None)
 
 
 def window_arg(text: str):
@@ -147,14 +178,17 @@ def _with_window(volume: Volume, window) -> Volume:
 
 def run_report(args) -> int:
     engine = engine_from_args(args)
+    if engine.settings.llm == "vllm" and getattr(engine.settings, "backend", "local") == "local":
+        return _run_report_batch(args, engine)
     window = parse_window(args.window)
     count = failed = 0
+    inputs = report_inputs(args)  # the paths, and the --dicomweb study
     try:
-        for number, path in enumerate(args.paths, start=1):
+        for number, path in enumerate(inputs, start=1):
             try:
-                volumes = load_volumes(path, args.series)
+                volumes = load_input(path, args, load_volumes)
             except (VolumeReadError, OSError) as err:  # one unreadable input: the others still run
-                prefix = f"input {number}: " if len(args.paths) > 1 else ""
+                prefix = f"input {number}: " if len(inputs) > 1 else ""
                 print(f"error: {prefix}{one_line(err)}", file=sys.stderr)
                 failed += 1
                 continue
@@ -163,6 +197,54 @@ def run_report(args) -> int:
                 label = f"input {number} series {index + 1}"
                 stream = stream_report(engine, volume, on_scope=_scope_printer(engine, label))
                 record = _drain(stream)
+                stem = f"report-{number:02d}" + (f"-{index + 1:02d}" if index else "")
+                md, js = record.write(args.out, stem)
+                if args.relevance:
+                    from .relevance import write_sentence_maps
+
+                    maps = write_sentence_maps(engine, volume, volume, record.text, args.out, stem, record.request)
+                    print(f"input {number} series {index + 1}: {len(maps)} relevance map(s), {stem}-where.json")
+                count += 1
+                print(f"input {number} series {index + 1}: {md.name}, {js.name} ({record.duration_s:.1f} s)")
+                if args.sr or args.stow:
+                    failed += sr_outputs(args, record, volume, stem, f"input {number} series {index + 1}")
+    except ModelUnavailableError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return model_error_code(err)
+    print(f"{count} report(s) written to {args.out}")
+    return 2 if failed else 0
+
+
+def _run_report_batch(args, engine) -> int:
+    """``report --llm vllm``: the volumes are encoded one after another and every report is requested
+    as soon as its volume is encoded, all at once, so that vLLM batches them; the files and lines are
+    the sequential run's, in the same order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    window = parse_window(args.window)
+    count = failed = 0
+    jobs = []
+    for number, path in enumerate(args.paths, start=1):
+        try:
+            volumes = load_volumes(path, args.series)
+        except (VolumeReadError, OSError) as err:
+            prefix = f"input {number}: " if len(args.paths) > 1 else ""
+            print(f"error: {prefix}{one_line(err)}", file=sys.stderr)
+            failed += 1
+            continue
+        jobs += [(number, index, _with_window(volume, window)) for index, volume in enumerate(volumes)]
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, min(64, len(jobs))), thread_name_prefix="report") as pool:
+            futures = []
+            for number, index, volume in jobs:
+                try:
+                    engine.encode(volume)  # in order, here; the reports already requested generate meanwhile
+                except ValueError:
+                    pass  # the report's own task says why (and reports the scope)
+                printer = _scope_printer(engine, f"input {number} series {index + 1}")
+                futures.append(pool.submit(_drain, stream_report(engine, volume, on_scope=printer)))
+            for (number, index, volume), future in zip(jobs, futures):
+                record = future.result()
                 stem = f"report-{number:02d}" + (f"-{index + 1:02d}" if index else "")
                 md, js = record.write(args.out, stem)
                 if args.relevance:
@@ -210,10 +292,13 @@ def run_ask(args) -> int:
 
 
 def model_error_code(err: ModelUnavailableError) -> int:
-    """2 when the model folder itself is damaged or unsafe (bad input), 1 when no model is available."""
+    """2 when the model folder itself is damaged or unsafe (bad input) or the backend server fails, 1 when no
+    model is available."""
     from napari_med3dvlm.model.files import ModelLoadError
 
-    return 2 if isinstance(err.__cause__, ModelLoadError) else 1
+    from .remote import ServerError
+
+    return 2 if isinstance(err, ServerError) or isinstance(err.__cause__, ModelLoadError) else 1
 
 
 def _scope_printer(engine: InferenceEngine, label: str):

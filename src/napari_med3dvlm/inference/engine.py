@@ -240,6 +240,9 @@ class InferenceEngine:
         cancel_event = cancel_event or threading.Event()
         if isinstance(image_features, EncodedImage):
             image_features = image_features.features
+        if settings.llm == "vllm":  # the language model in a vLLM server (vllm_backend, docs/vllm.md)
+            yield from self._stream_vllm(prompt, image_features, settings, cancel_event)
+            return
         model, tokenizer = self.load()
         inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
         device = next(model.parameters()).device
@@ -297,6 +300,14 @@ class InferenceEngine:
                 ) from err
             raise err
 
+    def _stream_vllm(self, prompt, image_features, settings, cancel_event) -> Iterator[str]:
+        from .vllm_backend import VLLMError, stream_vllm
+
+        try:
+            yield from stream_vllm(self, prompt, image_features, settings, cancel_event)
+        except VLLMError as err:
+            raise ModelUnavailableError(str(err)) from err
+
     def rank_choices(self, prompt: str, choices, image_features: torch.Tensor | EncodedImage) -> list[float]:
         """Log-likelihood of each choice as the answer to ``prompt`` (an open-question prompt)."""
         if isinstance(image_features, EncodedImage):
@@ -312,23 +323,8 @@ class InferenceEngine:
     def generate(self, prompt, image_features, settings=None, cancel_event=None) -> str:
         return "".join(self.stream(prompt, image_features, settings, cancel_event))
 
+    def check_scope(self, volume: Volume, encoded: EncodedImage | None = None):
+        """What is unusual about ``volume`` for this engine's model (`scope.check_input`)."""
+        from .scope import check_input
 
-_engine: InferenceEngine | None = None
-_engine_lock = threading.Lock()
-
-
-def get_engine() -> InferenceEngine:
-    """The process-wide engine (created with the saved settings on first call)."""
-    global _engine
-    with _engine_lock:
-        if _engine is None:
-            _engine = InferenceEngine()
-        return _engine
-
-
-def set_engine(engine: InferenceEngine | None) -> InferenceEngine | None:
-    """Replace the shared engine (tests, embedding apps); returns the previous one."""
-    global _engine
-    with _engine_lock:
-        previous, _engine = _engine, engine
-        return previous
+        return check_input(self, volume, encoded)

@@ -72,10 +72,8 @@ def _encode(engine: InferenceEngine, volume: Volume, on_scope: Callable | None):
 
 def check_scope(engine: InferenceEngine, volume: Volume, encoded=None, on_scope: Callable | None = None):
     """`scope.check_input`, never failing the task it belongs to (a failed check is logged)."""
-    from .scope import check_input
-
     try:
-        result = check_input(engine, volume, encoded)
+        result = engine.check_scope(volume, encoded)
     except Exception:  # noqa: BLE001 - the check informs; it must not stop a report
         logger.exception("scope check failed")
         return None

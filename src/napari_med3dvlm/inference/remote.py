@@ -1,0 +1,303 @@
+"""`RemoteEngine`: the engine interface over HTTP, for a model served by `napari-med3dvlm serve`.
+
+The docks and the command line hold an engine and never ask which kind: `InferenceEngine` runs the
+model in this process, this class sends the same calls to a server (the model on a lab's GPU
+machine). The report and chat tasks run here unchanged: they build their prompts with the shared
+prompt builder and call `encode`, `stream` and `rank_choices`, which travel as
+
+* ``encode``: the volume is uploaded once (content-hash id, `wire`), the server encodes it and
+  keeps its features; the reply carries the preprocessing transform and the scope check;
+* ``stream``: server-sent events, one per text piece; closing the stream (Stop, a closed iterator)
+  ends generation on the server at its next token;
+* ``rank_choices``, ``count_tokens``: small JSON calls.
+
+A server that restarted has forgotten its volumes; the next call uploads again by itself. Every
+failure becomes a `ServerError` (a `ModelUnavailableError`) with one sentence naming the server and
+what to do; the token is sent as a bearer header and never appears in a message or a log line.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import threading
+from collections.abc import Iterator
+
+import httpx
+
+from napari_med3dvlm.io import Volume
+from napari_med3dvlm.settings import InferenceSettings
+
+from .engine import ModelUnavailableError
+from .features import EncodedImage, volume_signature
+from . import wire
+
+logger = logging.getLogger(__name__)
+
+#: Seconds to wait for a connection, and for any byte of a reply (a stream sends a piece per token,
+#: so silence this long means the server or the network is gone).
+CONNECT_TIMEOUT_S = 5.0
+READ_TIMEOUT_S = 120.0
+#: Generation settings that travel with each request (the model-choice settings stay on the server).
+GENERATION_KEYS = ("max_new_tokens", "temperature", "top_p", "seed")
+
+
+class ServerError(ModelUnavailableError):
+    """The backend server could not be reached or refused the request; the message says why."""
+
+
+class _UnknownVolume(Exception):
+    """The server does not hold the volume (it restarted or evicted it): upload again."""
+
+
+class RemoteEngine:
+    """An engine whose model runs on a `napari-med3dvlm serve` server (see the module docstring)."""
+
+    def __init__(self, url: str, token: str = "", settings: InferenceSettings | None = None,
+                 timeout: float = READ_TIMEOUT_S, transport: httpx.BaseTransport | None = None):
+        url = (url or "").strip().rstrip("/")
+        if not url.startswith(("http://", "https://")):
+            raise ServerError(f"Backend server address {url!r} must start with http:// or https://")
+        self.url = url
+        self._settings = settings or InferenceSettings()
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._client = httpx.Client(
+            base_url=url, headers=headers, transport=transport,
+            timeout=httpx.Timeout(timeout, connect=CONNECT_TIMEOUT_S),
+        )
+        self._info: dict | None = None
+        self._ids: dict[str, str] = {}  # local volume signature -> server volume id
+        self._volumes: dict[str, Volume] = {}  # signature -> volume, to upload again after a restart
+        self._scopes: dict[str, dict] = {}
+        self._lock = threading.Lock()
+
+    # -- what the docks and tasks read ------------------------------------------------------------
+
+    @property
+    def settings(self) -> InferenceSettings:
+        return self._settings
+
+    def update_settings(self, settings: InferenceSettings) -> None:
+        self._settings = settings
+
+    @property
+    def info(self) -> dict:
+        """The server's model facts (id, input size, device, dtype, ...), asked once."""
+        if self._info is None:
+            self._info = self._json("GET", "/v1/model")
+        return self._info
+
+    @property
+    def model_id(self) -> str:
+        return self.info["model_id"]
+
+    @property
+    def is_loaded(self) -> bool:
+        return self._info is not None
+
+    def load(self):
+        """Ask the server to have its model ready; there is no local (model, tokenizer) pair."""
+        self.info  # noqa: B018 - a request that loads the model on the server
+        return None, None
+
+    def unload(self) -> None:
+        with self._lock:
+            self._info = None
+            self._ids.clear()
+            self._volumes.clear()
+            self._scopes.clear()
+
+    def close(self) -> None:
+        self._client.close()
+
+    @property
+    def runtime(self) -> dict:
+        return {"device": self.info["device"], "dtype": self.info["dtype"], "server": self.url}
+
+    @property
+    def proj_out_num(self) -> int:
+        return int(self.info["proj_out_num"])
+
+    @property
+    def image_size(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.info["image_size"])
+
+    @property
+    def context_length(self) -> int:
+        return int(self.info["context_length"])
+
+    def signature(self, volume: Volume) -> str:
+        return volume_signature(volume.data, volume.window, model_id=f"{self.url}|{self.model_id}",
+                                modality=f"{volume.modality}|{volume.plane}")
+
+    # -- volumes ----------------------------------------------------------------------------------
+
+    def encode(self, volume: Volume) -> EncodedImage:
+        """Upload the volume unless the server has it, have it encoded there, and return the
+        transform (``features`` stays on the server: None here)."""
+        from napari_med3dvlm.io.preprocess import PreprocessTransform
+
+        key = self.signature(volume)
+        for attempt in range(2):
+            volume_id = self._ensure_uploaded(key, volume)
+            try:
+                reply = self._json("POST", f"/v1/volumes/{volume_id}/encode", unknown_volume=True)
+                break
+            except _UnknownVolume:
+                self._forget(key)
+                if attempt:
+                    raise ServerError(f"The server at {self.url} lost the volume twice; try again") from None
+        self._scopes[key] = reply.get("scope") or {}
+        values = reply["transform"]
+        transform = PreprocessTransform(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+        return EncodedImage(features=None, transform=transform, signature=key)
+
+    def _ensure_uploaded(self, key: str, volume: Volume) -> str:
+        with self._lock:
+            known = self._ids.get(key)
+        if known is not None:
+            return known
+        body = wire.nifti_bytes(volume)
+        params = wire.volume_params(volume)
+        volume_id = wire.content_id(body, params)
+        exists = self._request("HEAD", f"/v1/volumes/{volume_id}", ok=(200, 404)).status_code == 200
+        if not exists:
+            reply = self._request("POST", "/v1/volumes", params=params, content=body,
+                                  headers={"Content-Type": wire.NIFTI_GZ}).json()
+            volume_id = reply["volume_id"]
+        with self._lock:
+            self._ids[key] = volume_id
+            self._volumes[key] = volume
+        return volume_id
+
+    def _forget(self, key: str) -> None:
+        with self._lock:
+            self._ids.pop(key, None)
+
+    def _volume_id(self, encoded: EncodedImage) -> str:
+        volume_id = self._ids.get(encoded.signature)
+        if volume_id is None:
+            volume = self._volumes.get(encoded.signature)
+            if volume is None:
+                raise ServerError("This volume was not sent to the server; encode it first")
+            volume_id = self._ensure_uploaded(encoded.signature, volume)
+        return volume_id
+
+    def check_scope(self, volume: Volume, encoded: EncodedImage | None = None):
+        """The server's scope check for this volume (run when it was encoded)."""
+        key = self.signature(volume)
+        if key not in self._scopes:
+            self.encode(volume)
+        return wire.scope_from_wire(self._scopes[key])
+
+    # -- text -------------------------------------------------------------------------------------
+
+    @functools.lru_cache(maxsize=4096)  # noqa: B019 - one engine per process; chat re-counts turns
+    def count_tokens(self, text: str) -> int:
+        return int(self._json("POST", "/v1/tokens", json={"text": text})["count"])
+
+    def stream(self, prompt: str, image_features: EncodedImage, settings: InferenceSettings | None = None,
+               cancel_event: threading.Event | None = None) -> Iterator[str]:
+        """Yield text pieces from the server; setting ``cancel_event`` (or closing the iterator)
+        closes the stream, which stops generation on the server."""
+        settings = settings or self._settings
+        cancel_event = cancel_event or threading.Event()
+        generation = {k: getattr(settings, k) for k in GENERATION_KEYS}
+        for attempt in range(2):
+            body = {"volume_id": self._volume_id(image_features), "prompt": prompt, "settings": generation}
+            try:
+                yield from self._stream_events(body, cancel_event)
+                return
+            except _UnknownVolume:
+                self._forget(image_features.signature)
+                if attempt:
+                    raise ServerError(f"The server at {self.url} lost the volume twice; try again") from None
+
+    def _stream_events(self, body: dict, cancel_event: threading.Event) -> Iterator[str]:
+        from httpx_sse import SSEError, connect_sse
+
+        finished = False
+        started = False
+        try:
+            with connect_sse(self._client, "POST", "/v1/generate", json=body) as source:
+                response = source.response
+                if response.status_code != 200:
+                    response.read()
+                    self._raise_for(response, unknown_volume=True)
+                for event in source.iter_sse():
+                    if event.event == "token":
+                        started = True
+                        yield json.loads(event.data)["text"]
+                    elif event.event == "done":
+                        finished = True
+                        break
+                    elif event.event == "error":
+                        raise ServerError(f"The server at {self.url} failed: {json.loads(event.data)['message']}")
+                    if cancel_event.is_set():
+                        return  # leaving the block closes the connection: the server stops
+        except (httpx.TransportError, SSEError) as err:
+            raise self._transport_error(err, during="streaming" if started else "") from err
+        if not finished and not cancel_event.is_set():
+            raise ServerError(f"The server at {self.url} closed the stream before the end; the text so far is kept")
+
+    def rank_choices(self, prompt: str, choices, image_features: EncodedImage) -> list[float]:
+        for attempt in range(2):
+            body = {"volume_id": self._volume_id(image_features), "prompt": prompt, "choices": list(choices)}
+            try:
+                return [float(s) for s in self._json("POST", "/v1/rank", json=body, unknown_volume=True)["scores"]]
+            except _UnknownVolume:
+                self._forget(image_features.signature)
+                if attempt:
+                    raise ServerError(f"The server at {self.url} lost the volume twice; try again") from None
+        raise AssertionError("unreachable")
+
+    def generate(self, prompt, image_features, settings=None, cancel_event=None) -> str:
+        return "".join(self.stream(prompt, image_features, settings, cancel_event))
+
+    # -- retrieval --------------------------------------------------------------------------------
+
+    def search(self, text: str, k: int = 10) -> list[dict]:
+        """Text-to-volume search over the index that lives on the server."""
+        return self._json("POST", "/v1/search", json={"text": text, "k": int(k)})["hits"]
+
+    # -- HTTP -------------------------------------------------------------------------------------
+
+    def _json(self, method: str, path: str, unknown_volume: bool = False, **kwargs) -> dict:
+        return self._request(method, path, unknown_volume=unknown_volume, **kwargs).json()
+
+    def _request(self, method: str, path: str, ok=(200, 201), unknown_volume: bool = False, **kwargs):
+        try:
+            response = self._client.request(method, path, **kwargs)
+        except httpx.TransportError as err:
+            raise self._transport_error(err) from err
+        if response.status_code not in ok:
+            self._raise_for(response, unknown_volume)
+        return response
+
+    def _raise_for(self, response: httpx.Response, unknown_volume: bool = False):
+        status = response.status_code
+        try:
+            detail = response.json().get("detail")
+        except ValueError:
+            detail = None
+        if isinstance(detail, dict) and detail.get("code") == "unknown_volume" and unknown_volume:
+            raise _UnknownVolume()
+        message = detail.get("message") if isinstance(detail, dict) else detail
+        if not isinstance(message, str):
+            message = json.dumps(detail) if detail else response.reason_phrase
+        if status == 401:
+            raise ServerError(f"The server at {self.url} refused the token (missing or wrong); set the "
+                              "token in Settings, --token or NAPARI_MED3DVLM_TOKEN")
+        raise ServerError(f"The server at {self.url} answered {status}: {message}")
+
+    def _transport_error(self, err: Exception, during: str = "") -> ServerError:
+        if isinstance(err, httpx.ConnectError):
+            return ServerError(f"The backend server at {self.url} is not reachable (is `napari-med3dvlm serve` "
+                               "running, and the address or SSH tunnel right?)")
+        if isinstance(err, httpx.TimeoutException):
+            return ServerError(f"The backend server at {self.url} did not answer in time "
+                               f"({type(err).__name__}); the text so far is kept")
+        what = f" while {during}" if during else ""
+        return ServerError(f"The connection to the backend server at {self.url} broke{what} "
+                           f"({type(err).__name__}); the text so far is kept")
