@@ -27,8 +27,11 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 CLOSED_ANSWER_MODES = ("score", "generate")
 #: Where the model runs: in this process, or on a `napari-med3dvlm serve` server.
 BACKENDS = ("local", "server")
-#: The name under which the server token is stored (`save_secret`).
+#: The name under which the server token is stored (`save_secret`), and the environment variables
+#: that point the command line at a server (its --server / --token options win over them).
 SERVER_TOKEN = "server_token"
+SERVER_ENV = "NAPARI_MED3DVLM_SERVER"
+TOKEN_ENV = "NAPARI_MED3DVLM_TOKEN"
 #: Where the language model runs: in this process, or in a vLLM server (docs/vllm.md).
 LLM_BACKENDS = ("transformers", "vllm")
 

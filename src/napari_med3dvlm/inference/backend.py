@@ -7,14 +7,10 @@ from __future__ import annotations
 import os
 import threading
 
-from napari_med3dvlm.settings import SERVER_TOKEN, InferenceSettings, load_secret, load_settings
+from napari_med3dvlm.settings import SERVER_TOKEN, TOKEN_ENV, InferenceSettings, load_secret, load_settings
 
 from .engine import InferenceEngine
 from .remote import RemoteEngine
-
-#: Environment variables that point the command line at a server (the CLI's --server / --token win).
-SERVER_ENV = "NAPARI_MED3DVLM_SERVER"
-TOKEN_ENV = "NAPARI_MED3DVLM_TOKEN"
 
 _engine: InferenceEngine | RemoteEngine | None = None
 _engine_lock = threading.Lock()

@@ -98,7 +98,9 @@ def engine_from_args(args, local: bool = False):
     model in this process (the server itself), whatever the saved backend says."""
     import os
 
-    from .backend import SERVER_ENV, use_settings
+    from napari_med3dvlm.settings import SERVER_ENV
+
+    from .backend import use_settings
 
     settings = get_engine().settings if not local else load_settings()
     overrides = {
@@ -296,7 +298,7 @@ def model_error_code(err: ModelUnavailableError) -> int:
     model is available."""
     from napari_med3dvlm.model.files import ModelLoadError
 
-    from .remote import ServerError
+    from napari_med3dvlm.errors import ServerError
 
     return 2 if isinstance(err, ServerError) or isinstance(err.__cause__, ModelLoadError) else 1
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from transformers import StoppingCriteriaList, TextIteratorStreamer
 
+from napari_med3dvlm.errors import ModelUnavailableError
 from napari_med3dvlm.io import Volume, model_input
 from napari_med3dvlm.model import prompts
 from napari_med3dvlm.model.device import configure_cpu_threads, dtype_for, dtype_name, get_device, is_out_of_memory
@@ -33,8 +34,6 @@ Loader = Callable[[str, torch.device, torch.dtype], tuple]
 _STREAM_POLL_S = 0.05
 
 
-class ModelUnavailableError(RuntimeError):
-    """The model could not be loaded or run; the message tells the user which setting to change."""
 
 
 def _default_loader(source: str, device: torch.device, dtype: torch.dtype):

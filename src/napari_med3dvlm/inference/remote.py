@@ -26,29 +26,18 @@ from collections.abc import Iterator
 
 import httpx
 
+from napari_med3dvlm.backend_client import READ_TIMEOUT_S, ServerClient, UnknownVolume
+from napari_med3dvlm.errors import ServerError
 from napari_med3dvlm.io import Volume
 from napari_med3dvlm.settings import InferenceSettings
 
-from .engine import ModelUnavailableError
 from .features import EncodedImage, volume_signature
 from . import wire
 
 logger = logging.getLogger(__name__)
 
-#: Seconds to wait for a connection, and for any byte of a reply (a stream sends a piece per token,
-#: so silence this long means the server or the network is gone).
-CONNECT_TIMEOUT_S = 5.0
-READ_TIMEOUT_S = 120.0
 #: Generation settings that travel with each request (the model-choice settings stay on the server).
 GENERATION_KEYS = ("max_new_tokens", "temperature", "top_p", "seed")
-
-
-class ServerError(ModelUnavailableError):
-    """The backend server could not be reached or refused the request; the message says why."""
-
-
-class _UnknownVolume(Exception):
-    """The server does not hold the volume (it restarted or evicted it): upload again."""
 
 
 class RemoteEngine:
@@ -56,16 +45,9 @@ class RemoteEngine:
 
     def __init__(self, url: str, token: str = "", settings: InferenceSettings | None = None,
                  timeout: float = READ_TIMEOUT_S, transport: httpx.BaseTransport | None = None):
-        url = (url or "").strip().rstrip("/")
-        if not url.startswith(("http://", "https://")):
-            raise ServerError(f"Backend server address {url!r} must start with http:// or https://")
-        self.url = url
+        self._server = ServerClient(url, token, timeout, transport)
+        self.url = self._server.url
         self._settings = settings or InferenceSettings()
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._client = httpx.Client(
-            base_url=url, headers=headers, transport=transport,
-            timeout=httpx.Timeout(timeout, connect=CONNECT_TIMEOUT_S),
-        )
         self._info: dict | None = None
         self._ids: dict[str, str] = {}  # local volume signature -> server volume id
         self._volumes: dict[str, Volume] = {}  # signature -> volume, to upload again after a restart
@@ -85,7 +67,7 @@ class RemoteEngine:
     def info(self) -> dict:
         """The server's model facts (id, input size, device, dtype, ...), asked once."""
         if self._info is None:
-            self._info = self._json("GET", "/v1/model")
+            self._info = self._server.json("GET", "/v1/model")
         return self._info
 
     @property
@@ -109,7 +91,7 @@ class RemoteEngine:
             self._scopes.clear()
 
     def close(self) -> None:
-        self._client.close()
+        self._server.close()
 
     @property
     def runtime(self) -> dict:
@@ -142,9 +124,9 @@ class RemoteEngine:
         for attempt in range(2):
             volume_id = self._ensure_uploaded(key, volume)
             try:
-                reply = self._json("POST", f"/v1/volumes/{volume_id}/encode", unknown_volume=True)
+                reply = self._server.json("POST", f"/v1/volumes/{volume_id}/encode", unknown_volume=True)
                 break
-            except _UnknownVolume:
+            except UnknownVolume:
                 self._forget(key)
                 if attempt:
                     raise ServerError(f"The server at {self.url} lost the volume twice; try again") from None
@@ -161,9 +143,9 @@ class RemoteEngine:
         body = wire.nifti_bytes(volume)
         params = wire.volume_params(volume)
         volume_id = wire.content_id(body, params)
-        exists = self._request("HEAD", f"/v1/volumes/{volume_id}", ok=(200, 404)).status_code == 200
+        exists = self._server.request("HEAD", f"/v1/volumes/{volume_id}", ok=(200, 404)).status_code == 200
         if not exists:
-            reply = self._request("POST", "/v1/volumes", params=params, content=body,
+            reply = self._server.request("POST", "/v1/volumes", params=params, content=body,
                                   headers={"Content-Type": wire.NIFTI_GZ}).json()
             volume_id = reply["volume_id"]
         with self._lock:
@@ -195,7 +177,7 @@ class RemoteEngine:
 
     @functools.lru_cache(maxsize=4096)  # noqa: B019 - one engine per process; chat re-counts turns
     def count_tokens(self, text: str) -> int:
-        return int(self._json("POST", "/v1/tokens", json={"text": text})["count"])
+        return int(self._server.json("POST", "/v1/tokens", json={"text": text})["count"])
 
     def stream(self, prompt: str, image_features: EncodedImage, settings: InferenceSettings | None = None,
                cancel_event: threading.Event | None = None) -> Iterator[str]:
@@ -209,7 +191,7 @@ class RemoteEngine:
             try:
                 yield from self._stream_events(body, cancel_event)
                 return
-            except _UnknownVolume:
+            except UnknownVolume:
                 self._forget(image_features.signature)
                 if attempt:
                     raise ServerError(f"The server at {self.url} lost the volume twice; try again") from None
@@ -220,11 +202,11 @@ class RemoteEngine:
         finished = False
         started = False
         try:
-            with connect_sse(self._client, "POST", "/v1/generate", json=body) as source:
+            with connect_sse(self._server.http, "POST", "/v1/generate", json=body) as source:
                 response = source.response
                 if response.status_code != 200:
                     response.read()
-                    self._raise_for(response, unknown_volume=True)
+                    self._server.raise_for(response, unknown_volume=True)
                 for event in source.iter_sse():
                     if event.event == "token":
                         started = True
@@ -237,7 +219,7 @@ class RemoteEngine:
                     if cancel_event.is_set():
                         return  # leaving the block closes the connection: the server stops
         except (httpx.TransportError, SSEError) as err:
-            raise self._transport_error(err, during="streaming" if started else "") from err
+            raise self._server.transport_error(err, during="streaming" if started else "") from err
         if not finished and not cancel_event.is_set():
             raise ServerError(f"The server at {self.url} closed the stream before the end; the text so far is kept")
 
@@ -245,8 +227,8 @@ class RemoteEngine:
         for attempt in range(2):
             body = {"volume_id": self._volume_id(image_features), "prompt": prompt, "choices": list(choices)}
             try:
-                return [float(s) for s in self._json("POST", "/v1/rank", json=body, unknown_volume=True)["scores"]]
-            except _UnknownVolume:
+                return [float(s) for s in self._server.json("POST", "/v1/rank", json=body, unknown_volume=True)["scores"]]
+            except UnknownVolume:
                 self._forget(image_features.signature)
                 if attempt:
                     raise ServerError(f"The server at {self.url} lost the volume twice; try again") from None
@@ -254,50 +236,3 @@ class RemoteEngine:
 
     def generate(self, prompt, image_features, settings=None, cancel_event=None) -> str:
         return "".join(self.stream(prompt, image_features, settings, cancel_event))
-
-    # -- retrieval --------------------------------------------------------------------------------
-
-    def search(self, text: str, k: int = 10) -> list[dict]:
-        """Text-to-volume search over the index that lives on the server."""
-        return self._json("POST", "/v1/search", json={"text": text, "k": int(k)})["hits"]
-
-    # -- HTTP -------------------------------------------------------------------------------------
-
-    def _json(self, method: str, path: str, unknown_volume: bool = False, **kwargs) -> dict:
-        return self._request(method, path, unknown_volume=unknown_volume, **kwargs).json()
-
-    def _request(self, method: str, path: str, ok=(200, 201), unknown_volume: bool = False, **kwargs):
-        try:
-            response = self._client.request(method, path, **kwargs)
-        except httpx.TransportError as err:
-            raise self._transport_error(err) from err
-        if response.status_code not in ok:
-            self._raise_for(response, unknown_volume)
-        return response
-
-    def _raise_for(self, response: httpx.Response, unknown_volume: bool = False):
-        status = response.status_code
-        try:
-            detail = response.json().get("detail")
-        except ValueError:
-            detail = None
-        if isinstance(detail, dict) and detail.get("code") == "unknown_volume" and unknown_volume:
-            raise _UnknownVolume()
-        message = detail.get("message") if isinstance(detail, dict) else detail
-        if not isinstance(message, str):
-            message = json.dumps(detail) if detail else response.reason_phrase
-        if status == 401:
-            raise ServerError(f"The server at {self.url} refused the token (missing or wrong); set the "
-                              "token in Settings, --token or NAPARI_MED3DVLM_TOKEN")
-        raise ServerError(f"The server at {self.url} answered {status}: {message}")
-
-    def _transport_error(self, err: Exception, during: str = "") -> ServerError:
-        if isinstance(err, httpx.ConnectError):
-            return ServerError(f"The backend server at {self.url} is not reachable (is `napari-med3dvlm serve` "
-                               "running, and the address or SSH tunnel right?)")
-        if isinstance(err, httpx.TimeoutException):
-            return ServerError(f"The backend server at {self.url} did not answer in time "
-                               f"({type(err).__name__}); the text so far is kept")
-        what = f" while {during}" if during else ""
-        return ServerError(f"The connection to the backend server at {self.url} broke{what} "
-                           f"({type(err).__name__}); the text so far is kept")

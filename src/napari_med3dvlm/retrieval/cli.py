@@ -8,7 +8,7 @@ import sys
 import threading
 from pathlib import Path
 
-from napari_med3dvlm.settings import DEVICES, DTYPES
+from napari_med3dvlm.settings import DEVICES, DTYPES, SERVER_ENV, TOKEN_ENV
 
 
 def register(subparsers) -> None:
@@ -35,12 +35,17 @@ def register(subparsers) -> None:
         description="Search an index by text (default), by a report file (--report) or by a volume (--volume).",
     )
     search.add_argument("text", nargs="?", help="the query, in quotes")
-    search.add_argument("--db", required=True, type=Path, help="index folder")
+    search.add_argument("--db", type=Path, help="index folder (not with --server: the server has its own)")
     search.add_argument("-k", type=int, default=10, help="number of results (default 10)")
     search.add_argument("--report", type=Path, help="use a report text file as the query")
     search.add_argument("--volume", type=Path, help="use a volume (NIfTI file or DICOM folder) as the query")
     search.add_argument("--json", action="store_true", help="print results as JSON lines")
     _add_model(search)
+    server = search.add_argument_group("backend server")
+    server.add_argument("--server", metavar="URL",
+                        help="search the index of a `napari-med3dvlm serve --index DB` server "
+                        "(default: $NAPARI_MED3DVLM_SERVER)")
+    server.add_argument("--token", help="the server's token (default: $NAPARI_MED3DVLM_TOKEN, else the stored one)")
     search.set_defaults(func=run_search, quick_exit=True)
 
 
@@ -113,6 +118,12 @@ def run_search(args) -> int:
     if len(chosen) != 1:
         print("give exactly one query: TEXT, --report FILE or --volume PATH", file=sys.stderr)
         return 2
+    server = args.server or os.environ.get(SERVER_ENV)
+    if server:
+        return _search_server(args, server)
+    if args.db is None:
+        print("give the index with --db DIR (or a server with --server URL)", file=sys.stderr)
+        return 2
     if not args.db.exists():
         print(f"no index at {args.db}; build one with `napari-med3dvlm index DIR --db {args.db}`", file=sys.stderr)
         return 2
@@ -132,17 +143,39 @@ def run_search(args) -> int:
     else:
         text = args.report.read_text(encoding="utf-8") if args.report else args.text
         hits = search_text(index, embedder, text, k=args.k)
-    for rank, hit in enumerate(hits, start=1):
-        if args.json:
-            record = {
-                "rank": rank,
-                "score": round(hit.score, 4),
-                "path": str(hit.path),
-                "description": hit.description,
-                "modality": hit.modality,
-                "shape": list(hit.shape),
-            }
-            print(json.dumps(record))
-        else:
-            print(f"{rank:>3}  {hit.score:+.3f}  {hit.path}  {hit.description}")
+    _print_hits(
+        [{"score": h.score, "path": str(h.path), "description": h.description, "modality": h.modality,
+          "shape": list(h.shape)} for h in hits],
+        args.json,
+    )
     return 0
+
+
+def _search_server(args, url: str) -> int:
+    """Text or report search over the index on a backend server (it holds the volumes' paths)."""
+    from napari_med3dvlm.backend_client import ServerClient
+    from napari_med3dvlm.errors import ServerError
+    from napari_med3dvlm.settings import SERVER_TOKEN, load_secret
+
+    if args.volume:
+        print("error: search by --volume is not offered through a server; search by text or --report",
+              file=sys.stderr)
+        return 2
+    text = args.report.read_text(encoding="utf-8") if args.report else args.text
+    token = args.token or os.environ.get(TOKEN_ENV) or load_secret(SERVER_TOKEN)
+    try:
+        client = ServerClient(url, token)
+        hits = client.json("POST", "/v1/search", json={"text": text, "k": int(args.k)})["hits"]
+    except ServerError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    _print_hits(hits, args.json)
+    return 0
+
+
+def _print_hits(hits: list[dict], as_json: bool) -> None:
+    for rank, hit in enumerate(hits, start=1):
+        if as_json:
+            print(json.dumps({"rank": rank, **hit, "score": round(float(hit["score"]), 4)}))
+        else:
+            print(f"{rank:>3}  {hit['score']:+.3f}  {hit['path']}  {hit['description']}")

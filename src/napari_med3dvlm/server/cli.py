@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-TOKEN_ENV = "NAPARI_MED3DVLM_TOKEN"
+from napari_med3dvlm.settings import TOKEN_ENV
 
 
 def register(subparsers) -> None:
