@@ -7,6 +7,7 @@ consumer of pixels for the model goes through `model_input` (a `Volume` in, the 
 
 from ._napari import (
     ModelInputOverlay,
+    layer_dicom_source,
     layer_plane,
     model_input_overlay,
     volume_from_layer_data,
@@ -18,13 +19,14 @@ from .nifti import write_nifti_volume
 from .orientation import acquisition_view, display_from_plane, plane_view, stack_spacing
 from .preprocess import PUBLISHED_INPUT_SIZE, WINDOW_PRESETS, PreprocessTransform, model_input, preprocess_volume
 from .reading import list_series, read_volume, read_volumes
-from .volume import PLANE_NAMES, Plane, Volume
+from .volume import PLANE_NAMES, DicomSource, Plane, Volume
 from .windows import contrast_limits
 
 __all__ = [
     "PLANE_NAMES",
     "PUBLISHED_INPUT_SIZE",
     "WINDOW_PRESETS",
+    "DicomSource",
     "ModelInputOverlay",
     "Plane",
     "PreprocessTransform",
@@ -35,6 +37,7 @@ __all__ = [
     "contrast_limits",
     "display_from_plane",
     "is_regular_file",
+    "layer_dicom_source",
     "layer_plane",
     "list_series",
     "model_input",

@@ -16,11 +16,19 @@ from .nifti import write_nifti_volume
 from .orientation import affine_from_scale_translate, origin_from_affine, spacing_from_affine
 from .preprocess import PUBLISHED_INPUT_SIZE, PreprocessTransform, model_input
 from .reading import is_supported, read_volumes
-from .volume import PLANE_NAMES, Plane, Volume
+from .volume import PLANE_NAMES, DicomSource, Plane, Volume
 from .windows import contrast_limits
 
 #: Layer metadata key carrying `Volume.plane` (layers are how volumes travel in napari).
 PLANE_KEY = "acquisition_plane"
+#: Layer metadata key carrying `Volume.dicom` (a `DicomSource`: UIDs and headers, for the DICOM SR).
+DICOM_SOURCE_KEY = "dicom_source"
+
+
+def layer_dicom_source(metadata):
+    """The `DicomSource` a layer was read from (None for layers not read from DICOM)."""
+    source = (metadata or {}).get(DICOM_SOURCE_KEY)
+    return source if isinstance(source, DicomSource) else None
 
 
 def layer_plane(metadata) -> Plane:
@@ -41,6 +49,10 @@ def volume_layer_data(volume: Volume, name: str | None = None) -> tuple:
         "source_hash": volume.metadata.get("series_hash") or volume.metadata.get("source_hash"),
         PLANE_KEY: volume.plane,
     }
+    if volume.dicom is not None:  # UIDs for finding the study again; headers only for the SR writer
+        metadata.update(
+            study_uid=volume.dicom.study_uid, series_uid=volume.dicom.series_uid, **{DICOM_SOURCE_KEY: volume.dicom}
+        )
     metadata.update({k: v for k, v in volume.metadata.items() if k not in metadata})
     kwargs = {
         "name": name or volume.description or f"{volume.modality} volume",
@@ -85,6 +97,7 @@ def volume_from_layer_data(data, meta: dict) -> Volume:
         description=str(meta.get("name", "")),
         metadata={"source_hash": layer_meta.get("source_hash", "")},
         plane=layer_plane(layer_meta),
+        dicom=layer_dicom_source(layer_meta),
     )
 
 
@@ -136,8 +149,10 @@ def model_input_overlay(
 
 __all__ = [
     "ModelInputOverlay",
+    "DICOM_SOURCE_KEY",
     "PLANE_KEY",
     "get_reader",
+    "layer_dicom_source",
     "layer_plane",
     "model_input_overlay",
     "read_layers",

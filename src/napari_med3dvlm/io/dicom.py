@@ -43,7 +43,7 @@ from .orientation import (
     spacing_from_affine,
     stored_slice_plane,
 )
-from .volume import Volume
+from .volume import DicomSource, Volume
 
 DICOM_SUFFIXES = (".dcm", ".ima", ".dicom")
 _MAGIC_OFFSET = 128
@@ -60,6 +60,19 @@ _ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplemented
 # tests/hardening/test_fuzz.py). This reader validates every value it uses itself (`_Values`), so
 # pydicom's reading validation is turned off; its writing validation is left as it is.
 pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+
+
+@dataclass(frozen=True)
+class InstanceSet:
+    """DICOM instances already in memory (a DICOMweb retrieval): they go through the same grouping,
+    ordering, geometry and rescale as files. ``items`` are (name, pydicom Dataset) pairs; names
+    appear in messages, so they must not identify the patient (use "instance 12", not a UID).
+    ``label`` names the whole set in messages, ``key`` is a stable identity for `source_hash`."""
+
+    items: tuple
+    label: str
+    key: str
+    server: str = ""
 
 
 @dataclass(frozen=True)
@@ -119,6 +132,8 @@ def _read_head(path: Path) -> bytes:
 
 def _label(path) -> str:
     """How messages refer to a source: folder names often name the patient, so they never appear."""
+    if isinstance(path, InstanceSet):
+        return path.label
     if not isinstance(path, (str, Path)):
         return f"{len(path)} selected files"
     path = Path(path)
@@ -141,6 +156,9 @@ def _iter_sources(path, limit: int | None = None, examine: int | None = None, qu
     opened: pipes, devices and sockets are skipped (a warning counts them). A candidate that cannot
     be read at all comes as (name, VolumeReadError).
     """
+    if isinstance(path, InstanceSet):
+        yield from path.items
+        return
     if not isinstance(path, (str, Path)):
         for item in path:
             item = Path(item)
@@ -295,6 +313,8 @@ def looks_like_dicom(path, examine: int = 2000) -> bool:
 
 
 def _dcmread(name: str, source, pixels: bool) -> pydicom.Dataset:
+    if isinstance(source, pydicom.Dataset):  # parsed already (`InstanceSet`)
+        return source
     try:
         if isinstance(source, (bytes, bytearray)):
             return pydicom.dcmread(io.BytesIO(source), stop_before_pixels=not pixels)
@@ -439,6 +459,11 @@ def _check_frames(values: _Values, ds, source, rows: int, cols: int, n_frames: i
     if length is None or length == 0xFFFFFFFF:  # undefined length: encapsulated; bounded by the file
         if isinstance(source, (bytes, bytearray)):
             length = len(source)
+        elif isinstance(source, pydicom.Dataset):  # in memory: the element's own bytes
+            value = getattr(element, "value", None)
+            if not isinstance(value, (bytes, bytearray)):
+                return
+            length = len(value)
         else:
             try:
                 length = os.stat(source).st_size
@@ -869,12 +894,16 @@ def _info(group: _Group) -> SeriesInfo:
 
 
 def _source_hash(path) -> str:
+    if isinstance(path, InstanceSet):
+        return short_hash(path.key)
     if isinstance(path, (str, Path)):
         return short_hash(Path(path).resolve())
     return short_hash("|".join(sorted(str(Path(p).resolve()) for p in path)))
 
 
 def _as_source(path):
+    if isinstance(path, InstanceSet):
+        return path
     return Path(path) if isinstance(path, (str, Path)) else [Path(p) for p in path]
 
 
@@ -956,6 +985,20 @@ def _load(group: _Group, path: Path) -> Volume:
             "notes": notes,
         },
         plane=stored_slice_plane(lps_to_ras(affine_lps)),
+        dicom=_dicom_source(slices, path),
+    )
+
+
+def _dicom_source(slices: list[_Slice], path) -> DicomSource:
+    """The study and series UIDs and the headers of the instances the volume was built from (one
+    per instance, pixel data already dropped by `_take_pixels`)."""
+    headers = list({id(s.header): s.header for s in slices}.values())
+    first = headers[0]
+    return DicomSource(
+        study_uid=_text(first, "StudyInstanceUID"),
+        series_uid=_text(first, "SeriesInstanceUID"),
+        headers=headers,
+        server=path.server if isinstance(path, InstanceSet) else "",
     )
 
 

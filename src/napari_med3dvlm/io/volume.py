@@ -19,6 +19,24 @@ PLANE_NAMES: tuple[str, ...] = get_args(Plane)
 
 
 @dataclass
+class DicomSource:
+    """Where a DICOM volume came from, kept for writing results back beside it (a DICOM SR in the
+    source's study, stored on the server it came from).
+
+    ``headers`` are the source instances' datasets without pixel data, in slice order (one per
+    instance): they hold the patient and study modules, so they identify the patient. They are
+    never exported, logged or shown; only the DICOM SR writer copies from them, as the standard
+    requires for a report filed with its study.
+    """
+
+    study_uid: str
+    series_uid: str
+    headers: list = field(default_factory=list, repr=False)
+    #: The DICOMweb service the series was retrieved from ('' for files), without credentials.
+    server: str = ""
+
+
+@dataclass
 class Volume:
     data: np.ndarray
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
@@ -30,6 +48,8 @@ class Volume:
     description: str = ""
     metadata: dict = field(default_factory=dict)
     plane: Plane = "axial"  # acquisition plane of the display-ordered data
+    #: DICOM sources only: study and series UIDs and the source headers (see `DicomSource`)
+    dicom: DicomSource | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         if self.data.ndim != 3:
