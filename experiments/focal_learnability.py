@@ -6,8 +6,9 @@
 
 Trains a network on the vision stage's cached dense phantom targets (training/data/dense.py; build
 them once with `python -m training.run vision --preset demo`) with only the located lesion signal:
-the per-channel balanced dense loss on the stride-8 kind map plus the case-level max loss
-(training/stages/vision.py). Every ``--eval-every`` minutes it prints the test cases' case-level
+the stage's dense loss on the stride-8 kind map plus the case-level max loss (training/vision/losses.py;
+model and metrics from training/vision/ too). Its own sampling loop draws cases with replacement,
+crops and downsamples, which the stage's loop does not. Every ``--eval-every`` minutes it prints the test cases' case-level
 focal AUC (each focal kind: the head's maximum over a case's cells, ranked across the 200 whole test
 volumes; 0.5 is chance) with minutes and cases seen, one JSON line per evaluation.
 
@@ -35,9 +36,9 @@ from torch import nn
 from napari_med3dvlm.phantoms.anatomy import LABEL
 from napari_med3dvlm.phantoms.case import FOCAL_KINDS, KINDS
 from training.data.dense import NUM_KINDS, DenseDataset, cell_targets
-from training.stages.vision import (DenseVisionModel, balanced_bce, case_max_bce, focal_host_labels,
-                                   host_balanced_bce, host_cells, rank_auc)
-
+from training.vision.losses import case_max_bce, dense_kind_loss, focal_host_labels, host_cells
+from training.vision.metrics import FOCAL_INDEX, focal_case_aucs, rank_auc
+from training.vision.model import DenseVisionModel
 
 
 class PlainCNN(nn.Module):
@@ -59,14 +60,7 @@ class DenseOnly(DenseVisionModel):
     """The vision stage's model with only its dense head evaluated (the set heads need a fixed input size)."""
 
     def forward(self, images):
-        maps = self.encoder.encoder(images.permute(0, 1, 3, 4, 2))
-        grid = maps[1].shape[2:]
-        pyramid = sum(
-            nn.functional.interpolate(lat(m), size=grid, mode="trilinear", align_corners=False)
-            if m.shape[2:] != grid else lat(m)
-            for lat, m in zip(self.lateral, maps[1:])
-        )
-        return {"kind": self.dense(pyramid)[:, :NUM_KINDS]}
+        return {"kind": self.kind_logits(images)}
 
 
 class Downsampled(DenseDataset):
@@ -111,7 +105,7 @@ def crop_item(arrays, index: int, size: int, rng: np.random.Generator):
 def case_auc(model, test: DenseDataset, batch: int = 20) -> dict[str, float]:
     model.eval()
     scores, truth, cell_scores, cell_truth = [], [], [], []
-    focal = [KINDS.index(kind) for kind in FOCAL_KINDS]
+    focal = FOCAL_INDEX
     for start in range(0, len(test), batch):
         items = [test[i] for i in range(start, min(start + batch, len(test)))]
         out = model(torch.stack([it["images"] for it in items]))["kind"]
@@ -126,7 +120,7 @@ def case_auc(model, test: DenseDataset, batch: int = 20) -> dict[str, float]:
         cell_truth.append(lesion[keep].numpy())
     model.train()
     s, t = np.concatenate(scores), np.concatenate(truth)
-    out = {kind: round(rank_auc(t[:, KINDS.index(kind)], s[:, KINDS.index(kind)]), 3) for kind in FOCAL_KINDS}
+    out = {kind: round(auc, 3) for kind, auc in focal_case_aucs(t, s).items()}
     out["mean"] = round(float(np.mean(list(out.values()))), 3)
     # detection without the kind: does the case hold any focal lesion, scored by the highest focal channel
     out["any"] = round(rank_auc(t[:, focal].any(1), s[:, focal].max(1)), 3)
@@ -220,6 +214,7 @@ def main() -> None:
         if args.crop:
             pairs = [crop_item(train, int(i), args.crop, rng) for i in idx]
             images, target = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+            organ = None  # crops train the balanced loss only (checked above)
             case_target = (target.flatten(2).amax(2) > 0).float()  # what the crop shows
         else:
             items = [whole[int(i)] for i in idx]
@@ -230,10 +225,8 @@ def main() -> None:
             group["lr"] = args.lr * min(1.0, (step + 1) / 50)
         logits = model(images)["kind"].float()
         target = target.permute(0, 1, 3, 4, 2)
-        if args.loss == "host":
-            loss = host_balanced_bce(logits, target, host_cells(organ)) + case_max_bce(logits, case_target)
-        else:
-            loss = balanced_bce(logits, target) + case_max_bce(logits, case_target)
+        dense_loss = "host-balanced" if args.loss == "host" else "balanced"
+        loss = dense_kind_loss(logits, target, organ, dense_loss) + case_max_bce(logits, case_target)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()

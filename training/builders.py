@@ -83,6 +83,7 @@ def vlm_config(model_cfg: dict, text_config, image_size, image_token_id: int | N
     return Med3DVLMConfig(
         text_config=text_config,
         vision_variant=model_cfg.get("vision_variant", "small"),
+        vision_stem=model_cfg.get("vision_stem", "decomposed"),  # the stem the vision stage trained
         image_size=tuple(image_size),
         low_input_size=model_cfg["low_input_size"],
         high_input_size=model_cfg["high_input_size"],

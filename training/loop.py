@@ -14,14 +14,22 @@ LLM is not rewritten every few hundred steps. A kill at any moment leaves a usab
 counts only once its ``trainer_state.json`` is in place (written to a temporary file and renamed, after
 everything else), a stale checkpoint loses that file before the rest, and a resumed run drops the
 ``metrics.jsonl`` records of the steps it is about to redo (and a half-written last line).
+
+A long run stops cleanly on SIGTERM or SIGINT: the signal only sets a flag, the loop finishes the
+step under way, saves a checkpoint and raises `TrainingStopped` (a second signal acts at once). A
+stage's checkpoint can also start from a resume file (`training.resume_file`): one safetensors file
+that carries a run to another machine.
 """
 
 from __future__ import annotations
 
 import json
+import contextlib
 import math
 import os
 import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +42,44 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 STATE_FILE = "trainer_state.json"
+
+
+class TrainingStopped(Exception):
+    """A stop was asked for (SIGTERM, SIGINT) and the loop saved a checkpoint at ``step``: run the same
+    command again to continue."""
+
+    def __init__(self, name: str, step: int, signum: int):
+        self.name, self.step, self.signum = name, step, signum
+        super().__init__(f"[{name}] stopped by {signal.Signals(signum).name} at step {step}; checkpoint saved, "
+                         "run the same command to continue")
+
+
+@contextlib.contextmanager
+def stop_requests():
+    """Within the block SIGTERM and SIGINT only append to the yielded list (the loop checks it after each
+    step); a second signal restores the previous handlers and acts at once. Outside the main thread
+    (where handlers cannot be set) the list stays empty."""
+    requested: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield requested
+        return
+    previous = {}
+
+    def handler(signum, _frame):
+        if requested:  # asked twice: stop now
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+            signal.raise_signal(signum)
+            return
+        requested.append(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        previous[sig] = signal.signal(sig, handler)
+    try:
+        yield requested
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 class EpochSampler(Sampler[int]):
@@ -171,7 +217,8 @@ def _trim_metrics(path: Path, step: int) -> None:
     write_atomic(path, "".join(f"{line}\n" for line in kept))
 
 
-def _latest_checkpoint(checkpoint_dir: Path) -> Path | None:
+def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
+    """The newest complete checkpoint (one whose ``trainer_state.json`` is in place), or None."""
     candidates = [p for p in checkpoint_dir.glob("step-*") if (p / STATE_FILE).exists()]
     if not candidates:
         return None
@@ -192,6 +239,8 @@ def train(
     on_epoch_start: Callable[[int], None] | None = None,
     evaluate: Callable[[torch.nn.Module], dict] | None = None,
     evaluate_every: int = 0,
+    resume_file: Path | None = None,
+    recipe: dict | None = None,
 ) -> tuple[torch.nn.Module, TrainState, Accelerator]:
     """Train ``model`` on ``dataset`` until epochs, max_steps or max_minutes run out.
 
@@ -200,6 +249,10 @@ def train(
 
     ``evaluate(model)``, called every ``evaluate_every`` optimizer steps, returns scores that go into
     ``metrics.jsonl`` as a learning curve (it must not touch the global RNG or the weights).
+
+    ``resume_file``: when there is no checkpoint yet, start from this resume file instead (checked
+    against ``recipe``), writing it out as the first checkpoint and its learning curve as the first
+    records of ``metrics.jsonl``. Raises `TrainingStopped` after a SIGTERM or SIGINT (checkpoint saved).
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -239,16 +292,27 @@ def train(
     )
 
     state = TrainState(total_steps=total_steps)
-    resume_from = _latest_checkpoint(checkpoint_dir)
+    resume_from = latest_checkpoint(checkpoint_dir)
+    unpacked = False
+    metrics_path = output_dir / "metrics.jsonl"
     if resume_from is not None:
         accelerator.load_state(str(resume_from), strict=False)
         state = TrainState(**json.loads((resume_from / STATE_FILE).read_text()))
         schedule.total_steps = state.total_steps
         accelerator.print(f"[{name}] resumed from {resume_from.name} (step {state.global_step})")
+    elif resume_file is not None:
+        from .resume_file import unpack
+
+        values, curve = unpack(resume_file, accelerator.unwrap_model(model), optimizer, scheduler, recipe)
+        state = TrainState(**values)
+        schedule.total_steps = state.total_steps
+        unpacked = True
+        if accelerator.is_main_process and not metrics_path.exists():
+            write_atomic(metrics_path, "".join(json.dumps(record) + "\n" for record in curve))
+        accelerator.print(f"[{name}] resumed from {resume_file} (step {state.global_step})")
     if state.finished:
         return accelerator.unwrap_model(model), state, accelerator
 
-    metrics_path = output_dir / "metrics.jsonl"
     if accelerator.is_main_process:
         _trim_metrics(metrics_path, state.global_step)
     calibrated = cfg.max_minutes is None or state.global_step >= cfg.calibrate_steps
@@ -272,110 +336,118 @@ def train(
                 shutil.rmtree(stale, ignore_errors=True)
         accelerator.wait_for_everyone()
 
-    model.train()
-    progress = tqdm(
-        total=state.total_steps,
-        initial=state.global_step,
-        desc=name,
-        disable=not accelerator.is_local_main_process,
-        dynamic_ncols=True,
-    )
-    running: dict[str, float] = {}
-    running_count = 0
-    stop = False
-    while not stop and state.global_step < state.total_steps:
-        sampler.set_epoch(state.epoch)
-        if hasattr(loader, "set_epoch"):
-            loader.set_epoch(state.epoch)
-        if hasattr(dataset, "set_epoch"):
-            dataset.set_epoch(state.epoch)  # caption templates and augmentation depend on the epoch
-        if on_epoch_start is not None:
-            on_epoch_start(state.epoch)
-        epoch_loader = loader
-        if state.batches_in_epoch:
-            epoch_loader = accelerator.skip_first_batches(loader, state.batches_in_epoch)
-        for batch in epoch_loader:
-            if state.batches_in_epoch % cfg.gradient_accumulation_steps == 0:
-                # Dropout and any other global-RNG use depend on the step alone.
-                torch.manual_seed(cfg.seed * 1_000_003 + state.global_step)
-            with accelerator.accumulate(model):
-                with accelerator.autocast():
-                    loss, logs = compute_loss(model, batch)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and cfg.max_grad_norm:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            state.batches_in_epoch += 1
-            for key, value in {"loss": loss.detach().float().item(), **logs}.items():
-                running[key] = running.get(key, 0.0) + float(value)
-            running_count += 1
-            if not accelerator.sync_gradients:
-                continue
+    if unpacked:
+        save_checkpoint()  # the resume file, unpacked: from now on the run resumes from its checkpoints
+    with stop_requests() as requested:
+        model.train()
+        progress = tqdm(
+            total=state.total_steps,
+            initial=state.global_step,
+            desc=name,
+            disable=not accelerator.is_local_main_process,
+            dynamic_ncols=True,
+        )
+        running: dict[str, float] = {}
+        running_count = 0
+        stop = False
+        while not stop and state.global_step < state.total_steps:
+            sampler.set_epoch(state.epoch)
+            if hasattr(loader, "set_epoch"):
+                loader.set_epoch(state.epoch)
+            if hasattr(dataset, "set_epoch"):
+                dataset.set_epoch(state.epoch)  # caption templates and augmentation depend on the epoch
+            if on_epoch_start is not None:
+                on_epoch_start(state.epoch)
+            epoch_loader = loader
+            if state.batches_in_epoch:
+                epoch_loader = accelerator.skip_first_batches(loader, state.batches_in_epoch)
+            for batch in epoch_loader:
+                if state.batches_in_epoch % cfg.gradient_accumulation_steps == 0:
+                    # Dropout and any other global-RNG use depend on the step alone.
+                    torch.manual_seed(cfg.seed * 1_000_003 + state.global_step)
+                with accelerator.accumulate(model):
+                    with accelerator.autocast():
+                        loss, logs = compute_loss(model, batch)
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and cfg.max_grad_norm:
+                        accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                state.batches_in_epoch += 1
+                for key, value in {"loss": loss.detach().float().item(), **logs}.items():
+                    running[key] = running.get(key, 0.0) + float(value)
+                running_count += 1
+                if not accelerator.sync_gradients:
+                    continue
 
-            scheduler.step()
-            state.global_step += 1
-            progress.update(1)
-            if not calibrated and calib_start is None:
-                calib_start = (time.monotonic(), state.global_step)
-            if not calibrated and calib_start and state.global_step - calib_start[1] >= cfg.calibrate_steps:
-                # Fit the cosine schedule to the time budget, measured after the first (slow) step.
-                per_step = (time.monotonic() - calib_start[0]) / (state.global_step - calib_start[1])
-                left = cfg.max_minutes * 60.0 - elapsed()
-                fit = state.global_step + int(0.95 * left / max(per_step, 1e-6))
-                new_total = [max(state.global_step + 1, min(state.total_steps, fit))]
-                broadcast_object_list(new_total)
-                if new_total[0] != state.total_steps:
-                    accelerator.print(
-                        f"[{name}] {per_step:.2f} s/step: schedule {state.total_steps} -> {new_total[0]} steps"
-                    )
-                state.total_steps = schedule.total_steps = new_total[0]
-                schedule.warmup_steps = min(schedule.warmup_steps, int(round(cfg.warmup_ratio * new_total[0])))
-                progress.total = state.total_steps
-                calibrated = True
+                scheduler.step()
+                state.global_step += 1
+                progress.update(1)
+                if not calibrated and calib_start is None:
+                    calib_start = (time.monotonic(), state.global_step)
+                if not calibrated and calib_start and state.global_step - calib_start[1] >= cfg.calibrate_steps:
+                    # Fit the cosine schedule to the time budget, measured after the first (slow) step.
+                    per_step = (time.monotonic() - calib_start[0]) / (state.global_step - calib_start[1])
+                    left = cfg.max_minutes * 60.0 - elapsed()
+                    fit = state.global_step + int(0.95 * left / max(per_step, 1e-6))
+                    new_total = [max(state.global_step + 1, min(state.total_steps, fit))]
+                    broadcast_object_list(new_total)
+                    if new_total[0] != state.total_steps:
+                        accelerator.print(
+                            f"[{name}] {per_step:.2f} s/step: schedule {state.total_steps} -> {new_total[0]} steps"
+                        )
+                    state.total_steps = schedule.total_steps = new_total[0]
+                    schedule.warmup_steps = min(schedule.warmup_steps, int(round(cfg.warmup_ratio * new_total[0])))
+                    progress.total = state.total_steps
+                    calibrated = True
 
-            if state.global_step % cfg.log_every == 0 or state.global_step == state.total_steps:
-                record = {
-                    "stage": name,
-                    "step": state.global_step,
-                    "epoch": state.epoch,
-                    "lr": scheduler.get_last_lr()[0],
-                    "elapsed_s": round(elapsed(), 2),
-                    **{k: v / running_count for k, v in running.items()},
-                }
-                running, running_count = {}, 0
-                progress.set_postfix(loss=f"{record['loss']:.4f}")
-                if accelerator.is_main_process:
-                    with open(metrics_path, "a", encoding="utf-8") as handle:
-                        handle.write(json.dumps(record) + "\n")
-            if evaluate is not None and evaluate_every and state.global_step % evaluate_every == 0:
-                scores = evaluate(accelerator.unwrap_model(model))
-                model.train()
-                if accelerator.is_main_process:
-                    record = {"stage": name, "step": state.global_step, "elapsed_s": round(elapsed(), 2),
-                              "samples_seen": state.global_step * cfg.batch_size * cfg.gradient_accumulation_steps,
-                              "eval": scores}
-                    with open(metrics_path, "a", encoding="utf-8") as handle:
-                        handle.write(json.dumps(record) + "\n")
-                    accelerator.print(f"[{name}] step {state.global_step}: {json.dumps(scores)}")
-            if state.global_step % cfg.save_every == 0:
-                save_checkpoint()
-            if cfg.stop_after_steps is not None and state.global_step >= cfg.stop_after_steps:
-                progress.close()
-                return accelerator.unwrap_model(model), state, accelerator
-            over_budget = cfg.max_minutes is not None and elapsed() > cfg.max_minutes * 60.0
-            flags = [over_budget]
-            broadcast_object_list(flags)
-            if flags[0]:
-                accelerator.print(f"[{name}] time budget of {cfg.max_minutes} min reached")
-                stop = True
-            if stop or state.global_step >= state.total_steps:
-                break
-        else:
-            state.epoch += 1
-            state.batches_in_epoch = 0
+                if state.global_step % cfg.log_every == 0 or state.global_step == state.total_steps:
+                    record = {
+                        "stage": name,
+                        "step": state.global_step,
+                        "epoch": state.epoch,
+                        "lr": scheduler.get_last_lr()[0],
+                        "elapsed_s": round(elapsed(), 2),
+                        **{k: v / running_count for k, v in running.items()},
+                    }
+                    running, running_count = {}, 0
+                    progress.set_postfix(loss=f"{record['loss']:.4f}")
+                    if accelerator.is_main_process:
+                        with open(metrics_path, "a", encoding="utf-8") as handle:
+                            handle.write(json.dumps(record) + "\n")
+                if evaluate is not None and evaluate_every and state.global_step % evaluate_every == 0:
+                    scores = evaluate(accelerator.unwrap_model(model))
+                    model.train()
+                    if accelerator.is_main_process:
+                        record = {"stage": name, "step": state.global_step, "elapsed_s": round(elapsed(), 2),
+                                  "samples_seen": state.global_step * cfg.batch_size * cfg.gradient_accumulation_steps,
+                                  "eval": scores}
+                        with open(metrics_path, "a", encoding="utf-8") as handle:
+                            handle.write(json.dumps(record) + "\n")
+                        accelerator.print(f"[{name}] step {state.global_step}: {json.dumps(scores)}")
+                if state.global_step % cfg.save_every == 0:
+                    save_checkpoint()
+                if cfg.stop_after_steps is not None and state.global_step >= cfg.stop_after_steps:
+                    progress.close()
+                    return accelerator.unwrap_model(model), state, accelerator
+                over_budget = cfg.max_minutes is not None and elapsed() > cfg.max_minutes * 60.0
+                flags = [over_budget, requested[0] if requested else 0]
+                broadcast_object_list(flags)
+                if flags[1] and state.global_step < state.total_steps:
+                    if state.global_step % cfg.save_every:
+                        save_checkpoint()
+                    progress.close()
+                    raise TrainingStopped(name, state.global_step, flags[1])
+                if flags[0]:
+                    accelerator.print(f"[{name}] time budget of {cfg.max_minutes} min reached")
+                    stop = True
+                if stop or state.global_step >= state.total_steps:
+                    break
+            else:
+                state.epoch += 1
+                state.batches_in_epoch = 0
 
-    progress.close()
-    state.finished = True
-    save_checkpoint()
-    return accelerator.unwrap_model(model), state, accelerator
+        progress.close()
+        state.finished = True
+        save_checkpoint()
+        return accelerator.unwrap_model(model), state, accelerator

@@ -46,8 +46,9 @@ def test_vision_stage_trains_logs_a_learning_curve_and_seeds_siglip(tmp_path, ti
     vision = {"epochs": 50, "max_steps": 4, "batch_size": 2, "lr": 1e-3, "save_every": 2, "evaluate_every": 2,
               "train_cases": 6, "test_cases": 4, "render_workers": 1, "layer_scale_init": 0.1}
     config = tiny_preset(tmp_path, tiny_data, vision=vision)
+    config["model"]["vision_stem"] = "patchify"
     summary = run_stage(config, "vision")
-    assert summary["steps"] == 4 and summary["train_cases"] == 6
+    assert summary["steps"] == 4 and summary["train_cases"] == 6 and summary["stem"] == "patchify"
     assert set(summary["test_findings"]) >= {"exact", "f1", "focal_f1"}
     records = [json.loads(line) for line in (Path(config["output_dir"]) / "vision" / "metrics.jsonl").read_text().splitlines()]
     curve = [r for r in records if "eval" in r]
@@ -65,7 +66,7 @@ def test_vision_stage_trains_logs_a_learning_curve_and_seeds_siglip(tmp_path, ti
 def test_balanced_loss_gives_rare_lesion_cells_half_the_weight_of_their_channel():
     """A lesion filling one cell in a thousand must pull as hard as all the background of its channel:
     predicting 'no lesion anywhere' is no longer a near-zero loss."""
-    from training.stages.vision import balanced_bce
+    from training.vision.losses import balanced_bce
 
     target = torch.zeros(2, 3, 10, 10, 10)
     target[0, 1, 4, 4, 4] = 1.0  # one positive cell in channel 1 out of 2,000
@@ -85,7 +86,7 @@ def test_host_balanced_loss_penalises_firing_on_the_whole_host_organ():
     """Firing on every cell of the organ that holds the lesion costs little under `balanced_bce` (the
     organ is a small share of all negatives); with host negatives as their own group it costs as much
     as missing the lesion, and a detector that fires only on the lesion is still near zero."""
-    from training.stages.vision import balanced_bce, host_balanced_bce
+    from training.vision.losses import balanced_bce, host_balanced_bce
 
     target = torch.zeros(1, 1, 10, 10, 10)
     target[0, 0, 4, 4, 4] = 1.0
@@ -104,7 +105,8 @@ def test_host_balanced_loss_penalises_firing_on_the_whole_host_organ():
 def test_dense_loss_trains_the_token_kind_head_on_s3_blocks(tmp_path):
     from napari_med3dvlm.phantoms.anatomy import LABEL
     from training.data.dense import FINDING_LABELS, NUM_KINDS
-    from training.stages.vision import DenseVisionModel, dense_loss
+    from training.vision.losses import vision_loss
+    from training.vision.model import DenseVisionModel
 
     torch.manual_seed(0)
     model = DenseVisionModel("nano", (32, 128, 128))
@@ -116,18 +118,18 @@ def test_dense_loss_trains_the_token_kind_head_on_s3_blocks(tmp_path):
     }
     batch["kind"][0, 0, 1, 5, 5] = 1.0
     batch["case_kinds"] = torch.tensor([[1.0, 0, 0, 0, 0, 0]])
-    loss, parts = dense_loss(model, batch, balanced=True, token_weight=1.0, case_weight=1.0)
+    loss, parts = vision_loss(model, batch)
     assert parts["token_loss"] > 0
     loss.backward()
     assert model.token_kind.weight.grad.abs().sum() > 0
     # the host-balanced variant reads the organ map of the batch (host organ cells around the lesion)
     batch["organ"][0, :, 3:8, 3:8] = LABEL["liver"]
-    host_loss, _ = dense_loss(model, batch, host_balanced=True, token_weight=1.0, case_weight=1.0)
+    host_loss, _ = vision_loss(model, batch, "host-balanced")
     assert torch.isfinite(host_loss) and not torch.isclose(host_loss, loss)
 
 
 def test_case_level_auc_is_chance_for_an_organ_prior_and_one_for_a_detector():
-    from training.stages.vision import rank_auc
+    from training.vision.metrics import rank_auc
 
     truth = np.array([1, 1, 0, 0, 0], bool)
     assert rank_auc(truth, np.array([0.9, 0.8, 0.1, 0.2, 0.3])) == 1.0
@@ -135,7 +137,7 @@ def test_case_level_auc_is_chance_for_an_organ_prior_and_one_for_a_detector():
 
 
 def test_case_max_loss_lands_on_the_false_positive_cell():
-    from training.stages.vision import case_max_bce
+    from training.vision.losses import case_max_bce
 
     logits = torch.full((1, 1, 4, 4, 4), -6.0, requires_grad=True)
     with torch.no_grad():
@@ -182,3 +184,33 @@ def test_lesion_rich_training_cases_follow_the_generator_rules():
     assert 0.05 < np.mean(np.asarray(focal_counts) == 0) < 0.3
     assert "sampler" not in DenseSpec(0, "train", 6).signature()
     assert DenseSpec(0, "train", 6, sampler="lesion-rich").signature()["sampler"] == "lesion-rich"
+
+
+def test_the_stem_the_vision_stage_trains_is_the_one_every_later_model_builds(tmp_path, tiny_data):
+    """``model.vision_stem`` reaches the SigLIP model, the VLM and the config.json each one writes, and
+    loading that config builds the same stem; configs without the key (the published checkpoints, the
+    shipped embedded model) keep the published stem and the published layout."""
+    from napari_med3dvlm.model import Med3DVLMConfig, SigLIPConfig
+    from napari_med3dvlm.model.dcformer import DecomposedStem, PatchifyStem
+    from training.builders import build_vlm
+    from training.stages.siglip import build_siglip
+
+    config = tiny_preset(tmp_path, tiny_data)
+    config["model"]["vision_stem"] = "patchify"
+    siglip, _ = build_siglip(config)
+    vlm, _ = build_vlm(config, with_tokenizer=False)
+    assert isinstance(siglip.vision_encoder.encoder.s0[0], PatchifyStem)
+    assert isinstance(vlm.vision_tower.encoder.s0[0], PatchifyStem)
+    siglip.config.save_pretrained(tmp_path / "siglip")
+    assert SigLIPConfig.from_pretrained(tmp_path / "siglip").vision_stem == "patchify"
+    published = vlm.config.to_published_dict()
+    assert published["vision_stem"] == "patchify"
+    assert Med3DVLMConfig.from_published_dict(published).vision_stem == "patchify"
+    assert Med3DVLMConfig.from_dict(vlm.config.to_dict()).vision_stem == "patchify"
+
+    config["model"].pop("vision_stem")
+    default, _ = build_vlm(config, with_tokenizer=False)
+    assert isinstance(default.vision_tower.encoder.s0[0], DecomposedStem)
+    assert "vision_stem" not in default.config.to_published_dict()
+    shipped = json.loads((Path(__file__).resolve().parents[2] / "src/napari_med3dvlm/assets/demo/config.json").read_text())
+    assert "vision_stem" not in shipped and Med3DVLMConfig.from_dict(shipped).vision_stem == "decomposed"

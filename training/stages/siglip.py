@@ -46,6 +46,7 @@ def build_siglip(config: dict):
     siglip_cfg = SigLIPConfig(
         language_model_name_or_path=name,
         vision_variant=model_cfg.get("vision_variant", "small"),
+        vision_stem=model_cfg.get("vision_stem", "decomposed"),  # the stem the vision stage trained
         hidden_size=int(model_cfg.get("siglip_hidden_size", 768)),
         t_prime=float(model_cfg.get("t_prime", 2.6592600369262695)),
         bias=float(model_cfg.get("bias", 0.0)),

@@ -24,6 +24,9 @@ PUBLISHED_ARCHITECTURES = {
 VISION_DEFAULTS: dict[str, Any] = {
     "vision_tower": "dcformer",
     "vision_variant": "small",
+    # DCFormer's stem ("decomposed": the published one; "patchify": the demo's vision stage). Absent from
+    # the published and older embedded configs, which therefore build the published stem.
+    "vision_stem": "decomposed",
     "vision_select_layer": -2,
     "vision_select_feature": "cls_patch",
     "mm_projector_type": "mixer",
@@ -131,6 +134,8 @@ class Med3DVLMConfig(PretrainedConfig):
         out = self.text_config.to_dict()
         out.pop("transformers_version", None)
         out.update({k: v for k, v in self.vision_dict().items() if k != "base_language_model"})
+        if out.get("vision_stem") == VISION_DEFAULTS["vision_stem"]:
+            out.pop("vision_stem")  # the published layout, key for key
         if out.get("image_token_id") is None:
             out.pop("image_token_id")
         out["model_type"] = published[llm_type]

@@ -38,7 +38,7 @@ POSITIVE_INTS = (
 INT_LISTS = {
     "image_size": 3, "low_input_size": 2, "high_input_size": 2, "low_output_size": 2, "high_output_size": 2,
 }
-STRINGS = ("model_type", "vision_variant", "vision_tower", "mm_projector_type", "image_token", "base_language_model")
+STRINGS = ("model_type", "vision_variant", "vision_stem", "vision_tower", "mm_projector_type", "image_token", "base_language_model")
 
 
 class ModelLoadError(RuntimeError):

@@ -55,6 +55,7 @@ class SigLIPConfig(PretrainedConfig):
         language_model_name_or_path: str = "medicalai/ClinicalBERT",
         vision_encoder: str = "dcformer",
         vision_variant: str = "small",
+        vision_stem: str = "decomposed",
         hidden_size: int = 768,
         t_prime: float = math.log(1 / 0.07),
         bias: float = 0.0,
@@ -79,6 +80,7 @@ class SigLIPConfig(PretrainedConfig):
         self.language_model_name_or_path = language_model_name_or_path
         self.vision_encoder = vision_encoder
         self.vision_variant = vision_variant
+        self.vision_stem = vision_stem  # DCFormer's stem: the one the vision stage trained
         self.hidden_size = hidden_size
         self.t_prime = float(t_prime)
         self.bias = float(bias)
@@ -174,7 +176,7 @@ class SigLIPModel(PreTrainedModel):
             language_encoder = AutoModel.from_config(config.build_text_config())
         else:
             config.text_config = language_encoder.config.to_dict()
-        self.vision_encoder = DCFormer(DCFormerConfig(variant=config.vision_variant))
+        self.vision_encoder = DCFormer(DCFormerConfig(variant=config.vision_variant, stem=config.vision_stem))
         self.language_encoder = language_encoder
         # DistilBERT calls its width `dim`; HF maps `hidden_size` onto it, so this works for both families.
         text_width = language_encoder.config.hidden_size

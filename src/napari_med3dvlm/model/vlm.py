@@ -27,7 +27,8 @@ from .dcformer import DCFormer, DCFormerConfig
 def build_vision_tower(config: Med3DVLMConfig) -> DCFormer:
     if config.vision_tower != "dcformer":
         raise ValueError(f"Unsupported vision tower {config.vision_tower!r}; only 'dcformer' is implemented.")
-    return DCFormer(DCFormerConfig(variant=config.vision_variant, expected_input_size=config.image_size))
+    return DCFormer(DCFormerConfig(variant=config.vision_variant, stem=config.vision_stem,
+                                   expected_input_size=config.image_size))
 
 
 def build_mm_projector(config: Med3DVLMConfig) -> nn.Module:
