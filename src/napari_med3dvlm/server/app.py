@@ -36,6 +36,7 @@ from napari_med3dvlm import __version__
 from napari_med3dvlm.inference import wire
 from napari_med3dvlm.inference.engine import InferenceEngine, ModelUnavailableError
 from napari_med3dvlm.io import VolumeReadError
+from napari_med3dvlm.model import prompts
 
 from .store import VolumeStore, read_upload
 
@@ -58,10 +59,12 @@ class Limits:
 
 
 class GenerationSettings(BaseModel):
-    max_new_tokens: int = Field(256, ge=1)
-    temperature: float = Field(0.0, ge=0.0, le=5.0)
-    top_p: float = Field(0.9, gt=0.0, le=1.0)
-    seed: int = 42
+    """Sampling for one request; what is left out comes from the server's settings."""
+
+    max_new_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0.0, le=5.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    seed: int | None = None
 
 
 class GenerateRequest(BaseModel):
@@ -183,13 +186,18 @@ def create_app(engine: InferenceEngine, token: str = "", limits: Limits | None =
         return {"count": engine.count_tokens(body.text)}
 
     def checked_prompt(prompt: str) -> None:
+        """Size first (cheap), then the image placeholders the model's splice needs."""
         if len(prompt) > limits.max_prompt_chars:
             _fail(413, f"prompt of {len(prompt)} characters is over the limit of {limits.max_prompt_chars}")
+        count = engine.proj_out_num
+        if not prompt.startswith(prompts.image_prefix(count)):
+            _fail(422, f"the prompt must start with the image placeholders: {count} x '{prompts.IMAGE_TOKEN}' "
+                  "(GET /v1/model gives the count)")
 
     def prepare_generation(body: GenerateRequest):
         """Checks that must answer with a status code, before the event stream starts."""
         checked_prompt(body.prompt)
-        if body.settings.max_new_tokens > limits.max_new_tokens:
+        if (body.settings.max_new_tokens or 0) > limits.max_new_tokens:
             _fail(422, f"max_new_tokens {body.settings.max_new_tokens} is over this server's limit of "
                   f"{limits.max_new_tokens}")
         return body, volume_or_404(body.volume_id)
@@ -199,7 +207,7 @@ def create_app(engine: InferenceEngine, token: str = "", limits: Limits | None =
         """Text pieces as `token` events, then `done`; an `error` event if the model fails midway.
         A client that disconnects stops generation at the next token."""
         body, volume = prepared
-        settings = engine.settings.updated(**body.settings.model_dump())
+        settings = engine.settings.updated(**body.settings.model_dump(exclude_none=True))
         cancel = threading.Event()
 
         def pieces():

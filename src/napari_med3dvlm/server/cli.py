@@ -30,6 +30,8 @@ def register(subparsers) -> None:
     serve.add_argument("--max-upload-mb", type=int, default=2048, help="largest accepted upload (default 2048)")
     serve.add_argument("--cache-mb", type=int, default=4096,
                        help="memory for uploaded volumes, least recently used dropped first (default 4096)")
+    serve.add_argument("--upload-timeout", type=float, default=30.0,
+                       help="seconds without data before an upload is dropped (default 30)")
     serve.add_argument("--max-new-tokens-limit", type=int, default=1024, help="most tokens one request may ask for")
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     add_model_options(serve)
@@ -63,7 +65,8 @@ def run_serve(args: argparse.Namespace) -> int:
     from .app import Limits, create_app
 
     engine = engine_from_args(args, local=True)
-    limits = Limits(max_upload_bytes=args.max_upload_mb << 20, max_new_tokens=args.max_new_tokens_limit)
+    limits = Limits(max_upload_bytes=args.max_upload_mb << 20, max_new_tokens=args.max_new_tokens_limit,
+                    upload_idle_s=args.upload_timeout)
     app = create_app(engine, token=token, limits=limits, index_db=args.index, cache_bytes=args.cache_mb << 20)
     print(f"serving {engine.model_id} on http://{args.host}:{args.port} "
           f"({'token required' if token else 'no token: this computer only'}); API docs at /docs", flush=True)
