@@ -29,7 +29,7 @@ from napari_med3dvlm.io.dicom_write import write_dicom_series
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "io"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from io_assets import PATIENT_TAGS  # noqa: E402
-from pacs_assets import PASSWORD, READ_ONLY_DESCRIPTION, USER  # noqa: E402
+from pacs_assets import PASSWORD, READ_ONLY_DESCRIPTION, USER, free_port  # noqa: E402
 
 PLUGIN_PATHS = (
     Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so"),
@@ -44,12 +44,6 @@ function ReceivedInstanceFilter(dicom, origin, info)
   return true
 end
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass

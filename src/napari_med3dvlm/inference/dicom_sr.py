@@ -50,6 +50,9 @@ _TYPE2 = (
     "AccessionNumber",
 )
 
+#: Optional general study attributes highdicom does not copy (the SR's study then reads as the source's).
+_STUDY_OPTIONAL = ("StudyDescription", "IssuerOfAccessionNumberSequence")
+
 
 class DicomSrError(ValueError):
     """The volume has no DICOM source, or its headers cannot make an SR (the message says which)."""
@@ -143,6 +146,9 @@ def build_report_sr(
         )
     except (ValueError, TypeError, AttributeError) as err:
         raise DicomSrError(f"the source headers cannot make a DICOM SR ({' '.join(str(err).split())[:160]})") from err
+    for keyword in _STUDY_OPTIONAL:  # the rest of the general study module, as the source has it
+        if keyword in evidence[0] and keyword not in sr:
+            setattr(sr, keyword, evidence[0].data_element(keyword).value)
     # UTF-8: the model writes any Unicode, and the copied patient/study values are re-encoded with it.
     sr.SpecificCharacterSet = "ISO_IR 192"
     if questions:  # declare the private coding scheme the question/answer items use

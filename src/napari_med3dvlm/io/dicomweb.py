@@ -438,7 +438,21 @@ class DicomWebServer:
                 code = failed[0].get("FailureReason")
                 reason = f" (failure reason {int(code):#06x})" if code is not None else ""
             raise DicomWebError(f"the DICOMweb server at {self.url} did not store the report{reason}")
-        return str(stored[0].get("RetrieveURL") or f"{self.url}/studies/…/series/{dataset.SeriesInstanceUID}")
+        # Some servers acknowledge an instance that a filter then drops (Orthanc's Lua filters do):
+        # the report counts as stored only once the server lists it.
+        listed = self._call(
+            "checking that the report was stored",
+            self._client.search_for_instances,
+            study_instance_uid=study_uid,
+            series_instance_uid=check_uid(dataset.SeriesInstanceUID, "series UID"),
+            search_filters={"SOPInstanceUID": check_uid(dataset.SOPInstanceUID, "SOP instance UID")},
+        )
+        if not listed:
+            raise DicomWebError(
+                f"the DICOMweb server at {self.url} acknowledged the report but does not list it (a filter on the "
+                "server dropped it, or the study does not accept new objects); it was not stored"
+            )
+        return str(stored[0].get("RetrieveURL") or f"{self.url}/studies/{study_uid}/series/{dataset.SeriesInstanceUID}")
 
 
 def _drain(generator):
