@@ -18,10 +18,11 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_med3dvlm.inference import InferenceSettings, get_engine, save_settings
-from napari_med3dvlm.settings import DEVICES, DTYPES, EMBEDDED
+from napari_med3dvlm.inference import InferenceSettings, get_engine, save_settings, use_settings
+from napari_med3dvlm.settings import DEVICES, DTYPES, EMBEDDED, SERVER_TOKEN, load_secret, save_secret
 
 _SOURCES = (("Embedded demo model", "embedded"), ("Local folder", "folder"), ("Hub id (cached)", "hub"))
+_BACKENDS = (("This computer", "local"), ("Server (napari-med3dvlm serve)", "server"))
 
 
 class SettingsWidget(QWidget):
@@ -30,6 +31,15 @@ class SettingsWidget(QWidget):
         self.viewer = napari_viewer
         self.config_dir = config_dir
 
+        self.backend = QComboBox()
+        for label, kind in _BACKENDS:
+            self.backend.addItem(label, kind)
+        self.backend.setToolTip("Run the model in napari, or on a backend server (a GPU machine; docs/server.md)")
+        self.server_url = QLineEdit()
+        self.server_url.setPlaceholderText("http://127.0.0.1:8765 (through an SSH tunnel)")
+        self.server_token = QLineEdit()
+        self.server_token.setEchoMode(QLineEdit.EchoMode.Password)
+        self.server_token.setPlaceholderText("the token the server was started with")
         self.source_kind = QComboBox()
         for label, kind in _SOURCES:
             self.source_kind.addItem(label, kind)
@@ -66,6 +76,9 @@ class SettingsWidget(QWidget):
         source_row.addWidget(self.source_path, 1)
         source_row.addWidget(self.browse_button)
         form = QFormLayout()
+        form.addRow("Backend", self.backend)
+        form.addRow("Server", self.server_url)
+        form.addRow("Token", self.server_token)
         form.addRow("Model source", self.source_kind)
         form.addRow("", source_row)
         form.addRow("Device", self.device)
@@ -80,6 +93,7 @@ class SettingsWidget(QWidget):
         layout.addWidget(self.status)
         layout.addStretch(1)
 
+        self.backend.currentIndexChanged.connect(self._source_kind_changed)
         self.source_kind.currentIndexChanged.connect(self._source_kind_changed)
         self.browse_button.clicked.connect(self._browse)
         self.apply_button.clicked.connect(self.apply)
@@ -94,6 +108,9 @@ class SettingsWidget(QWidget):
 
             kind = source_kind(source)
         self.source_kind.setCurrentIndex([k for _, k in _SOURCES].index(kind))
+        self.backend.setCurrentIndex(max(0, self.backend.findData(settings.backend)))
+        self.server_url.setText(settings.server_url)
+        self.server_token.setText(load_secret(SERVER_TOKEN, self.config_dir))
         self.source_path.setText("" if kind == "embedded" else source)
         self.device.setCurrentText(settings.device)
         self.dtype.setCurrentText(settings.dtype)
@@ -110,7 +127,13 @@ class SettingsWidget(QWidget):
         source = EMBEDDED if kind == "embedded" else self.source_path.text().strip()
         if not source:
             raise ValueError("enter a model folder or hub id, or choose the embedded model")
+        backend = self.backend.currentData()
+        url = self.server_url.text().strip()
+        if backend == "server" and not url.startswith(("http://", "https://")):
+            raise ValueError("enter the server's address, e.g. http://127.0.0.1:8765")
         return get_engine().settings.updated(
+            backend=backend,
+            server_url=url,
             model_source=source,
             device=self.device.currentText(),
             dtype=self.dtype.currentText(),
@@ -127,20 +150,29 @@ class SettingsWidget(QWidget):
         except ValueError as err:
             self.status.setText(f"Not saved: {err}")
             return False
-        get_engine().update_settings(settings)
+        token = self.server_token.text().strip()
+        save_secret(SERVER_TOKEN, token, self.config_dir)
+        use_settings(settings, token=token if settings.backend == "server" else None)
         save_settings(settings, self.config_dir)
         self._show_status("Saved. ")
         return True
 
     def _show_status(self, prefix: str = "") -> None:
         engine = get_engine()
+        if engine.settings.backend == "server":  # asking the server would block the Qt thread
+            self.status.setText(f"{prefix}Backend server {engine.settings.server_url}: connects on first use.")
+            return
         state = "loaded" if engine.is_loaded else "loads on first use"
         self.status.setText(f"{prefix}Model {engine.model_id}: {state}.")
 
     def _source_kind_changed(self, *_) -> None:
         kind = self.source_kind.currentData()
-        self.source_path.setEnabled(kind != "embedded")
-        self.browse_button.setEnabled(kind == "folder")
+        remote = self.backend.currentData() == "server"
+        self.server_url.setEnabled(remote)
+        self.server_token.setEnabled(remote)
+        self.source_kind.setEnabled(not remote)  # the server decides its model
+        self.source_path.setEnabled(kind != "embedded" and not remote)
+        self.browse_button.setEnabled(kind == "folder" and not remote)
 
     def _browse(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Model folder")
