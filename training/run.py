@@ -60,6 +60,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("stage", choices=[*STAGES, "all"])
     parser.add_argument("--preset", default="demo", help=f"one of {available_presets()} or a YAML path")
     parser.add_argument("--force", action="store_true", help="re-run a stage that already finished")
+    parser.add_argument("--export-resume", nargs="?", const="", default=None, metavar="FILE",
+                        help="vision only: pack the stage's newest checkpoint into FILE (default: the preset's "
+                             "vision.resume_file) instead of training")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. finetune.max_steps=10")
     # Intermixed: overrides may follow --preset, as in the documented command lines.
     return parser.parse_intermixed_args(argv)
@@ -71,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     config = apply_overrides(load_preset(args.preset), args.overrides)
+    if args.export_resume is not None:
+        return _export_resume(config, args.stage, args.export_resume)
     threads = config.get("train", {}).get("num_threads")
     if threads:
         # On a shared CPU one thread per process is far faster than two that wait on each other.
@@ -78,9 +83,32 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(int(threads))
     stages = stages_of(config) if args.stage == "all" else [args.stage]
+    from .loop import TrainingStopped
+
     for stage in stages:
-        summary = run_stage(config, stage, force=args.force)
+        try:
+            summary = run_stage(config, stage, force=args.force)
+        except TrainingStopped as stopped:  # SIGTERM / SIGINT: a checkpoint is saved, no DONE
+            print(stopped, file=sys.stderr)
+            return 0
         print(f"[{stage}] {json.dumps(summary)}")
+    return 0
+
+
+def _export_resume(config: dict, stage: str, path: str) -> int:
+    """``--export-resume``: the vision stage's newest checkpoint as one resume file (training.resume_file)."""
+    from .resume_file import ResumeFileError
+    from .stages.vision import export_resume
+    from .vision.config import VisionConfigError
+
+    try:
+        if stage != "vision":
+            raise ResumeFileError(f"only the vision stage writes a resume file, not {stage!r}")
+        out = export_resume(config, path or None)
+    except (ResumeFileError, VisionConfigError) as err:
+        print(f"python -m training.run: error: --export-resume: {err}", file=sys.stderr)
+        return 2
+    print(f"[vision] resume file {out} ({out.stat().st_size / 1e6:.1f} MB)")
     return 0
 
 
