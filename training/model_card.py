@@ -105,7 +105,7 @@ anatomy or disease. **Not for clinical use, not a medical device.** For real sca
 Med3DVLM weights (see docs).
 
 ## Architecture
-- Vision: DCFormer `{model['vision_variant']}` on (D, H, W) = {tuple(size)} inputs in [0, 1] (same preprocessing as the
+- Vision: DCFormer `{model['vision_variant']}` ({model.get('vision_stem', 'decomposed')} stem) on (D, H, W) = {tuple(size)} inputs in [0, 1] (same preprocessing as the
   plugin: `napari_med3dvlm.io.preprocess_volume`).
 - Projector: dual-stream MLP-Mixer, {model['low_input_size']} + {model['high_input_size']} stage tokens ->
   {model['proj_out_num']} image embeddings.
