@@ -112,6 +112,7 @@ class VLLMProcess:
         extra_args: Sequence[str] = (),
         startup_timeout: float = STARTUP_TIMEOUT_S,
         kv_cache_gib: int = DEFAULT_KV_CACHE_GIB,
+        enforce_eager: bool | None = None,
     ):
         self.model_folder = Path(model_folder)
         self.dtype = dtype
@@ -122,6 +123,9 @@ class VLLMProcess:
         self.extra_args = list(extra_args)
         self.startup_timeout = startup_timeout
         self.kv_cache_gib = kv_cache_gib
+        # On CPU, vLLM's compiled warm-up takes minutes (5 min for SmolLM2-135M on 2 cores) and buys little
+        # for small models; CUDA keeps its graphs.
+        self.enforce_eager = (not torch.cuda.is_available()) if enforce_eager is None else enforce_eager
         self._popen: subprocess.Popen | None = None
         self._last_code: int | None = None
         self._lock = threading.RLock()
@@ -161,6 +165,8 @@ class VLLMProcess:
         ]
         if self.max_model_len:
             cmd += ["--max-model-len", str(self.max_model_len)]
+        if self.enforce_eager:
+            cmd.append("--enforce-eager")
         return cmd + self.extra_args
 
     # -- start / stop ---------------------------------------------------------------------------
