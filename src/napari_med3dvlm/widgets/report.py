@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from napari.utils.notifications import show_info
+from napari.utils.notifications import show_error, show_info
 from qtpy.QtGui import QGuiApplication
 from qtpy.QtWidgets import (
     QFileDialog,
@@ -21,7 +21,7 @@ from napari_med3dvlm.inference import DISCLAIMER, ReportRecord, get_engine, stre
 
 from napari_med3dvlm.inference.relevance import report_target, sentence_at
 
-from ._common import BusyIndicator, LayerPicker, ScopeBanner, StreamRunner, layer_key, volume_input
+from ._common import BusyIndicator, LayerPicker, ScopeBanner, StreamRunner, layer_key, run_in_worker, volume_input
 from ._relevance import WhereRunner
 
 
@@ -42,6 +42,11 @@ class ReportWidget(QWidget):
         self.copy_button = QPushButton("Copy")
         self.export_button = QPushButton("Export…")
         self.export_button.setToolTip("Save the report as Markdown and JSON")
+        self.export_sr_button = QPushButton("Export SR…")
+        self.export_sr_button.setToolTip("Save the report as a DICOM Structured Report (DICOM layers only)")
+        self.send_button = QPushButton("Send to PACS")
+        self.send_button.setToolTip("Store the report as a DICOM SR in the study on the PACS the series came from")
+        self.send_worker = None
         self.where_button = QPushButton("Show where")  # relevance map of the selected sentence
         self.where = WhereRunner(napari_viewer, self.where_button, None, self)
         self.text = QPlainTextEdit()
@@ -61,6 +66,8 @@ class ReportWidget(QWidget):
         for button in (self.generate_button, self.stop_button, self.copy_button, self.export_button):
             buttons.addWidget(button)
         buttons.addWidget(self.where_button)
+        buttons.addWidget(self.export_sr_button)
+        buttons.addWidget(self.send_button)
         layout = QVBoxLayout(self)
         layout.addLayout(row)
         layout.addLayout(buttons)
@@ -73,6 +80,8 @@ class ReportWidget(QWidget):
         self.stop_button.clicked.connect(self.runner.stop)
         self.copy_button.clicked.connect(self.copy)
         self.export_button.clicked.connect(self._export_dialog)
+        self.export_sr_button.clicked.connect(self._export_sr_dialog)
+        self.send_button.clicked.connect(self.send_to_pacs)
         self.where_button.clicked.connect(self.show_where)
         self.where.runner.running_changed.connect(lambda _: self._update_buttons())
         self.layer_picker.layer_changed.connect(self._layer_changed)
@@ -147,6 +156,71 @@ class ReportWidget(QWidget):
             md, js = self.export(path)
             show_info(f"Report saved as {md.name} and {js.name}")
 
+    def dicom_source(self):
+        """The `io.DicomSource` of the selected layer (None unless it was read from DICOM)."""
+        from napari_med3dvlm.io import layer_dicom_source
+
+        layer = self.layer_picker.layer()
+        return None if layer is None else layer_dicom_source(layer.metadata)
+
+    def report_sr(self):
+        """The finished report of the selected layer as a DICOM SR dataset (`inference.dicom_sr`)."""
+        from napari_med3dvlm.inference.dicom_sr import build_report_sr
+
+        record = self.record
+        if record is None:
+            raise RuntimeError("there is no finished report to export")
+        return build_report_sr(self.dicom_source(), record.text, model_id=record.model_id, complete=not record.stopped)
+
+    def export_sr(self, path) -> Path:
+        """Write the report as a DICOM SR file at ``path``."""
+        from napari_med3dvlm.inference.dicom_sr import write_sr
+
+        return write_sr(self.report_sr(), path)
+
+    def _export_sr_dialog(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Export DICOM SR", "report.dcm", "DICOM (*.dcm)")
+        if path:
+            try:
+                written = self.export_sr(path)
+            except ValueError as err:
+                show_error(f"Could not write the DICOM SR: {err}")
+                return
+            show_info(f"DICOM SR saved as {written.name}")
+
+    def send_to_pacs(self):
+        """Store the report as a DICOM SR on the server the layer came from (STOW-RS, in a worker);
+        returns the worker."""
+        from napari_med3dvlm.inference.pacs_cli import connect
+
+        source = self.dicom_source()
+        if self.record is None or source is None or not source.server or self.send_worker is not None:
+            return None
+        try:
+            sr = self.report_sr()
+            server = connect(source.server)
+        except ValueError as err:
+            show_error(f"Could not send the report: {err}")
+            return None
+        self.status.busy(f"Sending the report to {server.url}…")
+
+        def sent(where):
+            self.status.idle(f"Stored on {server.url}: {where}")
+            show_info(f"Report stored on {server.url} in the source's study")
+
+        def failed(err):
+            self.status.idle(f"Not stored: {err}")
+            show_error(f"Could not send the report: {err}")
+
+        def finished():
+            self.send_worker = None
+            self._update_buttons()
+
+        self.send_worker = run_in_worker(server.store, sr, returned=sent, errored=failed, finished=finished, start=False)
+        self._update_buttons()
+        self.send_worker.start()
+        return self.send_worker
+
     def _update_buttons(self) -> None:
         running = self.runner.running
         self.generate_button.setEnabled(not running and self.layer_picker.layer() is not None)
@@ -154,6 +228,11 @@ class ReportWidget(QWidget):
         self.copy_button.setEnabled(not running)
         self.layer_picker.setEnabled(not running)
         self.export_button.setEnabled(not running and self.record is not None)
+        source = self.dicom_source()
+        self.export_sr_button.setEnabled(not running and self.record is not None and source is not None)
+        self.send_button.setEnabled(
+            not running and self.record is not None and bool(source and source.server) and self.send_worker is None
+        )
         self.where_button.setEnabled(self.where.running or (not running and self.record is not None))
 
     def selected_span(self) -> tuple[int, int] | None:

@@ -66,6 +66,9 @@ class VolumeWidget(QWidget):
 
         self.open_file_button = QPushButton("Open file…")
         self.open_folder_button = QPushButton("Open folder…")
+        self.open_pacs_button = QPushButton("Open from PACS…")
+        self.open_pacs_button.setToolTip("Search a DICOMweb server (PACS, archive) and open a series")
+        self.pacs_dialog = None
         self.series = QComboBox()
         self.add_series_button = QPushButton("Add series")
         self.series_row = QWidget()
@@ -91,6 +94,7 @@ class VolumeWidget(QWidget):
         open_row = QHBoxLayout()
         open_row.addWidget(self.open_file_button)
         open_row.addWidget(self.open_folder_button)
+        open_row.addWidget(self.open_pacs_button)
         form = QGridLayout()
         for row, (label, combo) in enumerate((("Layer", self.layer_picker), ("Window", self.window))):
             form.addWidget(QLabel(label), row, 0)
@@ -108,6 +112,7 @@ class VolumeWidget(QWidget):
 
         self.open_file_button.clicked.connect(self._open_file_dialog)
         self.open_folder_button.clicked.connect(self._open_folder_dialog)
+        self.open_pacs_button.clicked.connect(self.open_pacs)
         self.add_series_button.clicked.connect(lambda: self.add_series(self.series.currentIndex()))
         self.layer_picker.layer_changed.connect(self._layer_changed)
         self.window.currentIndexChanged.connect(lambda _: self.apply_window())
@@ -182,6 +187,16 @@ class VolumeWidget(QWidget):
     def _read_failed(self, err) -> None:
         show_error(f"Could not open {self._path.name}: {err}")
         self.status.setText(f"Could not open {self._path.name}.")
+
+    def open_pacs(self):
+        """Show the "Open from PACS" dialog (`_pacs.PacsDialog`); a retrieved series becomes a layer."""
+        from ._pacs import PacsDialog
+
+        if self.pacs_dialog is None:
+            self.pacs_dialog = PacsDialog(lambda volume: self._add_volume(volume, 0), self)
+        self.pacs_dialog.show()
+        self.pacs_dialog.raise_()
+        return self.pacs_dialog
 
     def _open_file_dialog(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Open volume", "", "Volumes (*.nii *.nii.gz *.dcm *.zip);;All files (*)")
