@@ -7,12 +7,18 @@ booleans and lists keep their types (``finetune.max_steps=10``, ``data.size=[32,
 from __future__ import annotations
 
 import copy
+import difflib
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 PRESET_DIR = Path(__file__).parent / "presets"
+
+
+class ConfigError(ValueError):
+    """A user error (preset, override, missing input): `training.run` prints its one-line message and
+    exits 2, never a traceback."""
 #: In order. ``vision`` (dense pretraining of the encoder) runs only for presets that have a
 #: ``vision`` section (the demo presets); the paper preset is the reference recipe without it.
 STAGES = ("vision", "siglip", "projector", "finetune", "merge", "eval")
@@ -37,9 +43,14 @@ def load_preset(name_or_path: str | Path) -> dict:
     if not path.suffix:
         path = PRESET_DIR / f"{name_or_path}.yaml"
     if not path.exists():
-        raise FileNotFoundError(f"no preset {name_or_path!r}; available: {available_presets()}")
-    with open(path, encoding="utf-8") as handle:
-        config = yaml.safe_load(handle) or {}
+        raise ConfigError(f"no preset {str(name_or_path)!r}: use one of {', '.join(available_presets())} or a YAML path")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            config = yaml.safe_load(handle) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"preset {str(name_or_path)!r} is not valid YAML: {' '.join(str(err).split())}") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"preset {str(name_or_path)!r} is not a mapping of sections")
     name = config.get("name", path.stem)
     base = config.pop("base", None)
     if base:
@@ -68,14 +79,155 @@ def set_dotted(config: dict, key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+#: Keys a stage reads that a preset need not spell out, with their types: the ``train`` defaults and
+#: the stage's own options. A key in the preset is known too, with the type of its value. Keep in step
+#: with `training.loop.LoopConfig` and the stages' ``.get`` calls (tests/training/test_run_cli.py checks
+#: the LoopConfig part).
+LOOP_KEYS = {
+    "epochs": "number", "max_steps": "int", "batch_size": "int", "gradient_accumulation_steps": "int",
+    "lr": "number", "weight_decay": "number", "warmup_ratio": "number", "max_grad_norm": "number",
+    "mixed_precision": "precision", "seed": "int", "save_every": "int", "keep_checkpoints": "int",
+    "log_every": "int", "max_minutes": "number", "calibrate_steps": "int", "num_workers": "int",
+    "stop_after_steps": "int", "from_scratch": "bool",
+}
+STAGE_KEYS = {
+    # The vision stage checks its own section strictly too (training/vision/config.py).
+    "vision": {"cache_dir": "str", "train_cases": "int", "test_cases": "int", "phantom_seed": "int",
+               "render_workers": "int", "train_sampler": "str", "layer_scale_init": "number",
+               "dense_loss": "str", "evaluate_every": "int", "resume_file": "str",
+               "pos_weight": "number", "balanced_dense": "bool", "token_kind_weight": "number",
+               "case_max_weight": "number", "host_balanced_dense": "bool", "stem": "str"},
+    "siglip": {"data_root": "str", "data_phantoms": "dict", "vision_lr": "number", "cache_text_features": "any"},
+    "projector": {"tasks": "list", "task_repeats": "dict", "cache_vision_features": "bool"},
+    "finetune": {"tasks": "list", "task_repeats": "dict", "cache_vision_features": "bool", "lora_r": "int",
+                 "lora_alpha": "int", "lora_dropout": "number", "train_vision": "bool",
+                 "train_embeddings": "str", "init_from": "str"},
+}
+SECTION_KEYS = {
+    "train": {**LOOP_KEYS, "num_threads": "int"},
+    **{stage: {**LOOP_KEYS, **keys} for stage, keys in STAGE_KEYS.items()},
+    "vision": {**{k: v for k, v in LOOP_KEYS.items() if k != "from_scratch"}, **STAGE_KEYS["vision"]},
+    "merge": {"output": "str", "embedded_output": "str", "adapter_dtype": "str"},
+    "eval": {"retrieval_sizes": "list", "caption_samples": "int", "vqa_samples": "int", "yn_samples": "int",
+             "max_new_tokens": "int", "blank_baseline": "bool", "tasks": "list", "update": "bool",
+             "closed_scored": "bool", "pointing_samples": "int", "max_minutes": "number", "seed": "int"},
+    "data": {"root": "str", "cap_json": "str", "vqa_train": "str", "vqa_yn_train": "str", "vqa_test": "str",
+             "vqa_yn_test": "str", "image_size": "list", "augment": "dict", "window": "any", "phantoms": "dict"},
+    "model": {"vision_variant": "str", "vision_stem": "str", "text_encoder": "str", "text_trainable": "str", "text_pooling": "str",
+              "text_max_length": "int", "siglip_hidden_size": "int", "t_prime": "number", "bias": "number",
+              "language_model": "str", "language_model_architecture": "dict", "language_model_config": "dict",
+              "text_encoder_config": "dict", "text_tokenizer": "str", "tokenizer": "str", "init_seed": "int",
+              "low_input_size": "list", "high_input_size": "list", "low_output_size": "list",
+              "high_output_size": "list", "proj_out_num": "int", "max_length": "int"},
+    "scope": {"enabled": "bool", "cases": "int", "modalities": "list", "training_data": "str", "advice": "str",
+              "components": "int", "quantile": "number"},
+    "model_card": {"hardware": "str"},
+}
+TOP_KEYS = {"name": "str", "output_dir": "str", **{section: "dict" for section in SECTION_KEYS}}
+_KIND_WORDS = {"int": "an integer", "number": "a number", "bool": "true or false", "str": "a string",
+               "list": "a list ([a, b])", "dict": "a mapping ({key: value})",
+               "precision": "no, fp16, bf16 or fp8"}
+
+
+def _kind_of(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, (list, tuple)):
+        return "list"
+    if isinstance(value, dict):
+        return "dict"
+    return "str"
+
+
+def _fits(value: Any, kind: str) -> bool:
+    if value is None or kind == "any":
+        return True  # null: the stage's default
+    if kind == "precision":
+        return value is False or value in ("no", "fp16", "bf16", "fp8")
+    actual = _kind_of(value)
+    return actual == kind or (kind == "number" and actual == "int")
+
+
+def _expected_kind(config: dict, parts: list[str]) -> str | None:
+    """The type of a dotted key (None: anything goes); KeyError when the preset and the stages know
+    no such key. Below a section's options (``data.augment.*``, ``model.language_model_config.*``) a
+    mapping is free-form: a key there keeps the type of its preset value."""
+    section, present = parts[0], config.get(parts[0])
+    if section not in config and section not in TOP_KEYS:
+        raise KeyError(1)
+    if len(parts) == 1:
+        return TOP_KEYS.get(section) or (None if present is None else _kind_of(present))
+    if not isinstance(present, dict):
+        return None  # set_dotted says that this is not a section
+    table, name = SECTION_KEYS.get(section, {}), parts[1]
+    if name not in present and name not in table:
+        raise KeyError(2)
+    if len(parts) == 2:
+        if name in table:
+            return table[name]
+        return None if present[name] is None else _kind_of(present[name])
+    node: Any = present.get(name)
+    for part in parts[2:-1]:
+        node = node.get(part) if isinstance(node, dict) else None
+    if isinstance(node, dict) and node.get(parts[-1]) is not None:
+        return _kind_of(node[parts[-1]])
+    return None
+
+
+def _known_keys(config: dict, parts: list[str]) -> list[str]:
+    """The dotted keys a stage knows at the depth of ``parts``' last element (for a did-you-mean)."""
+    if len(parts) == 1:
+        return sorted(set(config) | set(TOP_KEYS))
+    section = config.get(parts[0])
+    names = set(section) if isinstance(section, dict) else set()
+    return sorted(f"{parts[0]}.{name}" for name in names | set(SECTION_KEYS.get(parts[0], {})))
+
+
+def check_override(config: dict, key: str, value: Any, item: str) -> None:
+    """Raise `ConfigError` naming the key and the preset when ``key`` is unknown or ``value`` has the
+    wrong type: a typo must not train for an hour with the default."""
+    preset = config.get("name", "?")
+    parts = key.split(".")
+    if not all(parts):
+        raise ConfigError(f"override {item!r}: {key!r} is not a dotted key such as finetune.max_steps")
+    try:
+        kind = _expected_kind(config, parts)
+    except KeyError as err:
+        unknown = ".".join(parts[: err.args[0]])
+        close = difflib.get_close_matches(unknown, _known_keys(config, parts[: err.args[0]]), n=1, cutoff=0.75)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        what = "section" if err.args[0] == 1 and len(parts) > 1 else "key"
+        raise ConfigError(f"override {item!r}: unknown {what} {unknown} in preset {preset}{hint}") from None
+    if kind and not _fits(value, kind):
+        raise ConfigError(f"override {item!r}: {key} in preset {preset} takes {_KIND_WORDS[kind]}, "
+                          f"got {value!r} ({_KIND_WORDS[_kind_of(value)]})")
+
+
 def apply_overrides(config: dict, overrides: list[str]) -> dict:
-    """Return a copy of ``config`` with ``key=value`` strings applied."""
+    """Return a copy of ``config`` with ``key=value`` strings applied.
+
+    Each key must be one the preset or a stage knows, and its value of the right type
+    (`check_override`); a bad one raises `ConfigError`.
+    """
     config = copy.deepcopy(config)
     for item in overrides:
         if "=" not in item:
-            raise ValueError(f"override {item!r} is not of the form key=value")
+            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. finetune.max_steps=10)")
         key, raw = item.split("=", 1)
-        set_dotted(config, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+        key = key.strip()
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML (quote it, or close its brackets)") from None
+        check_override(config, key, value, item)
+        try:
+            set_dotted(config, key, value)
+        except KeyError as err:
+            raise ConfigError(f"override {item!r}: {err.args[0]} (preset {config.get('name', '?')})") from None
     return config
 
 

@@ -72,6 +72,22 @@ def _pointing_table(results: dict) -> str:
     return pointing_table(results)
 
 
+def random_starts(config: dict) -> str:
+    """Stages that started from random weights because an earlier stage's result was missing (only
+    with ``from_scratch``, `training.checks`): the card must say so."""
+    notes = []
+    if "vision" in config and _stage_info(config, "siglip").get("vision_init") == "random":
+        notes.append("SigLIP: the image encoder started from random weights (no vision-stage result)")
+    if _stage_info(config, "projector").get("vision_from_siglip") is False:
+        notes.append("projector: the image encoder started from random weights (no SigLIP result)")
+    if _stage_info(config, "finetune").get("restored_projector_stage") is False:
+        notes.append("fine-tuning: the projector and image encoder started from random weights "
+                     "(no projector-stage result)")
+    if not notes:
+        return ""
+    return "\n\nStarted from scratch (`--from-scratch`):\n" + "\n".join(f"- {note}" for note in notes)
+
+
 def render_model_card(config: dict, results: dict) -> str:
     model = config["model"]
     stages = []
@@ -124,7 +140,7 @@ contradict left/right and plane statements in the texts).
 {chr(10).join(stages)}
 
 Mixed precision: {config.get('train', {}).get('mixed_precision')}; AdamW, warmup + cosine; each stage's schedule
-fitted to its time budget{_hardware(config)}.
+fitted to its time budget{_hardware(config)}.{random_starts(config)}
 
 ## Results on the phantom test split
 Greedy decoding. "Blanked image" is the same model given an all-zero volume: the gap is what it reads

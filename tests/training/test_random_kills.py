@@ -29,7 +29,7 @@ from tiny_setup import tiny_preset, write_preset
 SEED = 1515
 KILLS = 5
 STAGE = "projector"
-STEPS = {"max_steps": 16, "save_every": 2}
+STEPS = {"max_steps": 16, "save_every": 2, "from_scratch": True}  # no SigLIP stage before it
 
 
 #: Packages whose modules, as imported by the uninterrupted run, the forkserver imports up front.

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from tiny_setup import tiny_preset, write_preset
 
 REPO = Path(__file__).resolve().parents[2]
-STEPS = {"max_steps": 24, "save_every": 3}
+STEPS = {"max_steps": 24, "save_every": 3, "from_scratch": True}  # no projector stage before it
 
 
 def _command(preset: Path, stage: str) -> list[str]:

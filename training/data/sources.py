@@ -6,8 +6,10 @@ from pathlib import Path
 
 
 def _path(config: dict, key: str) -> Path:
+    """Absolute, so that the loaders (which read a relative path against the root) never join the
+    root twice, and an error names the file the preset means."""
     data = config["data"]
-    return Path(data["root"]) / data[key]
+    return (Path(data["root"]) / data[key]).absolute()
 
 
 def caption_dataset(config: dict, split: str = "train", root: str | None = None):

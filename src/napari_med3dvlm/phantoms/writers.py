@@ -58,8 +58,25 @@ def series_name(case: PhantomCase) -> str:
     return f"{case.plane.capitalize()}_{case.phase.replace(' ', '_').replace('-', '_')}"
 
 
-def write_case(root: Path, case: PhantomCase, options: WriteOptions) -> dict:
-    """Render one case and write its files; returns its JSON entry, report and VQA rows."""
+def is_written(root: Path, case: PhantomCase, options: WriteOptions) -> bool:
+    """Whether a case's files are all on disk; ``case.json`` is written last, by rename, so its
+    presence means the files before it are complete."""
+    folder = Path(root) / SUBDIR / case.case_id
+    stem = series_name(case)
+    names = ["case.json", "text.txt", f"{stem}.npy"]
+    if options.nifti:
+        names += [f"{stem}.nii.gz", f"{stem}{LESIONS_SUFFIX}.nii.gz"]
+    return all((folder / name).is_file() for name in names)
+
+
+def write_case(root: Path, case: PhantomCase, options: WriteOptions, keep_written: bool = False) -> dict:
+    """Render one case and write its files; returns its JSON entry, report and VQA rows.
+
+    ``keep_written``: a case whose files are already complete is not rendered again (a resumed split);
+    its entry and rows are recomputed from the seed, which is all they depend on.
+    """
+    if keep_written and is_written(root, case, options):
+        return case_rows(case)
     from ..io import model_input  # torch import stays out of module import time
 
     image = render_case(case, slices=options.slices, pixels=options.pixels)
@@ -80,10 +97,17 @@ def write_case(root: Path, case: PhantomCase, options: WriteOptions) -> dict:
         labels.header["descrip"] = b"phantom lesions: finding i of case.json = i+1"
         labels.header.set_intent("label")  # a segmentation, not an image: indexers skip it
         nib.save(labels, folder / f"{stem}{LESIONS_SUFFIX}.nii.gz")
-    report = write_report(case)
-    (folder / "text.txt").write_text(report + "\n", encoding="utf-8")
-    (folder / "case.json").write_text(json.dumps(case.to_dict(), indent=1), encoding="utf-8")
+    (folder / "text.txt").write_text(write_report(case) + "\n", encoding="utf-8")
+    partial = folder / ".case.json.tmp"
+    partial.write_text(json.dumps(case.to_dict(), indent=1), encoding="utf-8")
+    partial.replace(folder / "case.json")  # last, by rename: marks the case complete
+    return case_rows(case)
 
+
+def case_rows(case: PhantomCase) -> dict:
+    """A case's M3D-Cap entry and its VQA and yes/no rows (no rendering: they depend on the seed only)."""
+    report = write_report(case)
+    stem = series_name(case)
     rel_image = f"{SUBDIR}/{case.case_id}/{stem}.npy"
     rng = random.Random(case.seed ^ 0x5EED)
     rows = []
@@ -101,9 +125,9 @@ def write_case(root: Path, case: PhantomCase, options: WriteOptions) -> dict:
 
 
 def _job(args) -> dict:
-    root, split, index, seed, options = args
+    root, split, index, seed, options, keep_written = args
     case = sample_case(case_seed(seed, split, index), case_id=f"{split}_{index:05d}")
-    return write_case(Path(root), case, options)
+    return write_case(Path(root), case, options, keep_written)
 
 
 def _init_worker():
@@ -113,12 +137,17 @@ def _init_worker():
 
 
 def write_split(root, counts: dict[str, int], seed: int = 0, options: WriteOptions = WriteOptions(),
-                workers: int = 2, progress=None) -> dict[str, int]:
-    """Generate and write every split; returns the number of VQA rows per file."""
+                workers: int = 2, progress=None, keep_written: bool = False) -> dict[str, int]:
+    """Generate and write every split; returns the number of VQA rows per file.
+
+    ``keep_written`` resumes an interrupted split: complete cases already on disk are kept (written
+    with the same seed and options). ``M3D_Cap.json`` is written last, so its presence marks a
+    complete split.
+    """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     results: dict[str, list[dict]] = {}
-    jobs = [(str(root), split, i, seed, options) for split, n in counts.items() for i in range(n)]
+    jobs = [(str(root), split, i, seed, options, keep_written) for split, n in counts.items() for i in range(n)]
     if workers > 1 and len(jobs) > 1:
         answer_prior()  # computed once here; forked workers inherit it instead of recomputing
         method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
@@ -136,8 +165,6 @@ def write_split(root, counts: dict[str, int], seed: int = 0, options: WriteOptio
             if progress:
                 progress(sum(len(v) for v in results.values()), len(jobs))
 
-    cap = {split: [r["entry"] for r in results.get(split, [])] for split in ("train", "validation", "test")}
-    (root / "M3D_Cap.json").write_text(json.dumps(cap, indent=1), encoding="utf-8")
     written = {}
     for split, outs in results.items():
         for kind, prefix in (("vqa", "M3D_VQA_"), ("yn", "M3D_VQA_yn_")):
@@ -148,4 +175,8 @@ def write_split(root, counts: dict[str, int], seed: int = 0, options: WriteOptio
                 writer.writerow(VQA_COLUMNS)
                 writer.writerows(rows)
             written[name] = len(rows)
+    cap = {split: [r["entry"] for r in results.get(split, [])] for split in ("train", "validation", "test")}
+    partial = root / ".M3D_Cap.json.tmp"
+    partial.write_text(json.dumps(cap, indent=1), encoding="utf-8")
+    partial.replace(root / "M3D_Cap.json")
     return written
