@@ -307,7 +307,7 @@ def train(
         state = TrainState(**values)
         schedule.total_steps = state.total_steps
         unpacked = True
-        if accelerator.is_main_process and not metrics_path.exists():
+        if accelerator.is_main_process:  # lines left by a run without a checkpoint belong to no run now
             write_atomic(metrics_path, "".join(json.dumps(record) + "\n" for record in curve))
         accelerator.print(f"[{name}] resumed from {resume_file} (step {state.global_step})")
     if state.finished:

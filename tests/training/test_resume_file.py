@@ -121,8 +121,8 @@ def test_sigterm_saves_a_checkpoint_and_the_same_command_resumes(recipe):
     from training.run import run_stage
 
     root, config = recipe
-    stopped = with_output(config, root / "stopped", max_steps=40, save_every=1000, evaluate_every=0)
-    whole = with_output(config, root / "whole40", max_steps=40, save_every=1000, evaluate_every=0)
+    stopped = with_output(config, root / "stopped", max_steps=12, save_every=1000, evaluate_every=0)
+    whole = with_output(config, root / "whole12", max_steps=12, save_every=1000, evaluate_every=0)
     preset = root / "stopped.yaml"
     preset.write_text(yaml.safe_dump(stopped))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -131,7 +131,7 @@ def test_sigterm_saves_a_checkpoint_and_the_same_command_resumes(recipe):
     metrics = root / "stopped" / "vision" / "metrics.jsonl"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
-        if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+        if metrics.exists() and metrics.read_text().strip():  # step 1 is logged: the loop runs
             break
         time.sleep(0.02)
     process.send_signal(signal.SIGTERM)
@@ -142,9 +142,9 @@ def test_sigterm_saves_a_checkpoint_and_the_same_command_resumes(recipe):
     checkpoints = list((root / "stopped" / "vision" / "checkpoints").glob("step-*"))
     assert len(checkpoints) == 1
     state = json.loads((checkpoints[0] / "trainer_state.json").read_text())
-    assert 2 <= state["global_step"] < 40 and not state["finished"]
+    assert 1 <= state["global_step"] < 12 and not state["finished"]
 
     summary = run_stage(stopped, "vision")  # what `python -m training.run vision` does next
-    assert summary["steps"] == 40
+    assert summary["steps"] == 12
     run_stage(whole, "vision")
     assert_same_weights(final_weights(stopped), final_weights(whole))
