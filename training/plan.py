@@ -83,6 +83,8 @@ def schedule(config: dict, stage: str, samples: int | None) -> str:
         parts.append(f"{_epochs(epochs)} of batch {batch * accumulate * processes} (samples known once the data is written)")
     if cfg.get("max_minutes"):
         parts.append(f"time budget {float(cfg['max_minutes']):g} min (the schedule is fitted to it)")
+    else:
+        parts.append("no time budget: it runs every step")
     return "; ".join(parts)
 
 
@@ -152,7 +154,7 @@ def render_plan(config: dict, stages: list[str], command: str, writes_data: bool
     if len(lines) == 3:
         lines.append("  none read from disk")
     lines.append("stages:")
-    budget = 0.0
+    budget, unbounded = 0.0, []
     for number, stage in enumerate(stages, start=1):
         state = _progress(config, stage)
         lines.append(f"  {number}. {stage}: {state}")
@@ -162,15 +164,17 @@ def render_plan(config: dict, stages: list[str], command: str, writes_data: bool
         if stage in ("vision", "siglip", "projector", "finetune"):
             lines.append(f"     {schedule(config, stage, stage_samples(config, stage, data))}")
             budget += float(stage_config(config, stage).get("max_minutes") or 0)
+            if not stage_config(config, stage).get("max_minutes"):
+                unbounded.append(stage)
         elif stage_config(config, stage).get("max_minutes"):
             lines.append(f"     time budget {float(stage_config(config, stage)['max_minutes']):g} min")
             budget += float(stage_config(config, stage)["max_minutes"])
         if stage in ("siglip", "projector", "finetune") and stage_config(config, stage).get("from_scratch"):
             lines.append("     from_scratch: an earlier stage's missing result means random weights")
         lines.append(f"     writes {_outputs(config, stage)}")
-    if budget:
-        lines.append(f"time: about {budget:g} min of stage budgets (plus data writing, model loading and "
-                     "stages without a budget)")
+    if budget or unbounded:
+        lines.append(f"time: {budget:g} min of stage budgets, plus data writing, model loading"
+                     + (f" and {', '.join(unbounded)} (no budget: as long as its steps take)" if unbounded else ""))
     lines.append("checks: " + ("ok" if not problems else f"{len(problems)} problem(s):"))
     lines.extend(f"  {p}" for p in problems)
     return "\n".join(lines), problems
