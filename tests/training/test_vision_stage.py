@@ -214,3 +214,26 @@ def test_the_stem_the_vision_stage_trains_is_the_one_every_later_model_builds(tm
     assert "vision_stem" not in default.config.to_published_dict()
     shipped = json.loads((Path(__file__).resolve().parents[2] / "src/napari_med3dvlm/assets/demo/config.json").read_text())
     assert "vision_stem" not in shipped and Med3DVLMConfig.from_dict(shipped).vision_stem == "decomposed"
+
+
+def test_the_vision_section_is_read_strictly():
+    """One typed config: the demo preset is the long run; a misspelt or removed option, a wrong type or
+    the stem in its old place is a one-line error naming the key and the preset, never a silent default."""
+    import pytest
+
+    from training.config import load_preset
+    from training.vision.config import VisionConfig, VisionConfigError
+
+    demo = load_preset("demo")
+    vision = VisionConfig.from_preset(demo)
+    assert (vision.train_sampler, vision.train_cases, vision.stem, vision.loop.max_minutes) == ("lesion-rich", 6000, "patchify", None)
+    assert (vision.loop.epochs * vision.train_cases // vision.loop.batch_size, vision.evaluate_every, vision.loop.save_every) == (7500, 200, 100)
+    for key, value, message in (("host_balanced_dense", True, "unknown key vision.host_balanced_dense"),
+                                ("batch_sise", 16, "unknown key vision.batch_sise"),
+                                ("batch_size", "16", "vision.batch_size must be an integer"),
+                                ("dense_loss", "focal", "vision.dense_loss must be one of 'balanced', 'host-balanced'"),
+                                ("stem", "patchify", "vision.stem is now model.vision_stem")):
+        config = {**demo, "vision": {**demo["vision"], key: value}}
+        with pytest.raises(VisionConfigError, match=message.replace(".", r"\.")) as err:
+            VisionConfig.from_preset(config)
+        assert "'demo'" in str(err.value) and "\n" not in str(err.value)
