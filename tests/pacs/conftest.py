@@ -263,3 +263,70 @@ def status_server():
     yield f"http://127.0.0.1:{server.server_address[1]}/dicom-web", Handler
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture
+def cutting_proxy(orthanc):
+    """A stand-in in front of the real Orthanc: passes every request through, except that the third
+    instance retrieval (WADO-RS) sends its headers and half of its multipart body, then closes the
+    connection. ``Handler.framing`` picks how the cut answer was framed: ``length`` (a Content-Length
+    for the whole body), ``chunked`` (the last chunk never comes) or ``close`` (no length: the end of the
+    connection is the end of the answer, so only the missing closing boundary shows the cut)."""
+    import re
+
+    import requests
+
+    instance = re.compile(r"/dicom-web/studies/[\d.]+/series/[\d.]+/instances/[\d.]+/?(\?.*)?$")
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        framing = "length"
+        cut_after = 2  # whole instance answers before the cut one
+        served = 0
+        cuts = 0
+
+        def log_message(self, *args):
+            pass
+
+        def _forward(self):
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else None
+            headers = {k: v for k, v in self.headers.items() if k.lower() in ("accept", "content-type")}
+            answer = requests.request(self.command, orthanc.root + self.path, headers=headers, data=body, timeout=30)
+            content = answer.content
+            if self.command == "GET" and instance.search(self.path):
+                Handler.served += 1
+                if Handler.served == Handler.cut_after + 1:
+                    return self._cut(answer.headers.get("Content-Type", ""), content)
+            self.send_response(answer.status_code)
+            self.send_header("Content-Type", answer.headers.get("Content-Type", "application/octet-stream"))
+            self.send_header("Content-Length", str(len(content)))
+            self.end_headers()
+            self.wfile.write(content)
+
+        def _cut(self, content_type, content):
+            assert content_type.startswith("multipart/related") and len(content) > 1000
+            part = content[: len(content) // 2]
+            self.send_response(200)
+            self.send_header("Content-Type", content_type)
+            if Handler.framing == "length":
+                self.send_header("Content-Length", str(len(content)))
+            elif Handler.framing == "chunked":
+                self.send_header("Transfer-Encoding", "chunked")
+                part = f"{len(part):x}\r\n".encode() + part + b"\r\n"
+            else:
+                self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(part)
+            self.wfile.flush()
+            Handler.cuts += 1
+            self.close_connection = True
+
+        do_GET = do_POST = _forward
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/dicom-web", Handler
+    server.shutdown()
+    server.server_close()

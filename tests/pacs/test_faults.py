@@ -192,3 +192,14 @@ def test_stow_refused_with_an_http_status(status_server, tmp_path, small_values)
     with pytest.raises(DicomWebError, match="answered HTTP 409") as caught:
         DicomWebServer(url).store(sr)
     assert not any(value in str(caught.value) for value in PATIENT_TAGS.values())
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked", "close"])
+def test_connection_cut_in_the_middle_of_a_wado_transfer(tmp_path, capsys, cutting_proxy, head_study, framing):
+    url, handler = cutting_proxy
+    handler.framing = framing
+    assert_fault(*run_report(capsys, tmp_path, "--dicomweb", url, "--study", head_study.study_uid),
+                 "closed the connection in the middle of its answer while retrieving instance", "(3 of 24)",
+                 "nothing was kept")
+    assert handler.cuts == 1  # the cut happened, and nothing after it was asked for
+    assert handler.served == 3

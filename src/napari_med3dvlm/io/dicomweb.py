@@ -159,6 +159,7 @@ class DicomWebServer:
             session.headers["Authorization"] = f"Bearer {token}"
         elif user:
             session.auth = (user, password or "")
+        session.hooks["response"].append(_whole_multipart)  # a cut transfer is a fault, not a damaged instance
         self._client = DICOMwebClient(url.rstrip("/"), session=session, timeout=self.timeout)
         self._client.set_http_retry_params(retry=False)  # a fault is reported, not hidden by retries
 
@@ -176,6 +177,11 @@ class DicomWebServer:
         import requests
 
         where = f"the DICOMweb server at {self.url}"
+        if isinstance(err, requests.exceptions.ChunkedEncodingError):  # the body stopped part-way
+            return DicomWebError(
+                f"{where} closed the connection in the middle of its answer while {what}; nothing was kept, "
+                "try again (or check the server's and any proxy's logs)"
+            )
         if isinstance(err, requests.exceptions.Timeout):
             return DicomWebError(
                 f"{where} did not answer within {self.timeout:g} s while {what}; check that it is up, or "
@@ -453,6 +459,28 @@ class DicomWebServer:
                 "server dropped it, or the study does not accept new objects); it was not stored"
             )
         return str(stored[0].get("RetrieveURL") or f"{self.url}/studies/{study_uid}/series/{dataset.SeriesInstanceUID}")
+
+
+def _whole_multipart(response, *args, **kwargs):
+    """Response hook: a multipart answer (WADO-RS) must end with its closing boundary. A connection
+    cut part-way through an answer without a length (close-delimited) otherwise looks complete to
+    the HTTP layer, and the cut instance would pass for a damaged one; with a length or chunks the
+    HTTP layer notices the cut itself. Raises ``ChunkedEncodingError`` as requests does then."""
+    import requests
+
+    content_type = response.headers.get("Content-Type", "")
+    if kwargs.get("stream") or not response.ok or not content_type.lower().startswith("multipart/"):
+        return response
+    match = re.search(r'boundary="?([^";]+)"?', content_type, re.IGNORECASE)
+    if match is None:
+        return response
+    closing = b"--" + match.group(1).strip().encode("latin-1") + b"--"
+    body = response.content  # raises ChunkedEncodingError itself when a declared length or chunk is cut
+    if closing not in body[-(len(closing) + 1024):]:
+        raise requests.exceptions.ChunkedEncodingError(
+            "the multipart answer ended before its closing boundary", response=response
+        )
+    return response
 
 
 def _drain(generator):
