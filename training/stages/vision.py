@@ -99,9 +99,9 @@ def export_resume(config: dict, path: str | Path | None = None) -> Path:
     from ..resume_file import ResumeFileError, pack
 
     vision = VisionConfig.from_preset(config)
-    target = Path(path or vision.resume_file or "")
-    if not str(path or vision.resume_file or ""):
+    if not (path or vision.resume_file):
         raise ResumeFileError(f"preset {config.get('name', '?')!r} names no vision.resume_file: give --export-resume FILE")
+    target = Path(path or vision.resume_file)
     folder = stage_dir(config, "vision")
     checkpoint = latest_checkpoint(folder / "checkpoints")
     if checkpoint is None:
