@@ -15,7 +15,14 @@ from napari_med3dvlm.settings import CLOSED_ANSWER_MODES, DEVICES, DTYPES, LLM_B
 
 from .backend import get_engine
 from .engine import InferenceEngine, ModelUnavailableError
-from .pacs_cli import add_dicomweb_options, load_input, report_inputs, sr_outputs
+from .pacs_cli import (
+    add_dicomweb_options,
+    chat_sr_outputs,
+    check_sr_source,
+    load_input,
+    report_inputs,
+    sr_outputs,
+)
 from .tasks import Conversation, stream_report
 
 
@@ -41,12 +48,15 @@ def register(subparsers) -> None:
         help="answer a question about a volume",
         description="Ask a question about a volume; the answer streams to standard output.",
     )
-    ask.add_argument("path", metavar="PATH", help="a NIfTI file, DICOM file or folder")
+    ask.add_argument("path", metavar="PATH", nargs="?",
+                     help="a NIfTI file, DICOM file or folder (or --dicomweb URL --study UID)")
     ask.add_argument("question", help="the question, in quotes")
     ask.add_argument(
         "--choices", nargs=4, metavar=("A", "B", "C", "D"), help="answer options: a closed question"
     )
+    ask.add_argument("--out", type=Path, help="folder for the DICOM SR of --sr")
     _add_common(ask)
+    add_dicomweb_options(ask, "answer")  # --dicomweb URL --study UID, --sr, --stow
     ask.set_defaults(func=run_ask, quick_exit=True)
 
 
@@ -226,11 +236,12 @@ def _run_report_batch(args, engine) -> int:
     window = parse_window(args.window)
     count = failed = 0
     jobs = []
-    for number, path in enumerate(args.paths, start=1):
+    inputs = report_inputs(args)  # the paths, and the --dicomweb study
+    for number, path in enumerate(inputs, start=1):
         try:
-            volumes = load_volumes(path, args.series)
+            volumes = load_input(path, args, load_volumes)
         except (VolumeReadError, OSError) as err:
-            prefix = f"input {number}: " if len(args.paths) > 1 else ""
+            prefix = f"input {number}: " if len(inputs) > 1 else ""
             print(f"error: {prefix}{one_line(err)}", file=sys.stderr)
             failed += 1
             continue
@@ -256,6 +267,8 @@ def _run_report_batch(args, engine) -> int:
                     print(f"input {number} series {index + 1}: {len(maps)} relevance map(s), {stem}-where.json")
                 count += 1
                 print(f"input {number} series {index + 1}: {md.name}, {js.name} ({record.duration_s:.1f} s)")
+                if args.sr or args.stow:
+                    failed += sr_outputs(args, record, volume, stem, f"input {number} series {index + 1}")
     except ModelUnavailableError as err:
         print(f"error: {err}", file=sys.stderr)
         return model_error_code(err)
@@ -271,13 +284,20 @@ def one_line(err: BaseException) -> str:
 
 def run_ask(args) -> int:
     engine = engine_from_args(args)
-    volumes = load_volumes(args.path, args.series)
+    (source,) = report_inputs(args)  # the path or the --dicomweb study
+    volumes = load_input(source, args, load_volumes)
     if len(volumes) > 1:
         print(f"note: {len(volumes)} series found, using the first (pick one with --series)", file=sys.stderr)
     volume = _with_window(volumes[0], parse_window(args.window))
     try:
+        check_sr_source(args, volume)  # before the model runs: --sr needs --out and a DICOM source
+    except ValueError as err:
+        print(f"error: {one_line(err)}", file=sys.stderr)
+        return 2
+    conversation = Conversation()
+    try:
         started = False
-        answer = Conversation().stream_answer(
+        answer = conversation.stream_answer(
             engine, volume, args.question, args.choices, on_scope=_scope_printer(engine, "input")
         )
         for piece in answer:
@@ -290,6 +310,8 @@ def run_ask(args) -> int:
         print(f"error: {err}", file=sys.stderr)
         return model_error_code(err)
     sys.stdout.write("\n")
+    if args.sr or args.stow:
+        return 2 if chat_sr_outputs(args, volume, conversation.turns, engine.model_id) else 0
     return 0
 
 

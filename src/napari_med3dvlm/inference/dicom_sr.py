@@ -139,7 +139,10 @@ def build_report_sr(
             is_complete=complete,
             is_final=False,
             is_verified=False,
-            series_description="Med3DVLM report (research use only)",
+            series_description=(
+                "Med3DVLM report (research use only)" if findings is not None
+                else "Med3DVLM questions and answers (research use only)"
+            ),
             software_versions=f"napari-med3dvlm {__version__}",
             content_date=created.date(),
             content_time=created.time(),
@@ -156,6 +159,28 @@ def build_report_sr(
         schemes.append(_coding_scheme_item())
         sr.CodingSchemeIdentificationSequence = schemes
     return sr
+
+
+def chat_questions(turns) -> list[tuple[str, str]]:
+    """(question, answer) pairs of chat turns (`prompts.Turn`) as the SR holds them: a closed
+    question with its four choices, as the model was asked it; turns without an answer are left out."""
+    from napari_med3dvlm.model.prompts import question_text
+
+    return [
+        (question_text(turn.question, turn.choices).strip(), turn.answer.strip())
+        for turn in turns
+        if turn.answer and turn.answer.strip()
+    ]
+
+
+def sr_questions(sr) -> list[tuple[str, str]]:
+    """The (question, answer) pairs of an SR written by `build_report_sr` (empty when it has none)."""
+    pairs = []
+    for item in sr.get("ContentSequence", []):
+        if item.get("ValueType") == "CONTAINER" and item.ConceptNameCodeSequence[0].CodeValue == "QA":
+            texts = [str(child.TextValue) for child in item.get("ContentSequence", []) if child.get("ValueType") == "TEXT"]
+            pairs += list(zip(texts[::2], texts[1::2]))
+    return pairs
 
 
 def _coding_scheme_item():

@@ -1,5 +1,5 @@
-"""``report --dicomweb URL --study UID [--series UID] [--sr] [--stow]``: a study from a PACS in,
-the report back to it as a DICOM SR.
+"""``report --dicomweb URL --study UID [--series UID] [--sr] [--stow]`` (and the same for ``ask``): a
+study from a PACS in, the report or the question and answer back to it as a DICOM SR.
 
 The options, how credentials are found (options, then NAPARI_MED3DVLM_DICOMWEB_USER/_PASSWORD/_TOKEN,
 then the ones the PACS dialog stored), the DICOMweb input and the SR outputs. Faults are
@@ -67,7 +67,8 @@ def series_arg(text: str):
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
-def add_dicomweb_options(parser: argparse.ArgumentParser) -> None:
+def add_dicomweb_options(parser: argparse.ArgumentParser, what: str = "report") -> None:
+    """The DICOMweb source and SR output options; ``what`` ("report" or "answer") names the output."""
     group = parser.add_argument_group("DICOMweb source and DICOM SR output (docs/usage.md#from-a-pacs)")
     group.add_argument("--dicomweb", metavar="URL", help="a DICOMweb root, e.g. http://pacs:8042/dicom-web")
     group.add_argument("--study", metavar="UID", help="the StudyInstanceUID to read from --dicomweb")
@@ -78,8 +79,10 @@ def add_dicomweb_options(parser: argparse.ArgumentParser) -> None:
                        help=f"seconds to wait for the server (default {DEFAULT_TIMEOUT_S:g})")
     group.add_argument("--max-download-gb", type=float, default=DEFAULT_MAX_BYTES / 2**30, metavar="GB",
                        help="refuse a retrieval larger than this, before it starts (default %(default)g)")
-    group.add_argument("--sr", action="store_true",
-                       help="also write each report as a DICOM SR (report-NN.dcm) for a DICOM source")
+    sr_help = ("also write each report as a DICOM SR (report-NN.dcm) for a DICOM source" if what == "report" else
+               "write the question and the answer as a DICOM SR (chat-NN.dcm, the next free number in --out) "
+               "for a DICOM source")
+    group.add_argument("--sr", action="store_true", help=sr_help)
     group.add_argument("--stow", action="store_true",
                        help="store the DICOM SR on the --dicomweb server, in the source's study (implies --sr)")
     for action in parser._actions:  # --series also takes a series UID here
@@ -97,8 +100,14 @@ class DicomWebInput:
 
 
 def report_inputs(args) -> list:
-    """The paths and, with --dicomweb, the DICOMweb study; raises `DicomWebError` for a bad combination."""
-    inputs = list(getattr(args, "paths", None) or [])
+    """The paths (``ask``: its one path) and, with --dicomweb, the DICOMweb study; raises `DicomWebError`
+    for a bad combination."""
+    paths = getattr(args, "paths", None)
+    if paths is None:  # ask: one optional PATH
+        paths = [args.path] if getattr(args, "path", None) else []
+        if paths and getattr(args, "dicomweb", None):
+            raise DicomWebError("give a PATH or --dicomweb URL --study UID, not both")
+    inputs = list(paths)
     if getattr(args, "dicomweb", None):
         if not args.study:
             raise DicomWebError("--dicomweb needs --study STUDY_UID (find it with the PACS dialog or your PACS)")
@@ -140,8 +149,43 @@ def load_input(path, args, load_files):
 def sr_outputs(args, record, volume, stem: str, label: str) -> int:
     """--sr / --stow for one report: build the SR (in memory first), write ``stem.dcm``, store it.
     Prints what was written and where it went; returns 1 on a fault (printed), else 0."""
+    return _write_and_store(
+        args, lambda: build_report_sr(volume.dicom, record.text, model_id=record.model_id, complete=not record.stopped),
+        stem, label,
+    )
+
+
+def chat_sr_outputs(args, volume, turns, model_id: str, label: str = "answer") -> int:
+    """``ask --sr / --stow``: the questions (closed ones with their choices) and answers of ``turns``
+    (`prompts.Turn`) as an SR in the next free ``chat-NN.dcm`` of --out, stored with --stow."""
+    from .dicom_sr import chat_questions
+
+    out = Path(args.out)
+    number = 1
+    while (out / f"chat-{number:02d}.dcm").exists():
+        number += 1
+    return _write_and_store(
+        args, lambda: build_report_sr(volume.dicom, None, model_id=model_id, questions=chat_questions(turns)),
+        f"chat-{number:02d}", label,
+    )
+
+
+def check_sr_source(args, volume) -> None:
+    """Before any generation: --sr/--stow need --out and a volume read from DICOM (`DicomSrError`)."""
+    if not (getattr(args, "sr", False) or getattr(args, "stow", False)):
+        return
+    if getattr(args, "out", None) is None:
+        raise DicomSrError("--sr needs --out DIR (the folder for the DICOM SR)")
+    if getattr(volume, "dicom", None) is None or not volume.dicom.headers:
+        raise DicomSrError(
+            "a DICOM SR needs a DICOM source (a series read from DICOM files or a DICOMweb server); this volume "
+            "has none"
+        )
+
+
+def _write_and_store(args, build, stem: str, label: str) -> int:
     try:
-        sr = build_report_sr(volume.dicom, record.text, model_id=record.model_id, complete=not record.stopped)
+        sr = build()
         path = write_sr(sr, Path(args.out) / f"{stem}.dcm")
         print(f"{label}: {path.name} (DICOM SR, new series {sr.SeriesInstanceUID} in the source's study)")
         if args.stow:
