@@ -209,8 +209,8 @@ def test_batch_report_writes_the_sequential_files(engine, ct_volume, stand_in, t
 
 # ------------------------------------------------------------------------------------------ process manager
 FAKE_SERVER = r'''
-import sys, json
-from http.server import BaseHTTPRequestHandler, HTTPServer
+import sys, json, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer as HTTPServer
 args = sys.argv[1:]
 if "--exit-at-once" in args:
     print("fake vLLM: cannot load the model", flush=True)
@@ -222,6 +222,15 @@ class H(BaseHTTPRequestHandler):
         data = json.dumps({"data": [{"id": "med3dvlm-lm"}]}).encode()
         self.send_response(200); self.send_header("Content-Length", str(len(data))); self.end_headers()
         self.wfile.write(data)
+    def do_POST(self):  # streams ids 5, 6, 7, ... slowly (an answer of max_tokens tokens)
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.send_response(200); self.send_header("Content-Type", "text/event-stream"); self.end_headers()
+        for i in range(body["max_tokens"]):
+            time.sleep(0.05)
+            event = {"choices": [{"index": 0, "text": "", "token_ids": [5 + i]}]}
+            self.wfile.write(("data: " + json.dumps(event) + "\n\n").encode()); self.wfile.flush()
+        self.wfile.write(b"data: [DONE]\n\n"); self.wfile.flush()
+        self.close_connection = True
     def log_message(self, *a): pass
 HTTPServer(("127.0.0.1", port), H).serve_forever()
 '''
@@ -258,6 +267,33 @@ def test_process_starts_on_loopback_restarts_after_a_kill_and_stops(fake_vllm, t
         assert process.is_running() and process.pid != first_pid and process.starts == 2
         client.close()
     assert not process.is_running()
+
+
+def test_the_engine_starts_vllm_for_its_model_and_starts_it_again_after_a_kill(engine, ct_volume, fake_vllm,
+                                                                                monkeypatch, tmp_path):
+    python, _ = fake_vllm
+    monkeypatch.setenv(vb.PYTHON_ENV, str(python))
+    monkeypatch.setenv("NAPARI_MED3DVLM_CACHE", str(tmp_path / "cache"))
+    _, tokenizer = engine.load()
+    expected = tokenizer.decode(list(range(5, 11)), skip_special_tokens=True)
+    engine.update_settings(engine.settings.updated(llm="vllm", max_new_tokens=6))
+    encoded = engine.encode(Volume(ct_volume))
+    prompt = report_prompt(engine.proj_out_num)
+    try:
+        assert engine.generate(prompt, encoded) == expected
+        process = vb.start_vllm_for(engine)  # the server the engine started: one per model folder
+        folder = process.model_folder
+        assert (folder / "config.json").is_file() and (folder / "tokenizer_config.json").is_file()
+        first = process.pid
+        killer = threading.Timer(0.4, os.kill, (first, 9))  # killed mid-answer (60 tokens take 3 s)
+        killer.start()
+        with pytest.raises(ModelUnavailableError, match=r"vLLM stopped \(exit code -9; its log: .*\.log\); the next"):
+            list(engine.stream(prompt, encoded, engine.settings.updated(max_new_tokens=60)))
+        killer.join()
+        assert engine.generate(prompt, encoded) == expected  # the next request starts it again
+        assert vb.start_vllm_for(engine) is process and process.pid != first and process.is_running()
+    finally:
+        vb.stop_all()
 
 
 def test_a_server_that_exits_while_starting_names_its_log(fake_vllm, tmp_path):

@@ -39,6 +39,7 @@ import socket
 import subprocess
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -329,11 +330,13 @@ class VLLMClient:
             return f"vLLM ({self.process.describe_exit() if not self.process.is_running() else 'running'}; its log: {self.process.log_path})"
         return f"the vLLM server at {self.base_url}"
 
-    def _connection_error(self, err) -> VLLMError:
-        if self.process is not None and not self.process.is_running():
-            return VLLMError(f"vLLM stopped ({self.process.describe_exit()}; its log: {self.process.log_path}); "
-                             "the next request starts it again")
-        return VLLMError(f"{self._where()} does not answer ({type(err).__name__}); start it, or set Settings > "
+    def _connection_error(self, err, what: str = "does not answer") -> VLLMError:
+        if self.process is not None:
+            time.sleep(0.2)  # a killed server's exit status arrives a moment after its connections close
+            if not self.process.is_running():
+                return VLLMError(f"vLLM stopped ({self.process.describe_exit()}; its log: {self.process.log_path}); "
+                                 "the next request starts it again")
+        return VLLMError(f"{self._where()} {what} ({err}); start it, or set Settings > "
                          "Language model to 'transformers'")
 
     def _request(self, method: str, path: str, **kwargs):
@@ -342,7 +345,7 @@ class VLLMClient:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as err:
-            raise self._connection_error(err) from err
+            raise self._connection_error(type(err).__name__) from err
         if response.status_code != 200:
             raise VLLMError(f"{self._where()} refused the request (HTTP {response.status_code}): {_error_text(response)}")
         return response
@@ -386,8 +389,10 @@ class VLLMClient:
                         ids = choice.get("token_ids")
                         if ids:
                             yield [int(i) for i in ids]
+            if cancel_event is None or not cancel_event.is_set():  # closed before its [DONE]
+                raise self._connection_error("the answer stopped before its end", "broke off")
         except httpx.HTTPError as err:
-            raise self._connection_error(err) from err
+            raise self._connection_error(type(err).__name__) from err
 
     def complete_token_ids(self, embeds: torch.Tensor, params: dict) -> list[int]:
         """All new token ids of one completion (not streamed)."""
@@ -482,9 +487,13 @@ def language_model_folder(engine) -> Path:
 
     model, tokenizer = engine.load()
     dtype = next(model.language_model.parameters()).dtype
+    known = _folders.get(id(model))
+    if known is not None and known[0]() is model and (known[1] / "config.json").is_file():
+        return known[1]  # asked on every request: the loaded model's folder is remembered
     key = _source_key(engine.settings.model_source, dtype)
     folder = cache_dir() / "vllm" / f"lm-{key}"
     if (folder / "config.json").is_file() and any(folder.glob("*.safetensors")):
+        _folders[id(model)] = (weakref.ref(model), folder)
         return folder
     import shutil
     import tempfile
@@ -499,7 +508,11 @@ def language_model_folder(engine) -> Path:
             pass
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    _folders[id(model)] = (weakref.ref(model), folder)
     return folder
+
+
+_folders: dict[int, tuple] = {}  # id(model) -> (weak reference to it, its folder)
 
 
 def _source_key(source: str, dtype: torch.dtype) -> str:
