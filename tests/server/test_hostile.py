@@ -145,6 +145,12 @@ def _cases(good_body):
                                                    json={**PROMPT, "prompt": "x" * 100_000}), 413, "limit"),
         ("malformed JSON", lambda c: c.post("/v1/generate", content=b"{not json",
                                             headers={**AUTH, "Content-Type": "application/json"}), 422, ""),
+        ("explain an unknown volume", lambda c: c.post(f"/v1/volumes/{ID}/explain", headers=AUTH, json={
+            **IMAGE_PROMPT(c), "continuation": "A cyst.", "start": 0, "end": 7}), 404, "upload it again"),
+        ("explain a span outside the text", lambda c: c.post(f"/v1/volumes/{ID}/explain", headers=AUTH, json={
+            **IMAGE_PROMPT(c), "continuation": "A cyst.", "start": 3, "end": 99}), 422, "span"),
+        ("explain with an unknown method", lambda c: c.post(f"/v1/volumes/{ID}/explain", headers=AUTH, json={
+            **IMAGE_PROMPT(c), "continuation": "A cyst.", "start": 0, "end": 7, "method": "magic"}), 422, "method"),
         ("rank with one choice", lambda c: c.post("/v1/rank", json={**PROMPT, "choices": ["a"]}, headers=AUTH), 422,
          ""),
         ("rank with non-text choices", lambda c: c.post("/v1/rank", json={**PROMPT, "choices": [{}, []]},

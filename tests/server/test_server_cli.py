@@ -84,3 +84,25 @@ def test_serve_refuses_an_outside_address_without_a_token(capsys, monkeypatch):
     monkeypatch.delenv("NAPARI_MED3DVLM_TOKEN", raising=False)
     assert cli.main(["serve", "--host", "0.0.0.0", "--port", "1"]) == 2
     assert "without a token" in capsys.readouterr().err
+
+
+def test_relevance_maps_through_the_server_equal_in_process(embedded_server, sample_nifti, tmp_path):
+    import nibabel as nib
+    import numpy as np
+
+    url, token, _ = embedded_server
+    outs = {}
+    for name, where in (("local", ["--model", "embedded", "--device", "cpu"]), ("remote", ["--server", url, "--token", token])):
+        outs[name] = tmp_path / name
+        assert cli.main(["report", str(sample_nifti), "--out", str(outs[name]), "--max-new-tokens", "24",
+                         "--relevance", *where]) == 0
+    local = sorted(outs["local"].glob("report-01-where-*.nii.gz"))
+    remote = sorted(outs["remote"].glob("report-01-where-*.nii.gz"))
+    assert local and [p.name for p in remote] == [p.name for p in local]
+    for a, b in zip(local, remote):
+        left, right = nib.load(a), nib.load(b)
+        np.testing.assert_allclose(right.get_fdata(), left.get_fdata(), atol=1e-5)
+        np.testing.assert_array_equal(right.affine, left.affine)
+    index = json.loads((outs["remote"] / "report-01-where.json").read_text())
+    assert [m["span"] for m in index["maps"]] == [m["span"] for m in json.loads(
+        (outs["local"] / "report-01-where.json").read_text())["maps"]]

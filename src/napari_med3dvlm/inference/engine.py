@@ -64,6 +64,7 @@ class InferenceEngine:
         self._load_lock = threading.RLock()
         self._generate_lock = threading.Lock()
         self.features = FeatureCache(cache_size)
+        self._explain_input = None  # (signature, model input, transform) of the last volume explained
 
     # -- settings and loading -------------------------------------------------------------------
 
@@ -90,6 +91,7 @@ class InferenceEngine:
         """Drop the model and features, and give torch its threads back."""
         with self._load_lock:
             self._model = self._tokenizer = self._loaded_key = None
+            self._explain_input = None
             self.features.clear()
             if self._threads_before is not None:
                 torch.set_num_threads(self._threads_before)
@@ -321,6 +323,20 @@ class InferenceEngine:
 
     def generate(self, prompt, image_features, settings=None, cancel_event=None) -> str:
         return "".join(self.stream(prompt, image_features, settings, cancel_event))
+
+    def explain(self, volume: Volume, target, method: str = "combined", cancel_event: threading.Event | None = None):
+        """Where the model looked for ``target`` (a `relevance.SpanTarget`): its `RelevanceMap`, or
+        None when cancelled. The model input of the last volume explained is kept, so the sentences
+        of one report share one preprocessing."""
+        from .relevance import explain
+
+        model, tokenizer = self.load()
+        key = self.signature(volume)
+        if self._explain_input is None or self._explain_input[0] != key:
+            self._explain_input = (key, *model_input(volume, self.image_size, volume.window))
+        _, image, transform = self._explain_input
+        with self._generate_lock:
+            return explain(model, tokenizer, image, transform, target, method, cancel_event)
 
     def check_scope(self, volume: Volume, encoded: EncodedImage | None = None):
         """What is unusual about ``volume`` for this engine's model (`scope.check_input`)."""

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from napari_med3dvlm.io import PreprocessTransform, model_input
+from napari_med3dvlm.io import PreprocessTransform
 from napari_med3dvlm.model import prompts
 
 METHODS = ("combined", "gradcam", "input")
@@ -368,19 +368,17 @@ def stream_relevance(engine, volume, target, method: str = DEFAULT_METHOD,
     image-token count, its tokenizer), so that the caller's thread never loads the model."""
     cancel_event = cancel_event or threading.Event()
     yield "Loading the model…"
-    model, tokenizer = engine.load()
+    engine.load()
     if callable(target):
         target = target(engine)
     if cancel_event.is_set():
         return None
-    yield "Preparing the volume…"
-    image, transform = model_input(volume, model.config.image_size, volume.window)
     yield f"Back-propagating the span's likelihood ({method})…"
     try:
-        result = explain(model, tokenizer, image, transform, target, method, cancel_event)
+        result = engine.explain(volume, target, method, cancel_event)
     except Exception as err:  # noqa: BLE001
+        from napari_med3dvlm.errors import ModelUnavailableError
         from napari_med3dvlm.model.device import is_out_of_memory
-        from .engine import ModelUnavailableError
 
         if is_out_of_memory(err):
             raise ModelUnavailableError(
@@ -413,7 +411,7 @@ def write_sentence_maps(engine, volume, source, text: str, folder, stem: str, re
                         method: str = DEFAULT_METHOD) -> list:
     """One NIfTI map per sentence of the report ``text`` (``<stem>-where-NN.nii.gz``, with the
     affine of ``source``, the `Volume` that ``volume`` came from), and ``<stem>-where.json`` naming
-    each file's sentence. The volume is preprocessed once for all sentences."""
+    each file's sentence. The engine preprocesses the volume once for all sentences."""
     import json
     from pathlib import Path
 
@@ -421,12 +419,10 @@ def write_sentence_maps(engine, volume, source, text: str, folder, stem: str, re
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    model, tokenizer = engine.load()
-    image, transform = model_input(volume, model.config.image_size, volume.window)
     written, index = [], []
     for number, (start, end) in enumerate(sentence_spans(text.strip()), start=1):
-        target = report_target(int(model.config.proj_out_num), text, start, end, request)
-        result = explain(model, tokenizer, image, transform, target, method)
+        target = report_target(engine.proj_out_num, text, start, end, request)
+        result = engine.explain(volume, target, method)
         path = folder / f"{stem}-where-{number:02d}.nii.gz"
         write_nifti_volume(Volume(data=result.layer_map(), spacing=source.spacing, origin=source.origin,
                                   affine=source.affine, modality="relevance", description=target.label), path)

@@ -234,5 +234,25 @@ class RemoteEngine:
                     raise ServerError(f"The server at {self.url} lost the volume twice; try again") from None
         raise AssertionError("unreachable")
 
+    def explain(self, volume: Volume, target, method: str = "combined", cancel_event: threading.Event | None = None):
+        """The server's relevance map for ``target`` (a `relevance.SpanTarget`), mapped with this
+        volume's transform; None when cancelled before the answer came."""
+        import base64
+
+        import numpy as np
+
+        from .relevance import RelevanceMap
+
+        encoded = self.encode(volume)
+        body = {"prompt": target.prompt, "continuation": target.continuation, "start": target.start,
+                "end": target.end, "label": target.label, "method": method}
+        reply = self._server.json("POST", f"/v1/volumes/{self._volume_id(encoded)}/explain", json=body)
+        if cancel_event is not None and cancel_event.is_set():
+            return None
+        model_map = np.frombuffer(base64.b64decode(reply["map"]), dtype=np.float32).reshape(reply["shape"])
+        return RelevanceMap(model_map=model_map.copy(), transform=encoded.transform, label=reply["label"],
+                            span=reply["span"], method=reply["method"], log_likelihood=reply["log_likelihood"],
+                            n_tokens=reply["n_tokens"], duration_s=reply["duration_s"])
+
     def generate(self, prompt, image_features, settings=None, cancel_event=None) -> str:
         return "".join(self.stream(prompt, image_features, settings, cancel_event))

@@ -79,6 +79,17 @@ class RankRequest(BaseModel):
     choices: list[Annotated[str, Field(min_length=1, max_length=500)]] = Field(min_length=2)
 
 
+class ExplainRequest(BaseModel):
+    """A span to explain: ``continuation[start:end]`` after ``prompt`` (see `relevance.SpanTarget`)."""
+
+    prompt: str = Field(min_length=1)
+    continuation: str = Field(min_length=1)
+    start: int = Field(ge=0)
+    end: int = Field(ge=1)
+    label: str = Field("", max_length=200)
+    method: str = "combined"
+
+
 class TextRequest(BaseModel):
     text: str
 
@@ -178,6 +189,32 @@ def create_app(engine: InferenceEngine, token: str = "", limits: Limits | None =
             _fail(422, str(err))
         scope = engine.check_scope(volume, encoded)
         return {"transform": encoded.transform.__dict__, "scope": wire.scope_to_wire(scope)}
+
+    @app.post("/v1/volumes/{volume_id}/explain", dependencies=auth)
+    def explain(volume_id: VolumeId, body: ExplainRequest):
+        """Where the model looked for a span: the relevance map on the model-input grid (float32,
+        base64, C order, ``shape``); the client maps it onto its layer with the encode transform."""
+        import base64
+
+        import numpy as np
+
+        from napari_med3dvlm.inference.relevance import METHODS, SpanTarget
+
+        checked_prompt(body.prompt)
+        if len(body.continuation) > limits.max_prompt_chars:
+            _fail(413, f"text of {len(body.continuation)} characters is over the limit of {limits.max_prompt_chars}")
+        if not body.start < body.end <= len(body.continuation):
+            _fail(422, f"the span {body.start}..{body.end} is not inside the text ({len(body.continuation)} characters)")
+        if body.method not in METHODS:
+            _fail(422, f"method {body.method!r} is not one of {', '.join(METHODS)}")
+        volume = volume_or_404(volume_id)
+        target = SpanTarget(body.prompt, body.continuation, body.start, body.end, body.label)
+        result = engine.explain(volume, target, body.method)
+        array = np.ascontiguousarray(result.model_map, dtype=np.float32)
+        return {"map": base64.b64encode(array.tobytes()).decode("ascii"), "shape": list(array.shape),
+                "label": result.label, "span": result.span, "method": result.method,
+                "log_likelihood": float(result.log_likelihood), "n_tokens": int(result.n_tokens),
+                "duration_s": float(result.duration_s)}
 
     @app.post("/v1/tokens", dependencies=auth)
     def count_tokens(body: TextRequest):
