@@ -81,3 +81,57 @@ def test_open_from_pacs_then_report_as_sr_sent_back(make_napari_viewer, qtbot, o
     assert f"Stored on {orthanc.dicomweb}" in report.status.label.text()
     stored = orthanc.get(f"/dicom-web/studies/{head_study.study_uid}/series?Modality=SR")
     assert stored  # the study now lists an SR series
+
+
+def test_chat_dock_exports_and_sends_the_conversation_as_sr(make_napari_viewer, qtbot, orthanc, head_study, engine,
+                                                             tmp_path):
+    import subprocess
+
+    from napari_med3dvlm.inference.dicom_sr import sr_questions
+    from napari_med3dvlm.io.dicomweb import DicomWebServer
+    from napari_med3dvlm.widgets.chat import ChatWidget
+    from napari_med3dvlm.widgets.volume import add_volume_layer
+
+    viewer = make_napari_viewer()
+    plain = viewer.add_image(np.zeros((8, 16, 16), np.float32), name="not DICOM")
+    layer = add_volume_layer(viewer, DicomWebServer(orthanc.dicomweb).read_series(head_study.study_uid,
+                                                                                  head_study.series_uid))
+    chat = ChatWidget(viewer)
+    chat.layer_picker.set_layer(layer)
+    assert not chat.export_sr_button.isEnabled() and not chat.pacs_button.isEnabled()  # nothing asked yet
+
+    assert chat.send("What is shown?")
+    qtbot.waitUntil(lambda: not chat.runner.running and len(chat.conversation().turns) == 1, timeout=60000)
+    chat.closed_mode.setChecked(True)
+    for edit, text in zip(chat.choice_inputs, ("Brain", "Liver", "Kidney", "Lung")):
+        edit.setText(text)
+    assert chat.send("Which organ is shown?")
+    qtbot.waitUntil(lambda: not chat.runner.running and len(chat.conversation().turns) == 2, timeout=60000)
+    assert chat.export_sr_button.isEnabled() and chat.pacs_button.isEnabled()
+
+    turns = chat.conversation().turns
+    path = chat.export_sr(tmp_path / "chat.dcm")
+    sr = pydicom.dcmread(path)
+    assert sr_questions(sr) == [
+        ("What is shown?", dicom_text(turns[0].answer) or "(no answer)"),
+        ("Which organ is shown? Choices: A. Brain B. Liver C. Kidney D. Lung", dicom_text(turns[1].answer)),
+    ]
+    assert sr.StudyInstanceUID == head_study.study_uid and sr.VerificationFlag == "UNVERIFIED"
+    check = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+    assert [line for line in (check.stdout + check.stderr).splitlines() if line.startswith("Error")] == []
+
+    worker = chat.send_to_pacs()
+    assert worker is not None and not chat.pacs_button.isEnabled()  # one send at a time
+    qtbot.waitUntil(lambda: chat.send_worker is None, timeout=20000)
+    assert f"Stored on {orthanc.dicomweb}" in chat.status.label.text()
+    assert chat.pacs_button.isEnabled()
+    stored = orthanc.get(f"/dicom-web/studies/{head_study.study_uid}/series?Modality=SR")
+    assert any(item["0008103E"]["Value"][0] == "Med3DVLM questions and answers (research use only)" for item in stored)
+    assert not any(value in chat.status.label.text() + chat.transcript() for value in PATIENT_TAGS.values())
+
+    # A layer not read from DICOM has a conversation but no SR to make.
+    chat.layer_picker.set_layer(plain)
+    chat.closed_mode.setChecked(False)
+    assert chat.send("What is shown?")
+    qtbot.waitUntil(lambda: not chat.runner.running and len(chat.conversation().turns) == 1, timeout=60000)
+    assert not chat.export_sr_button.isEnabled() and not chat.pacs_button.isEnabled()

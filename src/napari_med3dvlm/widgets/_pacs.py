@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from napari.utils.notifications import show_error
+from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -49,6 +49,28 @@ def remember_server(url: str) -> None:
     path = config_dir() / PACS_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"url": url}), encoding="utf-8")
+
+
+def store_sr_worker(sr, server_url: str, status, what: str, finished):
+    """An unstarted worker storing ``sr`` (STOW-RS) on the server a layer came from, reporting in
+    ``status`` and notifications (the Report and Chat docks' "Send to PACS"); ``what`` names the
+    object ("report", "conversation"). None, with an error shown, when the server cannot be set up."""
+    try:
+        server = connect(server_url)
+    except ValueError as err:
+        show_error(f"Could not send the {what}: {err}")
+        return None
+    status.busy(f"Sending the {what} to {server.url}…")
+
+    def sent(where):
+        status.idle(f"Stored on {server.url}: {where}")
+        show_info(f"The {what} is stored on {server.url} in the source's study")
+
+    def failed(err):
+        status.idle(f"Not stored: {err}")
+        show_error(f"Could not send the {what}: {err}")
+
+    return run_in_worker(server.store, sr, returned=sent, errored=failed, finished=finished, start=False)
 
 
 def _table(headers) -> QTableWidget:

@@ -1,13 +1,17 @@
 """The Chat dock: ask questions about an image layer, open-ended or multiple choice, with the
-conversation kept per layer so switching layers switches conversations."""
+conversation kept per layer so switching layers switches conversations. For a layer read from DICOM,
+the conversation leaves as a DICOM SR (a file, or stored in the study on the PACS it came from)."""
 
 from __future__ import annotations
 
 import html
+from pathlib import Path
 
+from napari.utils.notifications import show_error, show_info
 from qtpy.QtGui import QTextCharFormat
 from qtpy.QtWidgets import (
     QCheckBox,
+    QFileDialog,
     QFormLayout,
     QHBoxLayout,
     QLabel,
@@ -34,6 +38,7 @@ class ChatWidget(QWidget):
         self.viewer = napari_viewer
         self.conversations: dict[str, Conversation] = {}
         self.scope_results: dict[str, object] = {}  # the last scope check of each layer
+        self.model_ids: dict[str, str] = {}  # the model that answered each layer's last question (for the SR)
         self._answer_started = False
         self._pending_question = ""
         self.runner = StreamRunner(self)
@@ -49,6 +54,12 @@ class ChatWidget(QWidget):
         self.stop_button = QPushButton("Stop")
         self.clear_button = QPushButton("Clear")
         self.where_button = QPushButton("Show where")  # relevance map of the selected (or last) answer
+        self.export_sr_button = QPushButton("Export SR…")
+        self.export_sr_button.setToolTip("Save the questions and answers as a DICOM Structured Report (DICOM layers only)")
+        self.pacs_button = QPushButton("Send to PACS")
+        self.pacs_button.setToolTip("Store the questions and answers as a DICOM SR in the study on the PACS the "
+                                    "series came from")
+        self.send_worker = None
         self.closed_mode = QCheckBox("Multiple choice (A–D)")
         self.closed_mode.setToolTip("Ask a closed question: the model answers with one of the choices")
         self.choice_inputs = [QLineEdit() for _ in CHOICE_LETTERS]
@@ -72,6 +83,10 @@ class ChatWidget(QWidget):
         buttons.addWidget(self.stop_button)
         buttons.addWidget(self.clear_button)
         buttons.addWidget(self.where_button)
+        sr_buttons = QHBoxLayout()
+        sr_buttons.addStretch(1)
+        sr_buttons.addWidget(self.export_sr_button)
+        sr_buttons.addWidget(self.pacs_button)
         layout = QVBoxLayout(self)
         layout.addLayout(row)
         layout.addWidget(self.scope_banner)
@@ -79,6 +94,7 @@ class ChatWidget(QWidget):
         layout.addLayout(ask_row)
         layout.addWidget(self.choices_box)
         layout.addLayout(buttons)
+        layout.addLayout(sr_buttons)
         layout.addWidget(self.status)
 
         self.input.returnPressed.connect(self.send)
@@ -87,6 +103,8 @@ class ChatWidget(QWidget):
         self.clear_button.clicked.connect(self.clear)
         self.where = WhereRunner(napari_viewer, self.where_button, self.status, self)
         self.where_button.clicked.connect(self.show_where)
+        self.export_sr_button.clicked.connect(self._export_sr_dialog)
+        self.pacs_button.clicked.connect(self.send_to_pacs)
         self.closed_mode.toggled.connect(self.choices_box.setVisible)
         self.layer_picker.layer_changed.connect(lambda _: self._render())
         self.runner.piece.connect(self._append)
@@ -125,8 +143,10 @@ class ChatWidget(QWidget):
         self._start_model_message()
         self.status.busy("Thinking…")
         self._scope_target = layer_key(layer)
+        engine = get_engine()
+        self.model_ids[layer_key(layer)] = engine.model_id
         self.runner.start(
-            conversation.stream_answer, get_engine(), volume_input(layer), question, choices,
+            conversation.stream_answer, engine, volume_input(layer), question, choices,
             on_scope=self.scope_banner.report,
         )
         return True
@@ -153,6 +173,7 @@ class ChatWidget(QWidget):
         for turn in conversation.turns if conversation else []:
             self._append_message("You", turn.question, _USER_COLOR, turn.choices)
             self._append_message("Model", turn.answer, _MODEL_COLOR)
+        self._update_sr_buttons()
 
     def _append_message(self, who: str, text: str, color: str, choices=None) -> None:
         body = html.escape(text)
@@ -195,6 +216,84 @@ class ChatWidget(QWidget):
         self.stop_button.setEnabled(running)
         self.clear_button.setEnabled(not running)
         self.layer_picker.setEnabled(not running)
+        self._update_sr_buttons()
+
+    # -- the conversation as a DICOM SR -----------------------------------------------------------------
+
+    def dicom_source(self):
+        """The `io.DicomSource` of the selected layer (None unless it was read from DICOM)."""
+        from napari_med3dvlm.io import layer_dicom_source
+
+        layer = self.layer_picker.layer()
+        return None if layer is None else layer_dicom_source(layer.metadata)
+
+    def _questions(self) -> list[tuple[str, str]]:
+        from napari_med3dvlm.inference.dicom_sr import chat_questions
+
+        conversation = self.conversation()
+        return chat_questions(conversation.turns) if conversation else []
+
+    def chat_sr(self):
+        """The selected layer's questions and answers (closed ones with their choices) as a DICOM SR
+        dataset (`inference.dicom_sr`), in the layer's study."""
+        from napari_med3dvlm.inference.dicom_sr import build_report_sr
+
+        questions = self._questions()
+        if not questions:
+            raise RuntimeError("there is no answered question to export")
+        layer = self.layer_picker.layer()
+        model_id = self.model_ids.get(layer_key(layer)) or get_engine().model_id
+        return build_report_sr(self.dicom_source(), None, model_id=model_id, questions=questions)
+
+    def export_sr(self, path) -> Path:
+        """Write the conversation as a DICOM SR file at ``path``."""
+        from napari_med3dvlm.inference.dicom_sr import write_sr
+
+        return write_sr(self.chat_sr(), path)
+
+    def _export_sr_dialog(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Export DICOM SR", "chat.dcm", "DICOM (*.dcm)")
+        if path:
+            try:
+                written = self.export_sr(path)
+            except ValueError as err:
+                show_error(f"Could not write the DICOM SR: {err}")
+                return
+            show_info(f"DICOM SR saved as {written.name}")
+
+    def send_to_pacs(self):
+        """Store the conversation as a DICOM SR on the server the layer came from (STOW-RS, in a
+        worker); returns the worker."""
+        from ._pacs import store_sr_worker
+
+        source = self.dicom_source()
+        if not self._questions() or source is None or not source.server or self.send_worker is not None:
+            return None
+        if self.runner.running:
+            return None
+        try:
+            sr = self.chat_sr()
+        except ValueError as err:
+            show_error(f"Could not send the conversation: {err}")
+            return None
+
+        def finished():
+            self.send_worker = None
+            self._update_sr_buttons()
+
+        self.send_worker = store_sr_worker(sr, source.server, self.status, "conversation", finished)
+        if self.send_worker is None:
+            return None
+        self._update_sr_buttons()
+        self.send_worker.start()
+        return self.send_worker
+
+    def _update_sr_buttons(self) -> None:
+        running = self.runner.running
+        source = self.dicom_source()
+        answered = not running and bool(self._questions())
+        self.export_sr_button.setEnabled(answered and source is not None)
+        self.pacs_button.setEnabled(answered and bool(source and source.server) and self.send_worker is None)
 
     def selected_answer(self) -> tuple[int, int, int] | None:
         """(turn, start, end): the answer text selected in the view, else the last answer, whole."""

@@ -21,7 +21,7 @@ from napari_med3dvlm.inference import DISCLAIMER, ReportRecord, get_engine, stre
 
 from napari_med3dvlm.inference.relevance import report_target, sentence_at
 
-from ._common import BusyIndicator, LayerPicker, ScopeBanner, StreamRunner, layer_key, run_in_worker, volume_input
+from ._common import BusyIndicator, LayerPicker, ScopeBanner, StreamRunner, layer_key, volume_input
 from ._relevance import WhereRunner
 
 
@@ -191,32 +191,24 @@ class ReportWidget(QWidget):
     def send_to_pacs(self):
         """Store the report as a DICOM SR on the server the layer came from (STOW-RS, in a worker);
         returns the worker."""
-        from napari_med3dvlm.inference.pacs_cli import connect
+        from ._pacs import store_sr_worker
 
         source = self.dicom_source()
         if self.record is None or source is None or not source.server or self.send_worker is not None:
             return None
         try:
             sr = self.report_sr()
-            server = connect(source.server)
         except ValueError as err:
             show_error(f"Could not send the report: {err}")
             return None
-        self.status.busy(f"Sending the report to {server.url}…")
-
-        def sent(where):
-            self.status.idle(f"Stored on {server.url}: {where}")
-            show_info(f"Report stored on {server.url} in the source's study")
-
-        def failed(err):
-            self.status.idle(f"Not stored: {err}")
-            show_error(f"Could not send the report: {err}")
 
         def finished():
             self.send_worker = None
             self._update_buttons()
 
-        self.send_worker = run_in_worker(server.store, sr, returned=sent, errored=failed, finished=finished, start=False)
+        self.send_worker = store_sr_worker(sr, source.server, self.status, "report", finished)
+        if self.send_worker is None:
+            return None
         self._update_buttons()
         self.send_worker.start()
         return self.send_worker
