@@ -63,6 +63,15 @@ class SettingsWidget(QWidget):
             "Multiple-choice questions: rank A-D by the model's likelihood of each answer, or let the "
             "model write 'B. ...' itself (how the reference evaluates)"
         )
+        self.llm = QComboBox()
+        self.llm.addItem("here (transformers)", "transformers")
+        self.llm.addItem("in vLLM (batching, GPUs)", "vllm")
+        self.llm.setToolTip(
+            "Where the language model generates: in this process, or in a vLLM server started on this "
+            "machine's loopback for the model (or the one below); docs/vllm.md"
+        )
+        self.vllm_url = QLineEdit()
+        self.vllm_url.setPlaceholderText("empty: start vLLM for the model")
         self.scope_warnings = QCheckBox("Warn when a scan is outside what the model knows")
         self.scope_warnings.setToolTip(
             "Show a warning above reports and answers for volumes unlike the model's training data "
@@ -83,6 +92,8 @@ class SettingsWidget(QWidget):
         form.addRow("", source_row)
         form.addRow("Device", self.device)
         form.addRow("Dtype", self.dtype)
+        form.addRow("Language model", self.llm)
+        form.addRow("vLLM server", self.vllm_url)
         form.addRow("Max new tokens", self.max_new_tokens)
         form.addRow("Temperature", self.temperature)
         form.addRow("Closed questions", self.closed_answer)
@@ -95,6 +106,7 @@ class SettingsWidget(QWidget):
 
         self.backend.currentIndexChanged.connect(self._source_kind_changed)
         self.source_kind.currentIndexChanged.connect(self._source_kind_changed)
+        self.llm.currentIndexChanged.connect(self._source_kind_changed)
         self.browse_button.clicked.connect(self._browse)
         self.apply_button.clicked.connect(self.apply)
         self.show_settings(get_engine().settings)
@@ -118,6 +130,8 @@ class SettingsWidget(QWidget):
         self.temperature.setValue(settings.temperature)
         self.closed_answer.setCurrentIndex(max(0, self.closed_answer.findData(settings.closed_answer)))
         self.scope_warnings.setChecked(settings.scope_warnings)
+        self.llm.setCurrentIndex(max(0, self.llm.findData(settings.llm)))
+        self.vllm_url.setText(settings.vllm_url)
         self._source_kind_changed()
         self._show_status()
 
@@ -131,6 +145,9 @@ class SettingsWidget(QWidget):
         url = self.server_url.text().strip()
         if backend == "server" and not url.startswith(("http://", "https://")):
             raise ValueError("enter the server's address, e.g. http://127.0.0.1:8765")
+        vllm_url = self.vllm_url.text().strip()
+        if vllm_url and not vllm_url.startswith(("http://", "https://")):
+            raise ValueError("enter the vLLM server's address, e.g. http://127.0.0.1:8000, or leave it empty")
         return get_engine().settings.updated(
             backend=backend,
             server_url=url,
@@ -141,6 +158,8 @@ class SettingsWidget(QWidget):
             temperature=round(self.temperature.value(), 3),
             closed_answer=self.closed_answer.currentData(),
             scope_warnings=self.scope_warnings.isChecked(),
+            llm=self.llm.currentData(),
+            vllm_url=vllm_url,
         )
 
     def apply(self) -> bool:
@@ -173,6 +192,8 @@ class SettingsWidget(QWidget):
         self.source_kind.setEnabled(not remote)  # the server decides its model
         self.source_path.setEnabled(kind != "embedded" and not remote)
         self.browse_button.setEnabled(kind == "folder" and not remote)
+        self.llm.setEnabled(not remote)
+        self.vllm_url.setEnabled(not remote and self.llm.currentData() == "vllm")
 
     def _browse(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Model folder")
