@@ -168,6 +168,8 @@ class DataCheck:
         """Check every file ``stage`` reads; ``optional`` (eval's VQA files) skips a missing file."""
         root = data_root(self.config, stage)
         for key, split in stage_reads(self.config, stage):
+            if not self.config["data"].get(key):
+                self._fail(stage, f"data.{key} is not set: the {key.replace('_', ' ')} file, relative to {root.spelled}")
             path = Path(root.root) / self.config["data"][key]
             if not path.is_file():
                 if optional and key != "cap_json":

@@ -48,7 +48,7 @@ def stage_samples(config: dict, stage: str, data: DataCheck) -> int | None:
     total = 0
     for task in stage_tasks(config, stage):
         key = TASK_FILES.get(task, TASK_FILES["caption"])[0]
-        path = str(Path(root.root) / config["data"][key])
+        path = str(Path(root.root) / str(config["data"].get(key)))
         count = data.inputs.counts.get((path, "train" if key == "cap_json" else None))
         if count is None:
             if key == "cap_json" and root.phantoms is not None:
@@ -107,10 +107,10 @@ def _reads(config: dict, stage: str, data: DataCheck, pending: set[str]) -> str:
         return f"{root.root} ({root.spelled}, written first)"
     files = []
     for key, split in stage_reads(config, stage):
-        path = str(Path(root.root) / config["data"][key])
+        path = str(Path(root.root) / str(config["data"].get(key)))
         count = data.inputs.counts.get((path, split if key == "cap_json" else None))
         if count is not None:
-            files.append(f"{config['data'][key]} {split if key == 'cap_json' else ''} {count:,}".replace("  ", " "))
+            files.append(f"{config['data'].get(key)} {split if key == 'cap_json' else ''} {count:,}".replace("  ", " "))
     return f"{root.root} ({root.spelled}): " + (", ".join(files) if files else "not readable (see checks)")
 
 
