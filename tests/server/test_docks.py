@@ -95,3 +95,36 @@ def test_a_server_killed_mid_report_is_a_notification_and_the_text_stays(viewer_
     assert failed and errors and url in errors[0] and "text so far is kept" in errors[0]
     assert dock.text.toPlainText().strip() and dock.text.toPlainText().strip() in "".join(pieces).strip()
     assert dock.generate_button.isEnabled()
+
+
+def test_chat_dock_answers_from_a_server_two_turns_and_a_closed_question(viewer_with_sample, embedded_server, qtbot):
+    from napari_med3dvlm.inference import Conversation, InferenceEngine, InferenceSettings
+    from napari_med3dvlm.widgets import ChatWidget
+    from napari_med3dvlm.widgets._common import volume_input
+
+    viewer, layer = viewer_with_sample
+    url, token, _ = embedded_server
+    connect(viewer, url, token, max_new_tokens=24)
+    dock = ChatWidget(viewer)
+    viewer.window.add_dock_widget(dock, name="Chat")
+    for question in ("Which contrast phase is this scan?", "Which organ shows an abnormality?"):
+        dock.input.setText(question)
+        with qtbot.waitSignal(dock.runner.done, timeout=120_000):
+            assert dock.send()
+    dock.closed_mode.setChecked(True)
+    choices = ["non-contrast", "arterial", "portal venous", "delayed"]
+    for edit, text in zip(dock.choice_inputs, choices):
+        edit.setText(text)
+    dock.input.setText("Which contrast phase is this scan?")
+    with qtbot.waitSignal(dock.runner.done, timeout=120_000):
+        assert dock.send()
+    remote_turns = [(t.question, t.answer) for t in dock.conversation(layer).turns]
+
+    local = InferenceEngine(InferenceSettings(model_source="embedded", device="cpu", max_new_tokens=24))
+    conversation = Conversation()
+    volume = volume_input(layer)
+    for question, chosen in (("Which contrast phase is this scan?", None), ("Which organ shows an abnormality?", None),
+                             ("Which contrast phase is this scan?", choices)):
+        "".join(conversation.stream_answer(local, volume, question, chosen))
+    local.unload()
+    assert remote_turns == [(t.question, t.answer) for t in conversation.turns]
