@@ -128,3 +128,23 @@ def test_chat_dock_answers_from_a_server_two_turns_and_a_closed_question(viewer_
         "".join(conversation.stream_answer(local, volume, question, chosen))
     local.unload()
     assert remote_turns == [(t.question, t.answer) for t in conversation.turns]
+
+
+def test_retrieval_dock_searches_the_servers_index(viewer_with_sample, embedded_server, embedded_index, qtbot):
+    from napari_med3dvlm.retrieval.embedder import get_embedder
+    from napari_med3dvlm.retrieval.search import search_text
+    from napari_med3dvlm.retrieval.store import VolumeIndex
+    from napari_med3dvlm.widgets.retrieval import RetrievalWidget
+
+    viewer, _ = viewer_with_sample
+    url, token, _ = embedded_server
+    connect(viewer, url, token)
+    dock = RetrievalWidget(viewer)
+    dock.query_edit.setText("round lesion in the liver")
+    dock.k_spin.setValue(3)
+    with qtbot.waitSignal(dock.results_changed, timeout=120_000) as shown:
+        dock.search()
+    hits = shown.args[0]
+    local = search_text(VolumeIndex(embedded_index), get_embedder("embedded", "cpu"), "round lesion in the liver", k=3)
+    assert [(str(h.path), round(h.score, 4)) for h in hits] == [(str(h.path), round(h.score, 4)) for h in local]
+    assert all(h.thumbnail for h in hits) and dock.results.count() == 3

@@ -94,6 +94,11 @@ class RemoteEngine:
         self._server.close()
 
     @property
+    def client(self) -> ServerClient:
+        """The HTTP client of this server (retrieval's search uses it too)."""
+        return self._server
+
+    @property
     def runtime(self) -> dict:
         return {"device": self.info["device"], "dtype": self.info["dtype"], "server": self.url}
 

@@ -163,13 +163,15 @@ def _search_server(args, url: str) -> int:
         return 2
     text = args.report.read_text(encoding="utf-8") if args.report else args.text
     token = args.token or os.environ.get(TOKEN_ENV) or load_secret(SERVER_TOKEN)
+    from .remote import search_server
+
     try:
-        client = ServerClient(url, token)
-        hits = client.json("POST", "/v1/search", json={"text": text, "k": int(args.k)})["hits"]
+        hits = search_server(ServerClient(url, token), text, k=args.k)
     except ServerError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    _print_hits(hits, args.json)
+    _print_hits([{"score": h.score, "path": str(h.path), "description": h.description, "modality": h.modality,
+                  "shape": list(h.shape)} for h in hits], args.json)
     return 0
 
 

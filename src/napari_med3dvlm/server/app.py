@@ -287,8 +287,9 @@ def create_app(engine: InferenceEngine, token: str = "", limits: Limits | None =
             hits = search_text(VolumeIndex(index_db), embedder, body.text, k=body.k)
         except ValueError as err:
             _fail(422, str(err))
-        return {"hits": [{"score": round(float(h.score), 4), "path": str(h.path), "description": h.description,
-                          "modality": h.modality, "shape": list(h.shape)} for h in hits]}
+        from napari_med3dvlm.retrieval.remote import hit_to_wire
+
+        return {"hits": [hit_to_wire(hit) for hit in hits]}
 
     return app
 

@@ -263,6 +263,20 @@ class RetrievalWidget(QWidget):
     def search(self) -> None:
         """Text (or a pasted report) -> the most similar indexed volumes."""
         text = self.query_edit.text().strip()
+        engine = get_engine()
+        if engine.settings.backend == "server":  # the index that lives on the server
+            if not text or self._busy_or_warn():
+                return
+            k = self.k_spin.value()
+
+            def run():
+                from napari_med3dvlm.retrieval.remote import search_server
+
+                return search_server(engine.client, text, k=k)
+
+            self.status.setText(f"Searching the server's index ({engine.settings.server_url})…")
+            self._start(run, self.show_results)
+            return
         index = self._current_index()
         if not text or index is None or self._busy_or_warn():
             return
@@ -315,6 +329,10 @@ class RetrievalWidget(QWidget):
 
     def _open_item(self, item: QListWidgetItem) -> None:
         path = item.data(Qt.ItemDataRole.UserRole)
+        if not Path(path).exists():  # a hit of a server's index, on a disk this computer does not see
+            show_info(f"{Path(path).name} is on the server, not on this computer; open it there or from a "
+                      "shared folder")
+            return
         try:
             self.viewer.open(path, plugin="napari-med3dvlm")
         except Exception as err:
