@@ -34,6 +34,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -125,8 +126,10 @@ class VLLMProcess:
         self.startup_timeout = startup_timeout
         self.kv_cache_gib = kv_cache_gib
         # On CPU, vLLM's compiled warm-up takes minutes (5 min for SmolLM2-135M on 2 cores) and buys little
-        # for small models; CUDA keeps its graphs.
-        self.enforce_eager = (not torch.cuda.is_available()) if enforce_eager is None else enforce_eager
+        # for small models; CUDA keeps its graphs. (Our torch may be a CPU build beside a CUDA vLLM.)
+        if enforce_eager is None:
+            enforce_eager = not (torch.cuda.is_available() or shutil.which("nvidia-smi"))
+        self.enforce_eager = enforce_eager
         self._popen: subprocess.Popen | None = None
         self._last_code: int | None = None
         self._lock = threading.RLock()
@@ -495,7 +498,6 @@ def language_model_folder(engine) -> Path:
     if (folder / "config.json").is_file() and any(folder.glob("*.safetensors")):
         _folders[id(model)] = (weakref.ref(model), folder)
         return folder
-    import shutil
     import tempfile
 
     folder.parent.mkdir(parents=True, exist_ok=True)
