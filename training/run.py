@@ -81,6 +81,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="read existing M3D-format data from DIR (sets data.root; it is never written)")
     parser.add_argument("--from-scratch", action="store_true",
                         help="start from random weights where an earlier stage's result is missing (else: an error)")
+    parser.add_argument("--export-resume", nargs="?", const="", default=None, metavar="FILE",
+                        help="vision only: pack the stage's newest checkpoint into FILE (default: the preset's "
+                             "vision.resume_file) instead of training")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. finetune.max_steps=10")
     # Intermixed: overrides may follow --preset, as in the documented command lines.
     return parser.parse_intermixed_args(argv)
@@ -118,6 +121,8 @@ def _main(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     config = build_config(args)
+    if args.export_resume is not None:
+        return _export_resume(config, args.stage, args.export_resume)
     stages = stages_of(config) if args.stage == "all" else [args.stage]
     writes_data = args.stage == "all"
     if args.dry_run:
@@ -149,9 +154,32 @@ def _main(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(int(threads))
+    from .loop import TrainingStopped
+
     for stage in stages:
-        summary = run_stage(config, stage, force=args.force)
+        try:
+            summary = run_stage(config, stage, force=args.force)
+        except TrainingStopped as stopped:  # SIGTERM / SIGINT: a checkpoint is saved, no DONE
+            print(stopped, file=sys.stderr)
+            return 0
         print(f"[{stage}] {json.dumps(summary)}")
+    return 0
+
+
+def _export_resume(config: dict, stage: str, path: str) -> int:
+    """``--export-resume``: the vision stage's newest checkpoint as one resume file (training.resume_file)."""
+    from .resume_file import ResumeFileError
+    from .stages.vision import export_resume
+    from .vision.config import VisionConfigError
+
+    try:
+        if stage != "vision":
+            raise ResumeFileError(f"only the vision stage writes a resume file, not {stage!r}")
+        out = export_resume(config, path or None)
+    except (ResumeFileError, VisionConfigError) as err:
+        print(f"python -m training.run: error: --export-resume: {err}", file=sys.stderr)
+        return 2
+    print(f"[vision] resume file {out} ({out.stat().st_size / 1e6:.1f} MB)")
     return 0
 
 
