@@ -145,7 +145,8 @@ def create_app(engine: InferenceEngine, token: str = "", limits: Limits | None =
     def model_info():
         runtime = engine.runtime  # loads the model on first use
         return {"model_id": engine.model_id, "image_size": list(engine.image_size),
-                "proj_out_num": engine.proj_out_num, "context_length": engine.context_length, **runtime}
+                "proj_out_num": engine.proj_out_num, "context_length": engine.context_length,
+                "llm": engine.settings.llm, **runtime}
 
     @app.head("/v1/volumes/{volume_id}", dependencies=auth)
     def has_volume(volume_id: VolumeId):

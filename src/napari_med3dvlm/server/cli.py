@@ -71,6 +71,16 @@ def run_serve(args: argparse.Namespace) -> int:
     print(f"serving {engine.model_id} on http://{args.host}:{args.port} "
           f"({'token required' if token else 'no token: this computer only'}); API docs at /docs", flush=True)
     engine.load()  # fail now, not on the first client's request
+    if engine.settings.llm == "vllm" and not engine.settings.vllm_url:
+        from napari_med3dvlm.inference.vllm_backend import VLLMError, start_vllm_for
+
+        print("starting vLLM for the language model (loopback only; docs/vllm.md)", flush=True)
+        try:
+            process = start_vllm_for(engine)  # restarted by the next request if it stops
+        except VLLMError as err:
+            print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+            return 2
+        print(f"vLLM ready (pid {process.pid}); it is stopped when the server stops", flush=True)
     print("model loaded; ready", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
     return 0
