@@ -208,23 +208,28 @@ def run_report(args) -> int:
                 volume = _with_window(volume, window)
                 label = f"input {number} series {index + 1}"
                 stream = stream_report(engine, volume, on_scope=_scope_printer(engine, label))
-                record = _drain(stream)
-                stem = f"report-{number:02d}" + (f"-{index + 1:02d}" if index else "")
-                md, js = record.write(args.out, stem)
-                if args.relevance:
-                    from .relevance import write_sentence_maps
-
-                    maps = write_sentence_maps(engine, volume, volume, record.text, args.out, stem, record.request)
-                    print(f"input {number} series {index + 1}: {len(maps)} relevance map(s), {stem}-where.json")
+                failed += _write_outputs(args, engine, _drain(stream), volume, number, index)
                 count += 1
-                print(f"input {number} series {index + 1}: {md.name}, {js.name} ({record.duration_s:.1f} s)")
-                if args.sr or args.stow:
-                    failed += sr_outputs(args, record, volume, stem, f"input {number} series {index + 1}")
     except ModelUnavailableError as err:
         print(f"error: {err}", file=sys.stderr)
         return model_error_code(err)
     print(f"{count} report(s) written to {args.out}")
     return 2 if failed else 0
+
+
+def _write_outputs(args, engine, record, volume, number: int, index: int) -> int:
+    """Everything ``report`` writes for one volume's record (Markdown, JSON, relevance maps, SR) and
+    its line on stdout; returns the number of outputs that failed (an SR not stored)."""
+    label = f"input {number} series {index + 1}"
+    stem = f"report-{number:02d}" + (f"-{index + 1:02d}" if index else "")
+    md, js = record.write(args.out, stem)
+    if args.relevance:
+        from .relevance import write_sentence_maps
+
+        maps = write_sentence_maps(engine, volume, volume, record.text, args.out, stem, record.request)
+        print(f"{label}: {len(maps)} relevance map(s), {stem}-where.json")
+    print(f"{label}: {md.name}, {js.name} ({record.duration_s:.1f} s)")
+    return sr_outputs(args, record, volume, stem, label) if args.sr or args.stow else 0
 
 
 def _run_report_batch(args, engine) -> int:
@@ -257,18 +262,8 @@ def _run_report_batch(args, engine) -> int:
                 printer = _scope_printer(engine, f"input {number} series {index + 1}")
                 futures.append(pool.submit(_drain, stream_report(engine, volume, on_scope=printer)))
             for (number, index, volume), future in zip(jobs, futures):
-                record = future.result()
-                stem = f"report-{number:02d}" + (f"-{index + 1:02d}" if index else "")
-                md, js = record.write(args.out, stem)
-                if args.relevance:
-                    from .relevance import write_sentence_maps
-
-                    maps = write_sentence_maps(engine, volume, volume, record.text, args.out, stem, record.request)
-                    print(f"input {number} series {index + 1}: {len(maps)} relevance map(s), {stem}-where.json")
+                failed += _write_outputs(args, engine, future.result(), volume, number, index)
                 count += 1
-                print(f"input {number} series {index + 1}: {md.name}, {js.name} ({record.duration_s:.1f} s)")
-                if args.sr or args.stow:
-                    failed += sr_outputs(args, record, volume, stem, f"input {number} series {index + 1}")
     except ModelUnavailableError as err:
         print(f"error: {err}", file=sys.stderr)
         return model_error_code(err)
