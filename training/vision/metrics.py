@@ -69,7 +69,8 @@ def mean_or_nan(values) -> float:
 @torch.no_grad()
 def evaluate_findings(model, dataset: DenseDataset, batch_size: int = 32) -> dict[str, float]:
     """Scores of the token head (and the pooled head) on ``dataset``, and the case-level focal AUC of
-    the dense head and of the s3 token-kind head (mean over the focal kinds; 0.5 is chance)."""
+    the dense head and of the s3 token-kind head (mean over the focal kinds; 0.5 is chance), and the
+    dense head's AUC for each focal kind."""
     was_training = model.training
     model.eval()
     preds, pooled, truth, dense_max, token_max, kinds_true = [], [], [], [], [], []
@@ -89,5 +90,8 @@ def evaluate_findings(model, dataset: DenseDataset, batch_size: int = 32) -> dic
     # A high per-cell AUC can come from knowing which organs host lesions; this needs the lesion itself.
     true = np.concatenate(kinds_true)
     for name, values in (("dense", dense_max), ("token", token_max)):
-        scores[f"focal_case_auc_{name}"] = mean_or_nan(focal_case_aucs(true, np.concatenate(values)).values())
+        per_kind = focal_case_aucs(true, np.concatenate(values))
+        scores[f"focal_case_auc_{name}"] = mean_or_nan(per_kind.values())
+        if name == "dense":  # the learning curve shows each kind (docs/training.md)
+            scores.update({f"focal_case_auc_{kind}": auc for kind, auc in per_kind.items()})
     return {k: round(v, 4) for k, v in scores.items()}
