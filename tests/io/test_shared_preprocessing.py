@@ -30,14 +30,18 @@ def callers_of(function):
         if event == "call" and frame.f_code is code:
             callers.append(Path(frame.f_back.f_code.co_filename).as_posix())
 
+    from napari_med3dvlm.inference.engine import model_thread
+
     previous = sys.getprofile()
     sys.setprofile(profiler)
     threading.setprofile(profiler)
+    model_thread().call(sys.setprofile, profiler)  # the engine's long-lived thread, started earlier
     try:
         yield callers
     finally:
         sys.setprofile(previous)
         threading.setprofile(None)
+        model_thread().call(sys.setprofile, None)
 
 
 class _RecordingEncoder(torch.nn.Module):
