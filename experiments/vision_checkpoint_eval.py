@@ -1,0 +1,53 @@
+"""Score the newest checkpoint of a vision-stage run on the test phantoms, with every metric the
+stage's evaluation records (per focal kind included), without training a step.
+
+    python experiments/vision_checkpoint_eval.py --preset demo
+
+Reads ``<output_dir>/vision/checkpoints/step-*`` (the newest complete one) and the stage's cached
+dense targets; prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="demo")
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args(argv)
+
+    from safetensors.torch import load_file
+
+    from training.config import apply_overrides, load_preset
+    from training.data.dense import DenseDataset
+    from training.loop import STATE_FILE, latest_checkpoint
+    from training.stages.common import stage_dir
+    from training.stages.vision import build_model, dense_caches
+    from training.vision.config import VisionConfig
+    from training.vision.metrics import evaluate_findings
+
+    config = apply_overrides(load_preset(args.preset), args.overrides)
+    vision = VisionConfig.from_preset(config)
+    checkpoint = latest_checkpoint(stage_dir(config, "vision") / "checkpoints")
+    if checkpoint is None:
+        print("error: no complete checkpoint of the vision stage", file=sys.stderr)
+        return 2
+    state = json.loads((checkpoint / STATE_FILE).read_text())
+    model = build_model(vision)
+    model.load_state_dict(load_file(str(checkpoint / "model.safetensors")), strict=True)
+    _, test_cache = dense_caches(config, vision)
+    scores = evaluate_findings(model, DenseDataset(test_cache.open()))
+    print(json.dumps({"step": state["global_step"], "elapsed_h": round(state["elapsed_s"] / 3600, 2),
+                      "test": scores}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
