@@ -50,7 +50,7 @@ def start_server(args, config_dir: Path, log: Path, port: int | None = None, tok
 def stop_server(process) -> None:
     process.terminate()
     try:
-        process.wait(10)
+        process.wait(60)  # a graceful stop: the server stops what it started (a vLLM) before it exits
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()

@@ -21,9 +21,11 @@ def vllm_server(tmp_path):
     process, url = start_server(["--model", "embedded", "--device", "cpu", "--llm", "vllm"], tmp_path / "config",
                                 tmp_path / "serve.log", timeout=600)
     yield url, TOKEN, process
+    started = _vllm_children(process)
     stop_server(process)
-    assert not [p for p in psutil.process_iter(["cmdline"]) if "vllm.entrypoints" in " ".join(p.info["cmdline"] or [])
-                and p.ppid() == process.pid]
+    assert process.returncode == 0
+    assert not [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE], \
+        "the server left its vLLM running"
 
 
 def _vllm_children(process):

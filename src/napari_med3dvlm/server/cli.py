@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -47,6 +48,10 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _exit_normally(signum, frame):
+    raise SystemExit(0)
+
+
 def run_serve(args: argparse.Namespace) -> int:
     token = args.token if args.token is not None else os.environ.get(TOKEN_ENV, "")
     if not is_loopback(args.host) and not token:
@@ -82,5 +87,14 @@ def run_serve(args: argparse.Namespace) -> int:
             return 2
         print(f"vLLM ready (pid {process.pid}); it is stopped when the server stops", flush=True)
     print("model loaded; ready", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
+    # uvicorn shuts down gracefully on SIGTERM and then raises the signal again for the handler that was
+    # there before it: make that handler a normal exit, so that what this process started is stopped
+    signal.signal(signal.SIGTERM, _exit_normally)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
+    finally:
+        if engine.settings.llm == "vllm":  # now, not at interpreter exit: a supervisor may not wait that long
+            from napari_med3dvlm.inference.vllm_backend import stop_all
+
+            stop_all()
     return 0
