@@ -73,6 +73,28 @@ def store_sr_worker(sr, server_url: str, status, what: str, finished):
     return run_in_worker(server.store, sr, returned=sent, errored=failed, finished=finished, start=False)
 
 
+def send_sr(dock, build_sr, server_url: str, what: str, update_buttons):
+    """The docks' "Send to PACS": build the SR (``build_sr()``; a ValueError is shown), store it in
+    a worker kept as ``dock.send_worker`` until it ends, and refresh the dock's buttons around it.
+    Returns the started worker, or None."""
+    try:
+        sr = build_sr()
+    except ValueError as err:
+        show_error(f"Could not send the {what}: {err}")
+        return None
+
+    def finished():
+        dock.send_worker = None
+        update_buttons()
+
+    dock.send_worker = store_sr_worker(sr, server_url, dock.status, what, finished)
+    if dock.send_worker is None:
+        return None
+    update_buttons()
+    dock.send_worker.start()
+    return dock.send_worker
+
+
 def _table(headers) -> QTableWidget:
     table = QTableWidget(0, len(headers))
     table.setHorizontalHeaderLabels(headers)

@@ -264,29 +264,14 @@ class ChatWidget(QWidget):
     def send_to_pacs(self):
         """Store the conversation as a DICOM SR on the server the layer came from (STOW-RS, in a
         worker); returns the worker."""
-        from ._pacs import store_sr_worker
+        from ._pacs import send_sr
 
         source = self.dicom_source()
         if not self._questions() or source is None or not source.server or self.send_worker is not None:
             return None
         if self.runner.running:
             return None
-        try:
-            sr = self.chat_sr()
-        except ValueError as err:
-            show_error(f"Could not send the conversation: {err}")
-            return None
-
-        def finished():
-            self.send_worker = None
-            self._update_sr_buttons()
-
-        self.send_worker = store_sr_worker(sr, source.server, self.status, "conversation", finished)
-        if self.send_worker is None:
-            return None
-        self._update_sr_buttons()
-        self.send_worker.start()
-        return self.send_worker
+        return send_sr(self, self.chat_sr, source.server, "conversation", self._update_sr_buttons)
 
     def _update_sr_buttons(self) -> None:
         running = self.runner.running

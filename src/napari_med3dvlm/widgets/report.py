@@ -191,27 +191,12 @@ class ReportWidget(QWidget):
     def send_to_pacs(self):
         """Store the report as a DICOM SR on the server the layer came from (STOW-RS, in a worker);
         returns the worker."""
-        from ._pacs import store_sr_worker
+        from ._pacs import send_sr
 
         source = self.dicom_source()
         if self.record is None or source is None or not source.server or self.send_worker is not None:
             return None
-        try:
-            sr = self.report_sr()
-        except ValueError as err:
-            show_error(f"Could not send the report: {err}")
-            return None
-
-        def finished():
-            self.send_worker = None
-            self._update_buttons()
-
-        self.send_worker = store_sr_worker(sr, source.server, self.status, "report", finished)
-        if self.send_worker is None:
-            return None
-        self._update_buttons()
-        self.send_worker.start()
-        return self.send_worker
+        return send_sr(self, self.report_sr, source.server, "report", self._update_buttons)
 
     def _update_buttons(self) -> None:
         running = self.runner.running
