@@ -94,7 +94,18 @@ def _progress(config: dict, stage: str) -> str:
         return "done, skipped"
     steps = [int(p.name.split("-")[1]) for p in (folder / "checkpoints").glob("step-*")
              if (p / "trainer_state.json").is_file() and p.name.split("-")[1].isdigit()]
-    return f"to run, resumes from step {max(steps)}" if steps else "to run"
+    if steps:
+        return f"to run, resumes from step {max(steps)}"
+    resume = stage_config(config, stage).get("resume_file") if stage == "vision" else None
+    if resume and Path(resume).is_file():  # a run carried over from another machine
+        import json
+
+        from safetensors import safe_open
+
+        with safe_open(str(resume), framework="numpy") as handle:  # the header only; no torch
+            state = json.loads((handle.metadata() or {}).get("trainer_state", "{}"))
+        return f"to run, resumes from step {state.get('global_step', '?')} of its resume file {resume}"
+    return "to run"
 
 
 def _reads(config: dict, stage: str, data: DataCheck, pending: set[str]) -> str:
