@@ -73,6 +73,21 @@ def store_sr_worker(sr, server_url: str, status, what: str, finished):
     return run_in_worker(server.store, sr, returned=sent, errored=failed, finished=finished, start=False)
 
 
+def export_sr_dialog(parent, export, default_name: str) -> None:
+    """The docks' "Export SR…": ask for a file, write it with ``export(path)``, say where it went."""
+    from qtpy.QtWidgets import QFileDialog
+
+    path, _ = QFileDialog.getSaveFileName(parent, "Export DICOM SR", default_name, "DICOM (*.dcm)")
+    if not path:
+        return
+    try:
+        written = export(path)
+    except ValueError as err:
+        show_error(f"Could not write the DICOM SR: {err}")
+        return
+    show_info(f"DICOM SR saved as {written.name}")
+
+
 def send_sr(dock, build_sr, server_url: str, what: str, update_buttons):
     """The docks' "Send to PACS": build the SR (``build_sr()``; a ValueError is shown), store it in
     a worker kept as ``dock.send_worker`` until it ends, and refresh the dock's buttons around it.

@@ -7,11 +7,9 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from napari.utils.notifications import show_error, show_info
 from qtpy.QtGui import QTextCharFormat
 from qtpy.QtWidgets import (
     QCheckBox,
-    QFileDialog,
     QFormLayout,
     QHBoxLayout,
     QLabel,
@@ -252,14 +250,9 @@ class ChatWidget(QWidget):
         return write_sr(self.chat_sr(), path)
 
     def _export_sr_dialog(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Export DICOM SR", "chat.dcm", "DICOM (*.dcm)")
-        if path:
-            try:
-                written = self.export_sr(path)
-            except ValueError as err:
-                show_error(f"Could not write the DICOM SR: {err}")
-                return
-            show_info(f"DICOM SR saved as {written.name}")
+        from ._pacs import export_sr_dialog
+
+        export_sr_dialog(self, self.export_sr, "chat.dcm")
 
     def send_to_pacs(self):
         """Store the conversation as a DICOM SR on the server the layer came from (STOW-RS, in a

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_info
 from qtpy.QtGui import QGuiApplication
 from qtpy.QtWidgets import (
     QFileDialog,
@@ -179,14 +179,9 @@ class ReportWidget(QWidget):
         return write_sr(self.report_sr(), path)
 
     def _export_sr_dialog(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Export DICOM SR", "report.dcm", "DICOM (*.dcm)")
-        if path:
-            try:
-                written = self.export_sr(path)
-            except ValueError as err:
-                show_error(f"Could not write the DICOM SR: {err}")
-                return
-            show_info(f"DICOM SR saved as {written.name}")
+        from ._pacs import export_sr_dialog
+
+        export_sr_dialog(self, self.export_sr, "report.dcm")
 
     def send_to_pacs(self):
         """Store the report as a DICOM SR on the server the layer came from (STOW-RS, in a worker);
