@@ -18,6 +18,7 @@ returned: NIfTI carries none, and the DICOM reader keeps none in a `Volume`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import logging
 import tempfile
@@ -272,6 +273,13 @@ def create_app(engine: InferenceEngine, token: str = "", limits: Limits | None =
         scores = engine.rank_choices(body.prompt, body.choices, engine.encode(volume))
         return {"scores": scores}
 
+    @functools.cache
+    def index():
+        """The server's index, opened once (it follows the table's versions itself)."""
+        from napari_med3dvlm.retrieval.store import VolumeIndex
+
+        return VolumeIndex(index_db)
+
     @app.post("/v1/search", dependencies=auth)
     def search(body: SearchRequest):
         if index_db is None:
@@ -280,12 +288,11 @@ def create_app(engine: InferenceEngine, token: str = "", limits: Limits | None =
             _fail(422, f"k={body.k} is over the limit of {limits.max_search_k}")
         from napari_med3dvlm.retrieval.embedder import get_embedder
         from napari_med3dvlm.retrieval.search import search_text
-        from napari_med3dvlm.retrieval.store import VolumeIndex
 
         s = engine.settings
         embedder = get_embedder(s.model_source, s.device, s.dtype)
         try:
-            hits = search_text(VolumeIndex(index_db), embedder, body.text, k=body.k)
+            hits = search_text(index(), embedder, body.text, k=body.k)
         except ValueError as err:
             _fail(422, str(err))
         from napari_med3dvlm.retrieval.remote import hit_to_wire
