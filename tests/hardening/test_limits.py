@@ -8,7 +8,8 @@ import pytest
 from corpus import nifti_bytes, write_nifti, write_series
 
 from napari_med3dvlm.io import VolumeReadError, read_volume
-from napari_med3dvlm.io import _util, dicom
+from napari_med3dvlm.io import _util
+from napari_med3dvlm.io.dicom import sources as dicom
 
 
 @pytest.fixture
