@@ -46,7 +46,7 @@ def write_sample(folder: Path) -> list[Path]:
     from napari_med3dvlm.io import write_nifti_volume
     from napari_med3dvlm.phantoms._napari import render_sample
 
-    volume = render_sample().display_volume()
+    volume = render_sample().volume
     paths = [folder / "sample-a.nii.gz", folder / "sample-b.nii.gz"]
     for path in paths:
         write_nifti_volume(volume, path)

@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     from napari_med3dvlm.inference.relevance import report_target, stream_relevance
     from napari_med3dvlm.phantoms._napari import render_sample
 
-    source = render_sample().display_volume()
+    source = render_sample().volume
     engine = InferenceEngine(InferenceSettings(model_source=args.model, device="cpu", temperature=0.0))
     model, tokenizer = engine.load()
     prompt = prompts.report_prompt(engine.proj_out_num)

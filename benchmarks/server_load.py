@@ -113,7 +113,7 @@ def main(argv=None) -> int:
 
     token = "benchmark-token"
     settings = InferenceSettings(model_source=args.model, device="cpu", max_new_tokens=args.tokens)
-    sample = render_sample().display_volume()
+    sample = render_sample().volume
     with tempfile.TemporaryDirectory() as tmp:
         process, url = _start(args.model, token, Path(tmp) / "serve.log")
         rss = _PeakRSS(process.pid)

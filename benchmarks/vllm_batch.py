@@ -103,7 +103,7 @@ def main(argv=None) -> int:
     print(f"  ratio vLLM / in-process (throughput) {sequential / batched:.2f}x  target >= 2x")
 
     engine.update_settings(settings.updated(max_new_tokens=256))
-    volume = generate(case_seed(SEED, "test", 0)).display_volume()
+    volume = generate(case_seed(SEED, "test", 0)).volume
     encoded = engine.encode(volume)
     prompt = prompts.image_prefix(engine.proj_out_num) + prompts.report_text()
     remote = engine.settings.updated(llm="vllm", vllm_url=process.url)

@@ -52,7 +52,7 @@ def _render(index: int):
 
     torch.set_num_threads(1)
     case = sample_case(case_seed(0, "train", index), case_id=f"train_{index:05d}")
-    tensor, _ = preprocess_volume(render_case(case).volume.data, "CT", window="soft tissue", spatial_size=(32, 128, 128))
+    tensor, _ = preprocess_volume(render_case(case).stack, "CT", window="soft tissue", spatial_size=(32, 128, 128))
     return tensor[0].to(torch.float16), case.to_dict()
 
 

@@ -91,7 +91,7 @@ def phantom_geometry(root, entries, cases: int = 90) -> dict | None:
             break
     slices, pixel, count = [], [], []
     for info in seeds:
-        image = render_case(sample_case(int(info["seed"]), case_id=info["case_id"])).display_volume()
+        image = render_case(sample_case(int(info["seed"]), case_id=info["case_id"])).volume
         stack, spacing = acquisition_view(image)
         slices.append(spacing[0])
         pixel.append(max(spacing[1], spacing[2]))

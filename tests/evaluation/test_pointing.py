@@ -42,7 +42,7 @@ def test_labels_follow_the_model_input_and_sentences_are_matched_to_findings():
         Finding("effusion", "peritoneal cavity", "peritoneum", severity="small"),
     ])
     image = render_case(case, slices=24, pixels=64)
-    tensor, transform = preprocess_volume(image.volume.data, "CT", window="soft tissue", spatial_size=(16, 32, 32))
+    tensor, transform = preprocess_volume(image.stack, "CT", window="soft tissue", spatial_size=(16, 32, 32))
     labels = pointing.labels_to_model(image.finding_labels, transform)
     assert labels.shape == (16, 32, 32) and (labels == 1).any()
     # the lesion lands where the transform says model voxels come from

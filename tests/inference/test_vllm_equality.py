@@ -27,8 +27,8 @@ def volumes():
     from napari_med3dvlm.phantoms._napari import render_sample
     from napari_med3dvlm.phantoms.writers import case_seed
 
-    held_out = [generate(case_seed(HELD_OUT_SEED, "test", i)).display_volume() for i in range(10)]
-    return [render_sample().display_volume(), *held_out]
+    held_out = [generate(case_seed(HELD_OUT_SEED, "test", i)).volume for i in range(10)]
+    return [render_sample().volume, *held_out]
 
 
 @pytest.fixture(scope="module")

@@ -92,7 +92,7 @@ def test_training_images_are_written_by_model_input(tmp_path):
         case = sample_case(case_seed(5, "train", index), case_id=f"train_{index:05d}")
         image = render_case(case, slices=options.slices, pixels=options.pixels)
         expected, _ = preprocess_module.preprocess_volume(
-            image.volume.data, "CT", window=options.window, spatial_size=options.size
+            image.stack, "CT", window=options.window, spatial_size=options.size
         )
         torch.testing.assert_close(dataset[index]["image"], expected[0])
 
@@ -102,6 +102,6 @@ def test_training_images_are_written_by_model_input(tmp_path):
         volume = read_volume(nifti)
         assert volume.plane == case.plane
         view, _ = acquisition_view(volume)
-        np.testing.assert_array_equal(view, image.volume.data)
+        np.testing.assert_array_equal(view, image.stack)
         again, _ = preprocess_module.preprocess_volume(view, "CT", window=options.window, spatial_size=options.size)
         torch.testing.assert_close(again[0], dataset[index]["image"])

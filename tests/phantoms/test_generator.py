@@ -29,7 +29,10 @@ def test_volume_is_int16_hu_with_spacing_and_affine():
     assert v.data.dtype == np.int16 and v.modality == "CT"
     assert v.data.min() >= -1024 and v.data.max() > 300  # air and bone present
     assert v.affine.shape == (4, 4)
-    np.testing.assert_allclose(np.linalg.norm(v.affine[:3, :3], axis=0), v.spacing, rtol=1e-5)
+    # the stack's affine is indexed (slice, row, column) like its spacing; the Volume's, as every
+    # Volume's, (x, y, z) against a (z, y, x) spacing
+    np.testing.assert_allclose(np.linalg.norm(image.stack_affine[:3, :3], axis=0), image.stack_spacing, rtol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(v.affine[:3, :3], axis=0), v.spacing[::-1], rtol=1e-5)
 
 
 def _median_hu(image, organ):
@@ -39,7 +42,7 @@ def _median_hu(image, organ):
     from scipy import ndimage
 
     core = ndimage.binary_erosion(mask, iterations=2)
-    values = image.volume.data[core if core.any() else mask]
+    values = image.stack[core if core.any() else mask]
     return float(np.median(values))
 
 
@@ -61,7 +64,7 @@ def test_organs_have_realistic_hu(region, organ, low, high):
 
 def test_air_outside_body_and_fat_under_the_skin():
     image = render_case(_case(seed=1), **SMALL)
-    outside = image.volume.data[image.organ_labels == 0]
+    outside = image.stack[image.organ_labels == 0]
     assert np.median(outside) < -950
     assert -130 < _median_hu(image, "body") < 50
 
@@ -71,7 +74,7 @@ def test_contrast_phases_change_enhancement():
     med = {p: render_case(_case(phase=p, seed=2), slices=32, pixels=96) for p in PHASES}
 
     def vessel_max(image):
-        return float(np.percentile(image.volume.data[image.organ_labels == LABEL["vessel"]], 90))
+        return float(np.percentile(image.stack[image.organ_labels == LABEL["vessel"]], 90))
 
     assert vessel_max(med["arterial"]) > vessel_max(med["portal venous"]) > vessel_max(med["non-contrast"]) + 50
     liver = {p: _median_hu(im, "liver") for p, im in med.items()}
@@ -81,9 +84,9 @@ def test_contrast_phases_change_enhancement():
 
 
 def test_planes_put_the_stack_axis_first():
-    shapes = {p: render_case(_case(plane=p), slices=20, pixels=48).volume for p in PLANES}
-    for plane, v in shapes.items():
-        assert v.data.shape == (20, 48, 48), plane
+    stacks = {p: render_case(_case(plane=p), slices=20, pixels=48).stack for p in PLANES}
+    for plane, stack in stacks.items():
+        assert stack.shape == (20, 48, 48), plane
     # the coronal stack runs front to back: the spine (bone) sits in the last slices, not the first
     cor = render_case(_case(plane="coronal"), slices=20, pixels=48)
     bone_per_slice = (cor.organ_labels == LABEL["bone"]).sum(axis=(1, 2))
@@ -104,7 +107,7 @@ def test_findings_are_painted_where_the_report_says(finding, low, high):
     image = render_case(_case(region=region, findings=[finding], seed=11), slices=32, pixels=96)
     lesion = image.finding_labels == 1
     assert lesion.sum() > 20  # visible: tens of voxels even on a small grid
-    assert low <= np.median(image.volume.data[lesion]) <= high
+    assert low <= np.median(image.stack[lesion]) <= high
     host = {"left kidney": "left kidney", "liver right lobe": "liver", "spleen": "spleen",
             "right lower lobe": "right lung"}[finding.site]
     # the lesion lies inside its host organ (organ labels keep the host underneath the lesion)
@@ -125,7 +128,7 @@ def test_lesion_size_matches_the_reported_diameter():
     image = render_case(_case(findings=[f], seed=4, plane="axial"), slices=48, pixels=128)
     lesion = image.finding_labels == 1
     _, ys, xs = np.nonzero(lesion)
-    spacing = image.volume.spacing
+    spacing = image.stack_spacing
     extent_mm = max((ys.max() - ys.min() + 1) * spacing[1], (xs.max() - xs.min() + 1) * spacing[2])
     assert 45 <= extent_mm <= 66
 
@@ -134,7 +137,7 @@ def test_effusion_and_enlargement_are_labelled():
     effusion = Finding("effusion", "pleural space", "right pleura", side="right", severity="large")
     image = render_case(_case(region="chest", findings=[effusion], seed=6), slices=32, pixels=96)
     fluid = image.finding_labels == 1
-    assert fluid.sum() > 500 and -10 < np.median(image.volume.data[fluid]) < 30
+    assert fluid.sum() > 500 and -10 < np.median(image.stack[fluid]) < 30
     normal = render_case(_case(region="abdomen", seed=6), slices=32, pixels=96)
     big = render_case(_case(region="abdomen", findings=[Finding("enlargement", "spleen", "spleen", size_cm=18.0)],
                             seed=6), slices=32, pixels=96)

@@ -47,7 +47,7 @@ def sample_nifti(tmp_path_factory):
     from napari_med3dvlm.phantoms._napari import render_sample
 
     path = tmp_path_factory.mktemp("sample") / "DOE_JANE_19700101.nii.gz"
-    write_nifti_volume(render_sample().display_volume(), path)
+    write_nifti_volume(render_sample().volume, path)
     return path
 
 

@@ -25,7 +25,7 @@ def test_dense_targets_follow_the_model_input(tmp_path):
     for index in range(6):
         case = sample_case(case_seed(0, "train", index))
         assert cases[index]["seed"] == case.seed
-        tensor, _ = preprocess_volume(render_case(case).volume.data, "CT", window="soft tissue", spatial_size=(32, 128, 128))
+        tensor, _ = preprocess_volume(render_case(case).stack, "CT", window="soft tissue", spatial_size=(32, 128, 128))
         assert np.abs(arrays["image"][index] / 255.0 - tensor[0, 0].numpy()).max() <= 0.5 / 255 + 1e-6
         for f in case.findings:
             assert arrays["labels"][index, LABEL_INDEX[(f.kind, f.site)]] == 1

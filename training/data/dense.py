@@ -90,7 +90,7 @@ def render_dense(case: PhantomCase, size=(32, 128, 128), window="soft tissue"):
     from napari_med3dvlm.phantoms.generator import render_case
 
     rendered = render_case(case)
-    tensor, transform = preprocess_volume(rendered.volume.data, "CT", window=window, spatial_size=tuple(size))
+    tensor, transform = preprocess_volume(rendered.stack, "CT", window=window, spatial_size=tuple(size))
     image = np.rint(tensor[0, 0].numpy() * 255.0).astype(np.uint8)
     kind_of_finding = np.zeros(len(case.findings) + 1, dtype=np.uint8)
     for i, f in enumerate(case.findings):

@@ -125,7 +125,7 @@ def case_input(case, size, window="soft tissue", folder: Path | None = None):
         from napari_med3dvlm.phantoms import render_case
 
         image = render_case(case)
-        stack, labels = image.volume.data, image.finding_labels
+        stack, labels = image.stack, image.finding_labels
     tensor, transform = preprocess_volume(stack, "CT", window=window, spatial_size=tuple(size))
     return tensor, transform, labels
 

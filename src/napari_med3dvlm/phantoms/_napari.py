@@ -33,7 +33,7 @@ def render_sample():
 def lesion_labels_layer_data(image, volume=None, name: str = LABELS_NAME) -> tuple:
     """(data, kwargs, "labels"): the lesion label map of a rendered phantom on its display grid,
     with the image layer's scale and translate; label i + 1 is finding i, named in ``features``."""
-    volume = volume or image.display_volume()
+    volume = volume or image.volume
     findings = image.case.findings
     return (
         image.display_finding_labels(),
@@ -54,7 +54,7 @@ def phantom_ct_sample():
     """Layer data for napari's File > Open Sample menu."""
     from ..io import volume_layer_data
 
-    volume = render_sample().display_volume()
+    volume = render_sample().volume
     return [volume_layer_data(volume, name=SAMPLE_NAME)]
 
 
@@ -63,5 +63,5 @@ def phantom_ct_with_lesions_sample():
     from ..io import volume_layer_data
 
     image = render_sample()
-    volume = image.display_volume()
+    volume = image.volume
     return [volume_layer_data(volume, name=SAMPLE_NAME), lesion_labels_layer_data(image, volume)]

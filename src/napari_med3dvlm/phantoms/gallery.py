@@ -62,13 +62,12 @@ def save_gallery(out_dir, names=None, size=(760, 720)) -> dict[str, dict]:
         for name in names or list(GALLERY):
             case, window = GALLERY[name]
             image = render_case(case)
-            volume = image.volume
             center, width = WINDOW_PRESETS[window]
             viewer.layers.clear()
-            viewer.add_image(volume.data, scale=volume.spacing, colormap="gray", name=f"{case.region} {case.plane}",
+            viewer.add_image(image.stack, scale=image.stack_spacing, colormap="gray", name=f"{case.region} {case.plane}",
                              contrast_limits=(center - width / 2, center + width / 2))
             index = best_slice(image.finding_labels, 1 if case.findings else None)
-            viewer.dims.set_point(0, index * volume.spacing[0])
+            viewer.dims.set_point(0, index * image.stack_spacing[0])
             viewer.reset_view()
             for _ in range(5):
                 QCoreApplication.processEvents()

@@ -83,7 +83,7 @@ def write_case(root: Path, case: PhantomCase, options: WriteOptions, keep_writte
     folder = root / SUBDIR / case.case_id
     folder.mkdir(parents=True, exist_ok=True)
     stem = series_name(case)
-    tensor, _ = model_input(image.display_volume(), options.size, window=options.window)
+    tensor, _ = model_input(image.volume, options.size, window=options.window)
     np.save(folder / f"{stem}.npy", tensor[0].numpy().astype(np.float32, copy=False))
     if options.nifti:
         import nibabel as nib
