@@ -22,6 +22,8 @@ import time
 
 import torch
 
+from napari_med3dvlm.io import PUBLISHED_INPUT_SIZE
+
 
 def _summary(values, fmt="{:.2f}") -> str:
     return f"median {fmt.format(statistics.median(values))} (min {fmt.format(min(values))}, max {fmt.format(max(values))})"
@@ -46,7 +48,7 @@ def build(variant: str, seed: int = 0):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", default="small")
-    parser.add_argument("--size", type=int, nargs=3, default=(128, 256, 256))
+    parser.add_argument("--size", type=int, nargs=3, default=PUBLISHED_INPUT_SIZE)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--channels-last", action="store_true", help="also time the opt-in channels-last layout")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile of the default layout")

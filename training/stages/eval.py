@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from napari_med3dvlm.model import prompts
+from napari_med3dvlm.model.sources import SIGLIP_SUBFOLDER
 
 from ..config import stage_config
 from ..data import sources
@@ -233,7 +234,7 @@ def run(config: dict) -> dict:
     if siglip is not None:
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(str(result_dir(config, "siglip") / "siglip"))
+        tokenizer = AutoTokenizer.from_pretrained(str(result_dir(config, "siglip") / SIGLIP_SUBFOLDER))
         captions = sources.caption_dataset(config, "test")
         max_length = int(config["model"].get("text_max_length", 512))
         from ..evaluation import retrieval_metrics

@@ -15,6 +15,7 @@ import torch
 from peft import PeftModel
 
 from napari_med3dvlm.model.loading import save_pretrained
+from napari_med3dvlm.model.sources import SIGLIP_SUBFOLDER
 
 from ..builders import build_vlm, is_local_base
 from ..image_token import attach_image_token_rows, detach_image_token_rows
@@ -79,7 +80,7 @@ def _write_scope(config: dict, model, siglip, folders) -> dict:
 
 
 def _load_siglip(config: dict):
-    folder = result_dir(config, "siglip") / "siglip"
+    folder = result_dir(config, "siglip") / SIGLIP_SUBFOLDER
     if not folder.exists():
         return None
     from .siglip import build_siglip

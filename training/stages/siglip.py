@@ -13,6 +13,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 from napari_med3dvlm.model import SigLIPConfig, SigLIPModel
+from napari_med3dvlm.model.sources import SIGLIP_SUBFOLDER
 
 from ..builders import config_from_dict, resolve_pretrained
 from ..data import sources
@@ -158,5 +159,5 @@ def save_siglip_result(config: dict, model: SigLIPModel, tokenizer, info: dict) 
     }
     tensors = {k.replace("vision_encoder.", "vision_tower.", 1): v for k, v in tensors.items()}
     folder = save_result(config, "siglip", tensors, info)
-    model.save_pretrained(str(folder / "siglip"))
-    tokenizer.save_pretrained(str(folder / "siglip"))
+    model.save_pretrained(str(folder / SIGLIP_SUBFOLDER))
+    tokenizer.save_pretrained(str(folder / SIGLIP_SUBFOLDER))

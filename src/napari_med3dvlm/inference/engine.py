@@ -8,7 +8,6 @@ and streams text pieces, and a cancel event stops it at the next token.
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -22,7 +21,7 @@ from napari_med3dvlm.errors import ModelUnavailableError
 from napari_med3dvlm.io import Volume, model_input
 from napari_med3dvlm.model import prompts
 from napari_med3dvlm.model.device import configure_cpu_threads, dtype_for, dtype_name, get_device, is_out_of_memory
-from napari_med3dvlm.model.sources import display_model_id, source_kind
+from napari_med3dvlm.model.sources import display_model_id, offline, source_kind
 from napari_med3dvlm.settings import InferenceSettings, load_settings
 
 from .features import EncodedImage, FeatureCache, volume_signature
@@ -41,10 +40,6 @@ def _default_loader(source: str, device: torch.device, dtype: torch.dtype):
     from napari_med3dvlm.model import load_vlm
 
     return load_vlm(source, device=device, dtype=dtype)
-
-
-def hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 class _ModelThread:
@@ -206,10 +201,11 @@ class InferenceEngine:
                 "or choose a smaller model."
             )
         from napari_med3dvlm.model.files import ModelLoadError
+        from napari_med3dvlm.model.loading import ModelNotAvailableError
 
-        if type(err).__name__ == "ModelNotAvailableError" or isinstance(err, ModelLoadError):
+        if isinstance(err, (ModelNotAvailableError, ModelLoadError)):
             return ModelUnavailableError(str(err))  # the loader's message names the file and what to do
-        if kind == "hub" and (hub_offline() or isinstance(err, OSError)):
+        if kind == "hub" and (offline() or isinstance(err, OSError)):
             return ModelUnavailableError(
                 f"Model '{source}' is a hub id that is not in the local cache, and downloads are off "
                 "(offline mode or no network). Download it where the hub is reachable, or set "

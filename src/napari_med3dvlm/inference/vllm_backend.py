@@ -518,22 +518,22 @@ _folders: dict[int, tuple] = {}  # id(model) -> (weak reference to it, its folde
 
 
 def _source_key(source: str, dtype: torch.dtype) -> str:
-    """Model source, its files' sizes and times, the dtype and library versions."""
+    """The content fingerprint of the model's files (`model.sources.content_fingerprint`: a copy or a
+    reinstall of the same weights reuses the folder), the dtype and library versions."""
     import transformers
 
     from napari_med3dvlm.model.loading import resolve_source
+    from napari_med3dvlm.model.sources import content_fingerprint
 
-    parts = [str(source), dtype_name(dtype), torch.__version__, transformers.__version__]
+    parts = [dtype_name(dtype), torch.__version__, transformers.__version__]
     try:
         root = resolve_source(source).resolve()
     except Exception:  # noqa: BLE001 - a source the engine loaded; its string is the key then
         root = None
     if root is not None and root.is_dir():
-        parts.append(str(root))
-        for path in sorted(root.rglob("*")):
-            if path.is_file():
-                stat = path.stat()
-                parts.append(f"{path.relative_to(root)}:{stat.st_size}:{stat.st_mtime_ns}")
+        parts.append(content_fingerprint([p for p in root.rglob("*") if p.is_file()], root=root))
+    else:
+        parts.append(str(source))
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 

@@ -12,6 +12,25 @@ from typing import Any
 
 from transformers import CONFIG_MAPPING, PretrainedConfig
 
+from napari_med3dvlm.io import PUBLISHED_INPUT_SIZE
+
+
+def reference_order(size) -> tuple[int, int, int]:
+    """(D, H, W) -> (H, W, D): the order the reference's SigLIP and ViT configs write input sizes in."""
+    depth, height, width = (int(v) for v in size)
+    return height, width, depth
+
+
+def from_reference_order(size) -> tuple[int, int, int]:
+    """(H, W, D) as the reference writes it -> our (D, H, W)."""
+    height, width, depth = (int(v) for v in size)
+    return depth, height, width
+
+
+#: The published model's input size in the reference's (H, W, D) order (`io.PUBLISHED_INPUT_SIZE` is
+#: the one definition, (D, H, W): the model input is made in `io`).
+PUBLISHED_REFERENCE_INPUT_SIZE = reference_order(PUBLISHED_INPUT_SIZE)
+
 #: Published ``model_type`` -> the transformers model type of its language model, and back.
 PUBLISHED_MODEL_TYPES = {"vlm_qwen": "qwen2", "vlm_llama": "llama", "vlm_phi3": "phi3"}
 PUBLISHED_ARCHITECTURES = {
@@ -37,7 +56,7 @@ VISION_DEFAULTS: dict[str, Any] = {
     "high_input_size": (32, 768),
     "low_output_size": (192, 128),
     "high_output_size": (64, 128),
-    "image_size": (128, 256, 256),
+    "image_size": PUBLISHED_INPUT_SIZE,
     "image_token": "<im_patch>",
     "image_token_id": None,
     "base_language_model": None,
@@ -45,7 +64,7 @@ VISION_DEFAULTS: dict[str, Any] = {
 
 #: Published fields that describe the reference's unused ViT; kept so a round trip is lossless.
 PASSTHROUGH_FIELDS: dict[str, Any] = {
-    "input_size": (256, 256, 128),
+    "input_size": PUBLISHED_REFERENCE_INPUT_SIZE,
     "patch_size": (16, 16, 16),
     "dim": 768,
     "depth": 12,

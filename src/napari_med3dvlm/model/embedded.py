@@ -40,11 +40,11 @@ from .configuration import Med3DVLMConfig
 from .files import ModelLoadError, check_config_values, config_errors, load_folder_tokenizer, open_safetensors, read_json
 from .device import dtype_for, get_device
 from .loading import assign_state_dict, without_local_paths
+from .sources import SIGLIP_SUBFOLDER
 from .vlm import Med3DVLMForCausalLM
 
 EMBEDDED_FORMAT = 1
 ADAPTER_DIR = "adapter"
-SIGLIP_DIR = "siglip"
 WEIGHTS = "model.safetensors"
 
 logger = logging.getLogger(__name__)
@@ -125,7 +125,7 @@ def save_embedded(
     if siglip is not None:
         from .loading import save_siglip
 
-        save_siglip(siglip, folder / SIGLIP_DIR, base_text_encoder=siglip_base_text_encoder, tokenizer=siglip_tokenizer)
+        save_siglip(siglip, folder / SIGLIP_SUBFOLDER, base_text_encoder=siglip_base_text_encoder, tokenizer=siglip_tokenizer)
     if model_card is not None or not (folder / "model_card.md").exists():
         (folder / "model_card.md").write_text(model_card or _default_card(config))
     return folder

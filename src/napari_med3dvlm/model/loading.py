@@ -21,8 +21,6 @@ the folder) raises `ModelLoadError`, whose one-line message names the file.
 from __future__ import annotations
 
 import json
-import os
-import re
 from pathlib import Path
 
 import torch
@@ -44,9 +42,9 @@ from .files import (
     read_json,
     shard_files,
 )
+from .sources import DEMO_FOLDER, SIGLIP_SUBFOLDER, is_embedded, is_hub_id, offline
 from .vlm import Med3DVLMForCausalLM
-EMBEDDED_SOURCES = (None, "", "embedded", "demo")
-DEMO_FOLDER = Path(__file__).resolve().parent.parent / "assets" / "demo"
+
 
 _TO_OURS = (
     ("model.vision_tower.vision_tower.", "vision_tower."),
@@ -257,16 +255,9 @@ def save_pretrained(model: Med3DVLMForCausalLM, tokenizer, folder, max_shard_siz
 
 
 # ---------------------------------------------------------------------- one entry point
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-def _offline() -> bool:
-    return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
 def resolve_source(source) -> Path:
     """A local folder for ``source``: the packaged demo, a folder, or a downloaded hub snapshot."""
-    if source in EMBEDDED_SOURCES:
+    if is_embedded(source):
         if not (DEMO_FOLDER / "config.json").is_file():
             raise ModelNotAvailableError(
                 "The embedded demo model has not been trained yet (no assets/demo/config.json). Train it "
@@ -276,9 +267,9 @@ def resolve_source(source) -> Path:
     path = Path(source).expanduser()
     if path.exists():
         return path
-    if not _HUB_ID.match(str(source)):
+    if not is_hub_id(source):
         raise ModelNotAvailableError(f"Model folder {source} does not exist.")
-    if _offline():
+    if offline():
         raise ModelNotAvailableError(
             f"{source!r} is a Hugging Face Hub id but this session is offline. Download the repository "
             "yourself (e.g. `huggingface-cli download " + str(source) + " --local-dir DIR`) and set that "
@@ -292,11 +283,8 @@ def resolve_source(source) -> Path:
 
 
 # ---------------------------------------------------------------------- SigLIP dual encoder
-SIGLIP_SUBFOLDER = "siglip"
-
-
 def _siglip_folder(source) -> Path:
-    if source in EMBEDDED_SOURCES:
+    if is_embedded(source):
         folder = DEMO_FOLDER / SIGLIP_SUBFOLDER
         if not (folder / "config.json").is_file():
             raise ModelNotAvailableError(

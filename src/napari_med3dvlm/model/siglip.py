@@ -24,6 +24,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
+from .configuration import PUBLISHED_REFERENCE_INPUT_SIZE
 from .dcformer import DCFormer, DCFormerBlock, DCFormerConfig
 
 # ClinicalBERT (medicalai/ClinicalBERT) is a multilingual DistilBERT; these are its published sizes.
@@ -61,7 +62,7 @@ class SigLIPConfig(PretrainedConfig):
         bias: float = 0.0,
         text_config: Optional[Union[Dict[str, Any], PretrainedConfig]] = None,
         text_pooling: str = "cls",
-        input_size: Tuple[int, int, int] = (256, 256, 128),
+        input_size: Tuple[int, int, int] = PUBLISHED_REFERENCE_INPUT_SIZE,
         dim: int = 768,
         depth: int = 12,
         mlp_depth: int = 2,

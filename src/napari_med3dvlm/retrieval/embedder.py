@@ -109,24 +109,24 @@ class SigLIPEmbedder:
 
 def model_fingerprint(source: str) -> str:
     """A model id that changes when the weights change (a retrained demo keeps its name, not its
-    vectors), without naming local folders (they may carry a user name)."""
-    from napari_med3dvlm.model.sources import display_model_id
+    vectors) and only then (a copy or a reinstall of the same files keeps its index), without naming
+    local folders (they may carry a user name)."""
     from napari_med3dvlm.model.loading import resolve_source
+    from napari_med3dvlm.model.sources import content_fingerprint, display_model_id
 
-    from .sources import content_hash
-
-    folder = resolve_source(source)
-    files = sorted(p for p in Path(folder).rglob("*") if p.suffix in (".json", ".safetensors"))
-    return f"{display_model_id(str(source))}@{content_hash(files)[:12]}"
+    folder = Path(resolve_source(source))
+    files = sorted(p for p in folder.rglob("*") if p.suffix in (".json", ".safetensors"))
+    return f"{display_model_id(str(source))}@{content_fingerprint(files, root=folder)[:12]}"
 
 
 def _model_input_size(model) -> tuple[int, int, int]:
-    """(D, H, W) the encoder was trained at; SigLIP configs store ``input_size`` as (H, W, D), the
-    reference's convention (published: [256, 256, 128])."""
+    """(D, H, W) the encoder was trained at; SigLIP configs store ``input_size`` in the reference's
+    (H, W, D) order."""
+    from napari_med3dvlm.model.configuration import from_reference_order
+
     size = getattr(getattr(model, "config", None), "input_size", None)
     if size is not None and len(size) == 3:
-        height, width, depth = (int(v) for v in size)
-        return depth, height, width
+        return from_reference_order(size)
     from napari_med3dvlm.io import PUBLISHED_INPUT_SIZE
 
     return PUBLISHED_INPUT_SIZE
