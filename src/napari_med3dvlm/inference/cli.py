@@ -162,19 +162,16 @@ def parse_window(text):
     return text
 
 
-def load_volumes(path, series: int | None = None) -> list[Volume]:
-    """Volumes at ``path`` (every series of a DICOM folder unless one is picked)."""
-    from napari_med3dvlm.io import read_volumes
+def load_volumes(path, series: int | str | None = None) -> list[Volume]:
+    """Volumes at ``path``: every series of a DICOM folder, or only the one --series picks (the io
+    reader's `select_series` rule; only that series is decoded)."""
+    from napari_med3dvlm.io import read_volume, read_volumes
 
     from napari_med3dvlm.io import VolumeReadError
     from napari_med3dvlm.io.preprocess import thin_volume_message
 
-    volumes = read_volumes(path)
+    volumes = read_volumes(path) if series is None else [read_volume(path, series)]
     name = Path(path).name if Path(path).is_file() else "the folder"
-    if series is not None:
-        if not 0 <= series < len(volumes):
-            raise VolumeReadError(f"{name}: --series {series} is out of range ({len(volumes)} series)")
-        volumes = [volumes[series]]
     for volume in volumes:
         if min(volume.shape) < 2:  # the reader shows it; the model cannot describe it
             raise VolumeReadError(thin_volume_message(volume.shape, name))

@@ -88,7 +88,7 @@ def add_dicomweb_options(parser: argparse.ArgumentParser, what: str = "report") 
     for action in parser._actions:  # --series also takes a series UID here
         if action.dest == "series":
             action.type = series_arg
-            action.help = "one series: its 0-based index, or (with --dicomweb) its SeriesInstanceUID"
+            action.help = "one series: its 0-based index or its SeriesInstanceUID"
 
 
 @dataclass(frozen=True)
@@ -126,17 +126,18 @@ def report_inputs(args) -> list:
 def load_input(path, args, load_files):
     """Volumes of one input: a DICOMweb study (every image series, or --series) or a path."""
     if not isinstance(path, DicomWebInput):
-        if isinstance(args.series, str):
-            raise VolumeReadError("--series UID works with --dicomweb; for files give the series' index")
-        return load_files(path, args.series)
+        return load_files(path, args.series)  # an index or a SeriesInstanceUID, as `select_series` takes
     server = connect(path.url, args.dicomweb_user, args.dicomweb_password, args.dicomweb_token, args.dicomweb_timeout)
     max_bytes = None if args.max_download_gb <= 0 else int(args.max_download_gb * 2**30)
     series = args.series
-    if isinstance(series, int):
+    if isinstance(series, int):  # the image series in order, picked by the readers' one rule
+        from types import SimpleNamespace
+
+        from napari_med3dvlm.io import select_series, short_hash
+
         images = server.image_series(path.study)
-        if not 0 <= series < len(images):
-            raise DicomWebError(f"--series {series} is out of range ({len(images)} image series in the study)")
-        series = images[series].series_uid
+        listed = [SimpleNamespace(uid_hash=short_hash(s.series_uid), description=s.description) for s in images]
+        series = images[select_series(listed, series, "the study")].series_uid
     volumes = server.read_study(path.study, series, max_bytes)
     for volume in volumes:
         if min(volume.shape) < 2:

@@ -19,6 +19,7 @@ from .nifti import write_nifti_volume
 from .orientation import acquisition_view, display_from_plane, plane_view, stack_spacing
 from .preprocess import PUBLISHED_INPUT_SIZE, WINDOW_PRESETS, PreprocessTransform, model_input, preprocess_volume
 from .reading import list_series, read_volume, read_volumes
+from .selection import select_series
 from .volume import PLANE_NAMES, DicomSource, Plane, Volume
 from .windows import contrast_limits
 
@@ -46,6 +47,7 @@ __all__ = [
     "preprocess_volume",
     "read_volume",
     "read_volumes",
+    "select_series",
     "short_hash",
     "stack_spacing",
     "volume_from_layer_data",

@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .dicom import is_unreadable_zip
 from .nifti import write_nifti_volume
 from .orientation import affine_from_scale_translate, origin_from_affine, spacing_from_affine
 from .preprocess import PUBLISHED_INPUT_SIZE, PreprocessTransform, model_input
@@ -104,7 +105,9 @@ def volume_from_layer_data(data, meta: dict) -> Volume:
 def get_reader(path):
     """npe2 reader hook: a reader function for our files, None for anything else."""
     paths = [path] if isinstance(path, (str, Path)) else list(path)
-    if not paths or not all(is_supported(p) for p in paths):
+    # A damaged .zip is claimed too: reading it then raises an error naming it and what is wrong,
+    # where declining it would leave napari saying only that no reader opens it.
+    if not paths or not all(is_supported(p) or is_unreadable_zip(p) for p in paths):
         return None
     return read_layers
 

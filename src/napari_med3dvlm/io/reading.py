@@ -17,6 +17,7 @@ from .dicom import (
     read_dicom_volumes,
 )
 from .nifti import is_nifti, nifti_series_info, read_nifti
+from .selection import select_series
 from .volume import Volume
 
 
@@ -57,12 +58,15 @@ def _parts(path) -> tuple[list[Path], list, list[Path]]:
     return nifti, dicom_sources, items
 
 
-def _nothing_found(items) -> VolumeReadError:
+def _label(items: list[Path]) -> str:
+    """How messages name what was opened (never a folder's name: it may name the patient)."""
     if len(items) == 1:
-        label = "the folder" if items[0].is_dir() else items[0].name
-    else:
-        label = f"{len(items)} selected paths"
-    return VolumeReadError(f"{label}: no NIfTI or DICOM images found")
+        return "the folder" if items[0].is_dir() else items[0].name
+    return f"{len(items)} selected paths"
+
+
+def _nothing_found(items) -> VolumeReadError:
+    return VolumeReadError(f"{_label(items)}: no NIfTI or DICOM images found")
 
 
 def is_supported(path) -> bool:
@@ -75,9 +79,10 @@ def is_supported(path) -> bool:
     return path.is_file() and looks_like_dicom(path)
 
 
-def _each(nifti, dicom_sources, items, read_one, read_many) -> list:
-    """Results for every source; an unreadable one is skipped with a warning when others load
-    (one bad file must not hide a folder's good volumes), and raised when nothing loads."""
+def _per_source(nifti, dicom_sources, items, read_one, read_many) -> list[tuple]:
+    """(source, what it gave) for every source that gave something; an unreadable one is skipped with
+    a warning when others load (one bad file must not hide a folder's good volumes), and raised when
+    nothing loads."""
     results, errors = [], []
     for source, read in [(p, read_one) for p in nifti] + [(s, read_many) for s in dicom_sources]:
         try:
@@ -85,14 +90,19 @@ def _each(nifti, dicom_sources, items, read_one, read_many) -> list:
         except VolumeReadError as err:
             errors.append(err)
             continue
-        results.extend(found if isinstance(found, list) else [found])
+        results.append((source, found if isinstance(found, list) else [found]))
     if errors and not results:
         raise errors[0]
     for err in errors:
-        warnings.warn(f"skipped: {err}", stacklevel=3)
-    if not results:
+        warnings.warn(f"skipped: {err}", stacklevel=4)
+    if not any(found for _, found in results):
         raise _nothing_found(items)
     return results
+
+
+def _each(nifti, dicom_sources, items, read_one, read_many) -> list:
+    """Every result of every source, in order (see `_per_source`)."""
+    return [result for _, found in _per_source(nifti, dicom_sources, items, read_one, read_many) for result in found]
 
 
 def read_volumes(path) -> list[Volume]:
@@ -109,29 +119,20 @@ def list_series(path) -> list[SeriesInfo]:
 
 
 def read_volume(path, series: int | str | SeriesInfo | None = None) -> Volume:
-    """One volume. With several series, `series` picks one by index (in `list_series` order),
-    uid_hash or description; leaving it out then raises an error that lists them."""
+    """One volume, picked by `select_series` (index in `list_series` order, `SeriesInfo`, uid_hash,
+    description or SeriesInstanceUID) from the headers; leaving it out with several series raises an
+    error that lists them. Only the chosen series is decoded."""
     nifti, dicom_sources, items = _parts(path)
     if not nifti and len(dicom_sources) == 1:
         return read_dicom_series(dicom_sources[0], series)
     if len(nifti) == 1 and not dicom_sources and series in (None, 0):
         return read_nifti(nifti[0])
-    infos = list_series(path)
-    if isinstance(series, SeriesInfo):
-        series = series.uid_hash
-    if series is None:
-        if len(infos) == 1:
-            return read_volumes(path)[0]
-        names = "; ".join(f"{i}: {info.description} [{info.uid_hash}]" for i, info in enumerate(infos))
-        raise VolumeReadError(f"{len(infos)} series found; choose one with series=: {names}")
-    if isinstance(series, int):
-        index = series
-    else:
-        matches = [i for i, info in enumerate(infos) if series in (info.uid_hash, info.description)]
-        if len(matches) != 1:
-            names = "; ".join(f"{info.description} [{info.uid_hash}]" for info in infos)
-            raise VolumeReadError(f"{series!r} matches {len(matches)} series: {names}")
-        index = matches[0]
-    if index < len(nifti):
-        return read_nifti(nifti[index])
-    return read_volumes(path)[index]  # mixed NIfTI and DICOM: rare, so simply read all
+    listed = [
+        (source, index, info)
+        for source, infos in _per_source(nifti, dicom_sources, items, nifti_series_info, list_dicom_series)
+        for index, info in enumerate(infos)
+    ]
+    source, index, _ = listed[select_series([info for *_, info in listed], series, _label(items))]
+    if source in nifti:
+        return read_nifti(source)
+    return read_dicom_series(source, index)

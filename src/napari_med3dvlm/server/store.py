@@ -60,7 +60,7 @@ class VolumeStore:
 def read_upload(body: bytes, content_type: str, facts: dict, series: int, workdir: Path) -> Volume:
     """The uploaded bytes as a `Volume`, with the client's modality, plane and window for NIfTI
     (a DICOM series brings its own modality and plane; the window still comes from the request)."""
-    from napari_med3dvlm.io import read_volumes
+    from napari_med3dvlm.io import read_volume
     from napari_med3dvlm.io.nifti import read_nifti
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -71,10 +71,7 @@ def read_upload(body: bytes, content_type: str, facts: dict, series: int, workdi
         handle.write(body)
     try:
         if is_zip:
-            volumes = read_volumes(path)
-            if not 0 <= series < len(volumes):
-                raise VolumeReadError(f"the archive holds {len(volumes)} series; series={series} is out of range")
-            volume = volumes[series]
+            volume = read_volume(path, series)  # the readers' one rule; only that series is decoded
         else:
             volume = read_nifti(path)
             volume.modality, volume.plane = facts["modality"], facts["plane"]

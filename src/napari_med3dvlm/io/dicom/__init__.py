@@ -15,7 +15,14 @@ them), `geometry`, `pixels` and `reader` (the entry points); `records` holds wha
 
 from .reader import list_dicom_series, read_dicom_series, read_dicom_volumes
 from .records import InstanceSet, SeriesInfo
-from .sources import DICOM_SUFFIXES, ZIP_RATIO_FLOOR, ZIP_RATIO_LIMIT, has_dicom_magic, looks_like_dicom
+from .sources import (
+    DICOM_SUFFIXES,
+    ZIP_RATIO_FLOOR,
+    ZIP_RATIO_LIMIT,
+    has_dicom_magic,
+    is_unreadable_zip,
+    looks_like_dicom,
+)
 
 __all__ = [
     "DICOM_SUFFIXES",
@@ -24,6 +31,7 @@ __all__ = [
     "InstanceSet",
     "SeriesInfo",
     "has_dicom_magic",
+    "is_unreadable_zip",
     "list_dicom_series",
     "looks_like_dicom",
     "read_dicom_series",

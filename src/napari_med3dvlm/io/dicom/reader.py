@@ -6,10 +6,9 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-import numpy as np
-
 from .._util import VolumeReadError, check_memory, short_hash
 from ..orientation import lps_to_ras, origin_from_affine, reorient_xyz, spacing_from_affine, stored_slice_plane
+from ..selection import select_series
 from ..volume import DicomSource, Volume
 from .geometry import _display_shape, _sorted_geometry
 from .headers import _scan, _text
@@ -42,31 +41,6 @@ def _as_source(path):
 def list_dicom_series(path) -> list[SeriesInfo]:
     """Series in a file, folder, zip or list of files, from headers only."""
     return [_info(group) for group in _scan(_as_source(path))]
-
-
-def _select(groups: list[_Group], series, path: Path) -> _Group:
-    if series is None:
-        if len(groups) == 1:
-            return groups[0]
-        names = "; ".join(f"{i}: {g.description} [{g.uid_hash}]" for i, g in enumerate(groups))
-        raise VolumeReadError(
-            f"{_label(path)} holds {len(groups)} series; choose one with series=<index, hash or "
-            f"description>: {names}"
-        )
-    if isinstance(series, SeriesInfo):
-        series = series.uid_hash
-    if isinstance(series, (int, np.integer)):
-        if not -len(groups) <= series < len(groups):
-            raise VolumeReadError(f"{_label(path)}: series index {series} out of range ({len(groups)} series)")
-        return groups[series]
-    matches = [g for g in groups if g.uid_hash == series or g.description == series]
-    if not matches:
-        matches = [g for g in groups if g.uid_hash.startswith(str(series))]
-    if len(matches) != 1:
-        names = "; ".join(f"{g.description} [{g.uid_hash}]" for g in groups)
-        what = "matches no" if not matches else "matches several"
-        raise VolumeReadError(f"{_label(path)}: {series!r} {what} series: {names}")
-    return matches[0]
 
 
 def _image_type(header) -> list[str]:
@@ -141,5 +115,7 @@ def read_dicom_volumes(path) -> list[Volume]:
 
 
 def read_dicom_series(path, series=None) -> Volume:
+    """One series, picked by `select_series` from the headers; only its pixels are decoded."""
     path = _as_source(path)
-    return _load(_select(_scan(path), series, path), path)
+    groups = _scan(path)
+    return _load(groups[select_series(groups, series, _label(path))], path)

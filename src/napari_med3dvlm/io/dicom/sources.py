@@ -116,6 +116,21 @@ def _iter_sources(path, limit: int | None = None, examine: int | None = None, qu
         raise FileNotFoundError(path)
 
 
+def is_unreadable_zip(path) -> bool:
+    """Whether ``path`` is a regular file named .zip whose table of contents cannot be read (cut short
+    or damaged). The napari reader claims such a file so that opening it says what is wrong with it
+    instead of that no reader opens it."""
+    path = Path(path)
+    if not path.name.lower().endswith(".zip") or not is_regular_file(path):
+        return False
+    try:
+        with zipfile.ZipFile(path) as archive:
+            archive.infolist()
+    except _ZIP_ERRORS:
+        return True
+    return False
+
+
 def _zip_sources(path: Path, limit: int | None, examine: int | None, quiet: bool = False):
     """`_iter_sources` for a zip archive: members streamed with a cap on what they inflate to.
 
