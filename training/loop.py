@@ -19,6 +19,11 @@ A long run stops cleanly on SIGTERM or SIGINT: the signal only sets a flag, the 
 step under way, saves a checkpoint and raises `TrainingStopped` (a second signal acts at once). A
 stage's checkpoint can also start from a resume file (`training.resume_file`): one safetensors file
 that carries a run to another machine.
+
+`train` only wires the parts together, open_clip style: `train_step` (one batch forward and backward,
+the optimizer step), `evaluate_and_log` (a learning-curve point) and `save_checkpoint`, with the
+time-budget calibration and the stop checks beside them. Its clock is `training.clock`: a time budget
+counts training, not evaluation or checkpoint writing, as in the experiments.
 """
 
 from __future__ import annotations
@@ -30,7 +35,6 @@ import os
 import shutil
 import signal
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -40,6 +44,8 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, set_seed
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
+
+from .clock import TrainingClock
 
 STATE_FILE = "trainer_state.json"
 
@@ -225,6 +231,277 @@ def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
     return max(candidates, key=lambda p: int(p.name.split("-")[1]))
 
 
+@dataclass
+class _Run:
+    """What one call of `train` works with: the prepared objects, the state, the clock and the
+    calibration of the time budget (``calibration``: training seconds and step where it started)."""
+
+    name: str
+    cfg: LoopConfig
+    accelerator: Accelerator
+    model: torch.nn.Module  # as `accelerator.prepare` wrapped it
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    schedule: WarmupCosine
+    sampler: EpochSampler
+    loader: DataLoader
+    dataset: Dataset
+    output_dir: Path
+    state: TrainState
+    clock: TrainingClock = field(default_factory=TrainingClock)
+    progress: tqdm | None = None
+    calibrated: bool = True
+    calibration: tuple[float, int] | None = None
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.output_dir / "checkpoints"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.output_dir / "metrics.jsonl"
+
+    def unwrapped(self) -> torch.nn.Module:
+        return self.accelerator.unwrap_model(self.model)
+
+    def result(self) -> tuple[torch.nn.Module, TrainState, Accelerator]:
+        return self.unwrapped(), self.state, self.accelerator
+
+
+class _Averages:
+    """Running means of the loss and the logs of `compute_loss` between two log lines."""
+
+    def __init__(self):
+        self.sums: dict[str, float] = {}
+        self.count = 0
+
+    def add(self, values: dict) -> None:
+        for key, value in values.items():
+            self.sums[key] = self.sums.get(key, 0.0) + float(value)
+        self.count += 1
+
+    def take(self) -> dict[str, float]:
+        means = {key: value / self.count for key, value in self.sums.items()}
+        self.sums, self.count = {}, 0
+        return means
+
+
+def _prepare(name: str, model, dataset, collate_fn, cfg: LoopConfig, output_dir: Path,
+             accelerator: Accelerator | None, param_groups) -> _Run:
+    """Data loader, AdamW, the warmup-cosine schedule sized from epochs and max_steps, all prepared by
+    `accelerate`, with checkpoints that keep only the trainable weights."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    accelerator = accelerator or make_accelerator(cfg, output_dir)
+    set_seed(cfg.seed)
+    sampler = EpochSampler(len(dataset), seed=cfg.seed)
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate_fn,
+                        num_workers=cfg.num_workers, drop_last=True)
+    if param_groups is None:
+        param_groups = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(param_groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    batches_per_epoch = len(loader) // accelerator.num_processes
+    steps_per_epoch = max(1, batches_per_epoch // cfg.gradient_accumulation_steps)
+    total_steps = math.ceil(cfg.epochs * steps_per_epoch)
+    if cfg.max_steps:
+        total_steps = min(total_steps, int(cfg.max_steps))
+    schedule = WarmupCosine(int(round(cfg.warmup_ratio * total_steps)), total_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    accelerator.register_for_checkpointing(scheduler)
+    accelerator.register_save_state_pre_hook(
+        lambda models, weights, _dir: weights.__setitem__(
+            slice(None),
+            [trainable_state_dict(accelerator.unwrap_model(m), w) for m, w in zip(models, weights)],
+        )
+    )
+    return _Run(name=name, cfg=cfg, accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler,
+                schedule=schedule, sampler=sampler, loader=loader, dataset=dataset, output_dir=output_dir,
+                state=TrainState(total_steps=total_steps))
+
+
+def _restore(run: _Run, resume_file: Path | None, recipe: dict | None) -> bool:
+    """Continue from the newest complete checkpoint, else from ``resume_file``; True when the resume
+    file was unpacked (it then becomes the first checkpoint)."""
+    accelerator = run.accelerator
+    resume_from = latest_checkpoint(run.checkpoint_dir)
+    if resume_from is not None:
+        accelerator.load_state(str(resume_from), strict=False)
+        run.state = TrainState(**json.loads((resume_from / STATE_FILE).read_text()))
+        run.schedule.total_steps = run.state.total_steps
+        accelerator.print(f"[{run.name}] resumed from {resume_from.name} (step {run.state.global_step})")
+        return False
+    if resume_file is None:
+        return False
+    from .resume_file import unpack
+
+    values, curve = unpack(resume_file, run.unwrapped(), run.optimizer, run.scheduler, recipe)
+    run.state = TrainState(**values)
+    run.schedule.total_steps = run.state.total_steps
+    if accelerator.is_main_process:  # lines left by a run without a checkpoint belong to no run now
+        write_atomic(run.metrics_path, "".join(json.dumps(record) + "\n" for record in curve))
+    accelerator.print(f"[{run.name}] resumed from {resume_file} (step {run.state.global_step})")
+    return True
+
+
+def save_checkpoint(run: _Run) -> None:
+    """Write ``checkpoints/step-N`` (it counts once its ``trainer_state.json`` is in place) and drop all
+    but the newest ``keep_checkpoints``; the clock stands still meanwhile."""
+    accelerator, state = run.accelerator, run.state
+    with run.clock.paused():
+        state.elapsed_s = run.clock.elapsed()
+        target = run.checkpoint_dir / f"step-{state.global_step}"
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(target))
+        if accelerator.is_main_process:
+            write_atomic(target / STATE_FILE, json.dumps(state.__dict__))  # last: the checkpoint now counts
+            old = sorted(run.checkpoint_dir.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+            for stale in old[: -run.cfg.keep_checkpoints]:
+                (stale / STATE_FILE).unlink(missing_ok=True)  # first: a half-deleted one never counts
+                shutil.rmtree(stale, ignore_errors=True)
+        accelerator.wait_for_everyone()
+
+
+def train_step(run: _Run, batch, compute_loss: Callable) -> dict:
+    """One batch forward and backward, and the optimizer step when the accumulation window closes
+    (``accelerator.sync_gradients``). Returns the batch's loss and the logs of ``compute_loss``."""
+    cfg, accelerator, model = run.cfg, run.accelerator, run.model
+    if run.state.batches_in_epoch % cfg.gradient_accumulation_steps == 0:
+        # Dropout and any other global-RNG use depend on the step alone.
+        torch.manual_seed(cfg.seed * 1_000_003 + run.state.global_step)
+    with accelerator.accumulate(model):
+        with accelerator.autocast():
+            loss, logs = compute_loss(model, batch)
+        accelerator.backward(loss)
+        if accelerator.sync_gradients and cfg.max_grad_norm:
+            accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        run.optimizer.step()
+        run.optimizer.zero_grad(set_to_none=True)
+    run.state.batches_in_epoch += 1
+    return {"loss": loss.detach().float().item(), **logs}
+
+
+def _calibrate(run: _Run) -> None:
+    """With a time budget, fit the cosine schedule to it once ``calibrate_steps`` steps of this session
+    are measured (from the end of its first, slow step)."""
+    cfg, state = run.cfg, run.state
+    if run.calibrated:
+        return
+    if run.calibration is None:
+        run.calibration = (run.clock.elapsed(), state.global_step)
+    start_s, start_step = run.calibration
+    if state.global_step - start_step < cfg.calibrate_steps:
+        return
+    per_step = (run.clock.elapsed() - start_s) / (state.global_step - start_step)
+    left = cfg.max_minutes * 60.0 - run.clock.elapsed()
+    fit = state.global_step + int(0.95 * left / max(per_step, 1e-6))
+    new_total = [max(state.global_step + 1, min(state.total_steps, fit))]
+    broadcast_object_list(new_total)
+    if new_total[0] != state.total_steps:
+        run.accelerator.print(f"[{run.name}] {per_step:.2f} s/step: schedule {state.total_steps} -> {new_total[0]} steps")
+    state.total_steps = run.schedule.total_steps = new_total[0]
+    run.schedule.warmup_steps = min(run.schedule.warmup_steps, int(round(cfg.warmup_ratio * new_total[0])))
+    run.progress.total = state.total_steps
+    run.calibrated = True
+
+
+def _append_metrics(run: _Run, record: dict) -> None:
+    with open(run.metrics_path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+def _log(run: _Run, means: dict[str, float]) -> None:
+    """One ``metrics.jsonl`` line: step, epoch, learning rate, training seconds, mean loss and logs."""
+    state = run.state
+    record = {"stage": run.name, "step": state.global_step, "epoch": state.epoch,
+              "lr": run.scheduler.get_last_lr()[0], "elapsed_s": round(run.clock.elapsed(), 2), **means}
+    run.progress.set_postfix(loss=f"{record['loss']:.4f}")
+    if run.accelerator.is_main_process:
+        _append_metrics(run, record)
+
+
+def evaluate_and_log(run: _Run, evaluate: Callable[[torch.nn.Module], dict]) -> None:
+    """A learning-curve point: ``evaluate(model)`` into ``metrics.jsonl`` as an ``eval`` record, off the
+    training clock, the model back in training mode after."""
+    state, cfg = run.state, run.cfg
+    with run.clock.paused():
+        scores = evaluate(run.unwrapped())
+        run.model.train()
+        if run.accelerator.is_main_process:
+            _append_metrics(run, {"stage": run.name, "step": state.global_step, "elapsed_s": round(run.clock.elapsed(), 2),
+                                  "samples_seen": state.global_step * cfg.batch_size * cfg.gradient_accumulation_steps,
+                                  "eval": scores})
+            run.accelerator.print(f"[{run.name}] step {state.global_step}: {json.dumps(scores)}")
+
+
+def _after_step(run: _Run, averages: _Averages, evaluate, evaluate_every: int, requested: list[int]) -> str | None:
+    """Everything an optimizer step sets off: schedule, calibration, log line, evaluation, checkpoint
+    and the stop checks. Returns "cut" (``stop_after_steps``), "budget" (time budget used up) or None;
+    raises `TrainingStopped` after a signal."""
+    cfg, state = run.cfg, run.state
+    run.scheduler.step()
+    state.global_step += 1
+    run.progress.update(1)
+    _calibrate(run)
+    if state.global_step % cfg.log_every == 0 or state.global_step == state.total_steps:
+        _log(run, averages.take())
+    if evaluate is not None and evaluate_every and state.global_step % evaluate_every == 0:
+        evaluate_and_log(run, evaluate)
+    if state.global_step % cfg.save_every == 0:
+        save_checkpoint(run)
+    if cfg.stop_after_steps is not None and state.global_step >= cfg.stop_after_steps:
+        return "cut"
+    flags = [run.clock.over(cfg.max_minutes), requested[0] if requested else 0]
+    broadcast_object_list(flags)
+    if flags[1] and state.global_step < state.total_steps:
+        if state.global_step % cfg.save_every:
+            save_checkpoint(run)
+        run.progress.close()
+        raise TrainingStopped(run.name, state.global_step, flags[1])
+    if flags[0]:
+        run.accelerator.print(f"[{run.name}] time budget of {cfg.max_minutes} min reached")
+        return "budget"
+    return None
+
+
+def _epoch_batches(run: _Run, on_epoch_start: Callable[[int], None] | None):
+    """The current epoch's batches: the epoch set wherever order or augmentation depends on it, and the
+    batches a resumed run already consumed skipped."""
+    epoch = run.state.epoch
+    run.sampler.set_epoch(epoch)
+    if hasattr(run.loader, "set_epoch"):
+        run.loader.set_epoch(epoch)
+    if hasattr(run.dataset, "set_epoch"):
+        run.dataset.set_epoch(epoch)  # caption templates and augmentation depend on the epoch
+    if on_epoch_start is not None:
+        on_epoch_start(epoch)
+    if run.state.batches_in_epoch:
+        return run.accelerator.skip_first_batches(run.loader, run.state.batches_in_epoch)
+    return run.loader
+
+
+def _run_epochs(run: _Run, compute_loss, on_epoch_start, evaluate, evaluate_every: int, requested: list[int]) -> bool:
+    """Train until the schedule ends or the time budget is used up; False when ``stop_after_steps``
+    cut the run short (a testing aid: as if killed)."""
+    state, averages, stop = run.state, _Averages(), False
+    while not stop and state.global_step < state.total_steps:
+        for batch in _epoch_batches(run, on_epoch_start):
+            averages.add(train_step(run, batch, compute_loss))
+            if not run.accelerator.sync_gradients:
+                continue
+            outcome = _after_step(run, averages, evaluate, evaluate_every, requested)
+            if outcome == "cut":
+                return False
+            stop = outcome == "budget"
+            if stop or state.global_step >= state.total_steps:
+                break
+        else:
+            state.epoch += 1
+            state.batches_in_epoch = 0
+    return True
+
+
 def train(
     *,
     name: str,
@@ -248,206 +525,30 @@ def train(
     model, the final state and the accelerator (the caller saves the stage's result).
 
     ``evaluate(model)``, called every ``evaluate_every`` optimizer steps, returns scores that go into
-    ``metrics.jsonl`` as a learning curve (it must not touch the global RNG or the weights).
+    ``metrics.jsonl`` as a learning curve (it must not touch the global RNG or the weights). Its time,
+    like checkpoint writing, does not count towards ``max_minutes`` (`training.clock`).
 
     ``resume_file``: when there is no checkpoint yet, start from this resume file instead (checked
     against ``recipe``), writing it out as the first checkpoint and its learning curve as the first
     records of ``metrics.jsonl``. Raises `TrainingStopped` after a SIGTERM or SIGINT (checkpoint saved).
     """
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint_dir = output_dir / "checkpoints"
-    accelerator = accelerator or make_accelerator(cfg, output_dir)
-    set_seed(cfg.seed)
-
-    sampler = EpochSampler(len(dataset), seed=cfg.seed)
-    loader = DataLoader(
-        dataset,
-        batch_size=cfg.batch_size,
-        sampler=sampler,
-        collate_fn=collate_fn,
-        num_workers=cfg.num_workers,
-        drop_last=True,
-    )
-    if param_groups is None:
-        param_groups = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(param_groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-    batches_per_epoch = len(loader) // accelerator.num_processes
-    steps_per_epoch = max(1, batches_per_epoch // cfg.gradient_accumulation_steps)
-    total_steps = math.ceil(cfg.epochs * steps_per_epoch)
-    if cfg.max_steps:
-        total_steps = min(total_steps, int(cfg.max_steps))
-    warmup = int(round(cfg.warmup_ratio * total_steps))
-    schedule = WarmupCosine(warmup, total_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    accelerator.register_for_checkpointing(scheduler)
-    accelerator.register_save_state_pre_hook(
-        lambda models, weights, _dir: weights.__setitem__(
-            slice(None),
-            [trainable_state_dict(accelerator.unwrap_model(m), w) for m, w in zip(models, weights)],
-        )
-    )
-
-    state = TrainState(total_steps=total_steps)
-    resume_from = latest_checkpoint(checkpoint_dir)
-    unpacked = False
-    metrics_path = output_dir / "metrics.jsonl"
-    if resume_from is not None:
-        accelerator.load_state(str(resume_from), strict=False)
-        state = TrainState(**json.loads((resume_from / STATE_FILE).read_text()))
-        schedule.total_steps = state.total_steps
-        accelerator.print(f"[{name}] resumed from {resume_from.name} (step {state.global_step})")
-    elif resume_file is not None:
-        from .resume_file import unpack
-
-        values, curve = unpack(resume_file, accelerator.unwrap_model(model), optimizer, scheduler, recipe)
-        state = TrainState(**values)
-        schedule.total_steps = state.total_steps
-        unpacked = True
-        if accelerator.is_main_process:  # lines left by a run without a checkpoint belong to no run now
-            write_atomic(metrics_path, "".join(json.dumps(record) + "\n" for record in curve))
-        accelerator.print(f"[{name}] resumed from {resume_file} (step {state.global_step})")
-    if state.finished:
-        return accelerator.unwrap_model(model), state, accelerator
-
-    if accelerator.is_main_process:
-        _trim_metrics(metrics_path, state.global_step)
-    calibrated = cfg.max_minutes is None or state.global_step >= cfg.calibrate_steps
-    session_start = time.monotonic()
-    elapsed_before = state.elapsed_s
-    calib_start = None
-
-    def elapsed() -> float:
-        return elapsed_before + time.monotonic() - session_start
-
-    def save_checkpoint() -> None:
-        state.elapsed_s = elapsed()
-        target = checkpoint_dir / f"step-{state.global_step}"
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(target))
-        if accelerator.is_main_process:
-            write_atomic(target / STATE_FILE, json.dumps(state.__dict__))  # last: the checkpoint now counts
-            old = sorted(checkpoint_dir.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
-            for stale in old[: -cfg.keep_checkpoints]:
-                (stale / STATE_FILE).unlink(missing_ok=True)  # first: a half-deleted one never counts
-                shutil.rmtree(stale, ignore_errors=True)
-        accelerator.wait_for_everyone()
-
+    run = _prepare(name, model, dataset, collate_fn, cfg, Path(output_dir), accelerator, param_groups)
+    unpacked = _restore(run, resume_file, recipe)
+    if run.state.finished:
+        return run.result()
+    if run.accelerator.is_main_process:
+        _trim_metrics(run.metrics_path, run.state.global_step)
+    run.calibrated = cfg.max_minutes is None or run.state.global_step >= cfg.calibrate_steps
+    run.clock = TrainingClock(before=run.state.elapsed_s)
     if unpacked:
-        save_checkpoint()  # the resume file, unpacked: from now on the run resumes from its checkpoints
+        save_checkpoint(run)  # the resume file, unpacked: from now on the run resumes from its checkpoints
     with stop_requests() as requested:
-        model.train()
-        progress = tqdm(
-            total=state.total_steps,
-            initial=state.global_step,
-            desc=name,
-            disable=not accelerator.is_local_main_process,
-            dynamic_ncols=True,
-        )
-        running: dict[str, float] = {}
-        running_count = 0
-        stop = False
-        while not stop and state.global_step < state.total_steps:
-            sampler.set_epoch(state.epoch)
-            if hasattr(loader, "set_epoch"):
-                loader.set_epoch(state.epoch)
-            if hasattr(dataset, "set_epoch"):
-                dataset.set_epoch(state.epoch)  # caption templates and augmentation depend on the epoch
-            if on_epoch_start is not None:
-                on_epoch_start(state.epoch)
-            epoch_loader = loader
-            if state.batches_in_epoch:
-                epoch_loader = accelerator.skip_first_batches(loader, state.batches_in_epoch)
-            for batch in epoch_loader:
-                if state.batches_in_epoch % cfg.gradient_accumulation_steps == 0:
-                    # Dropout and any other global-RNG use depend on the step alone.
-                    torch.manual_seed(cfg.seed * 1_000_003 + state.global_step)
-                with accelerator.accumulate(model):
-                    with accelerator.autocast():
-                        loss, logs = compute_loss(model, batch)
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients and cfg.max_grad_norm:
-                        accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                state.batches_in_epoch += 1
-                for key, value in {"loss": loss.detach().float().item(), **logs}.items():
-                    running[key] = running.get(key, 0.0) + float(value)
-                running_count += 1
-                if not accelerator.sync_gradients:
-                    continue
-
-                scheduler.step()
-                state.global_step += 1
-                progress.update(1)
-                if not calibrated and calib_start is None:
-                    calib_start = (time.monotonic(), state.global_step)
-                if not calibrated and calib_start and state.global_step - calib_start[1] >= cfg.calibrate_steps:
-                    # Fit the cosine schedule to the time budget, measured after the first (slow) step.
-                    per_step = (time.monotonic() - calib_start[0]) / (state.global_step - calib_start[1])
-                    left = cfg.max_minutes * 60.0 - elapsed()
-                    fit = state.global_step + int(0.95 * left / max(per_step, 1e-6))
-                    new_total = [max(state.global_step + 1, min(state.total_steps, fit))]
-                    broadcast_object_list(new_total)
-                    if new_total[0] != state.total_steps:
-                        accelerator.print(
-                            f"[{name}] {per_step:.2f} s/step: schedule {state.total_steps} -> {new_total[0]} steps"
-                        )
-                    state.total_steps = schedule.total_steps = new_total[0]
-                    schedule.warmup_steps = min(schedule.warmup_steps, int(round(cfg.warmup_ratio * new_total[0])))
-                    progress.total = state.total_steps
-                    calibrated = True
-
-                if state.global_step % cfg.log_every == 0 or state.global_step == state.total_steps:
-                    record = {
-                        "stage": name,
-                        "step": state.global_step,
-                        "epoch": state.epoch,
-                        "lr": scheduler.get_last_lr()[0],
-                        "elapsed_s": round(elapsed(), 2),
-                        **{k: v / running_count for k, v in running.items()},
-                    }
-                    running, running_count = {}, 0
-                    progress.set_postfix(loss=f"{record['loss']:.4f}")
-                    if accelerator.is_main_process:
-                        with open(metrics_path, "a", encoding="utf-8") as handle:
-                            handle.write(json.dumps(record) + "\n")
-                if evaluate is not None and evaluate_every and state.global_step % evaluate_every == 0:
-                    scores = evaluate(accelerator.unwrap_model(model))
-                    model.train()
-                    if accelerator.is_main_process:
-                        record = {"stage": name, "step": state.global_step, "elapsed_s": round(elapsed(), 2),
-                                  "samples_seen": state.global_step * cfg.batch_size * cfg.gradient_accumulation_steps,
-                                  "eval": scores}
-                        with open(metrics_path, "a", encoding="utf-8") as handle:
-                            handle.write(json.dumps(record) + "\n")
-                        accelerator.print(f"[{name}] step {state.global_step}: {json.dumps(scores)}")
-                if state.global_step % cfg.save_every == 0:
-                    save_checkpoint()
-                if cfg.stop_after_steps is not None and state.global_step >= cfg.stop_after_steps:
-                    progress.close()
-                    return accelerator.unwrap_model(model), state, accelerator
-                over_budget = cfg.max_minutes is not None and elapsed() > cfg.max_minutes * 60.0
-                flags = [over_budget, requested[0] if requested else 0]
-                broadcast_object_list(flags)
-                if flags[1] and state.global_step < state.total_steps:
-                    if state.global_step % cfg.save_every:
-                        save_checkpoint()
-                    progress.close()
-                    raise TrainingStopped(name, state.global_step, flags[1])
-                if flags[0]:
-                    accelerator.print(f"[{name}] time budget of {cfg.max_minutes} min reached")
-                    stop = True
-                if stop or state.global_step >= state.total_steps:
-                    break
-            else:
-                state.epoch += 1
-                state.batches_in_epoch = 0
-
-        progress.close()
-        state.finished = True
-        save_checkpoint()
-        return accelerator.unwrap_model(model), state, accelerator
+        run.model.train()
+        run.progress = tqdm(total=run.state.total_steps, initial=run.state.global_step, desc=name,
+                            disable=not run.accelerator.is_local_main_process, dynamic_ncols=True)
+        completed = _run_epochs(run, compute_loss, on_epoch_start, evaluate, evaluate_every, requested)
+        run.progress.close()
+        if completed:
+            run.state.finished = True
+            save_checkpoint(run)
+        return run.result()
