@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +34,7 @@ from torch import nn
 
 from napari_med3dvlm.phantoms.anatomy import LABEL
 from napari_med3dvlm.phantoms.case import FOCAL_KINDS, KINDS
+from training.clock import TrainingClock
 from training.data.dense import NUM_KINDS, DenseDataset, cell_targets
 from training.vision.losses import case_max_bce, dense_kind_loss, focal_host_labels, host_cells
 from training.vision.metrics import FOCAL_INDEX, focal_case_aucs, rank_auc
@@ -154,7 +154,7 @@ def where_max(model, test: DenseDataset, batch: int = 20) -> dict:
             for kind, v in out.items()}
 
 
-def main() -> None:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     parser.add_argument("--arch", choices=("plain", "published", "patchify"), default="plain")
     parser.add_argument("--cache", type=Path, default=Path("runs/demo/vision_dense"))
@@ -174,65 +174,80 @@ def main() -> None:
                         help="dense loss: per-channel balanced, or with host-organ negatives as their own group")
     parser.add_argument("--init", type=Path, help="start from these weights (safetensors, e.g. an --out of a smaller input)")
     parser.add_argument("--where", action="store_true", help="at the end, print where the case-level maximum lands")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.crop and (args.loss == "host" or args.downsample > 1):
         parser.error("--loss host and --downsample need whole volumes")
+    return args
+
+
+def build_model(args, size: tuple[int, int, int]) -> nn.Module:
+    if args.arch == "plain":
+        model = PlainCNN()
+    else:
+        model = DenseOnly("nano", size, layer_scale_init=0.1, stem="decomposed" if args.arch == "published" else args.arch)
+    if args.init:
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(args.init)))
+    return model
+
+
+def draw_batch(args, train, whole: DenseDataset, rng: np.random.Generator):
+    """(images, dense target depth-last, organ map or None, case target) of ``--batch`` cases drawn with
+    replacement: crops or whole (possibly downsampled) volumes."""
+    idx = rng.integers(len(train["labels"]), size=args.batch)
+    if args.crop:
+        pairs = [crop_item(train, int(i), args.crop, rng) for i in idx]
+        images, target = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+        organ = None  # crops train the balanced loss only (checked in parse_args)
+        case_target = (target.flatten(2).amax(2) > 0).float()  # what the crop shows
+    else:
+        items = [whole[int(i)] for i in idx]
+        images, target = torch.stack([it["images"] for it in items]), torch.stack([it["kind"] for it in items])
+        organ = torch.stack([it["organ"] for it in items])
+        case_target = torch.stack([it["case_kinds"] for it in items])
+    return images, target.permute(0, 1, 3, 4, 2), organ, case_target
+
+
+def train_step(model, optimizer, args, step: int, batch) -> None:
+    images, target, organ, case_target = batch
+    for group in optimizer.param_groups:
+        group["lr"] = args.lr * min(1.0, (step + 1) / 50)
+    logits = model(images)["kind"].float()
+    dense_loss = "host-balanced" if args.loss == "host" else "balanced"
+    loss = dense_kind_loss(logits, target, organ, dense_loss) + case_max_bce(logits, case_target)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     train = open_split(args.train_cache or args.cache, "train", args.train_cases)
     f = args.downsample
     test = Downsampled(open_split(args.cache, "test"), f) if f > 1 else DenseDataset(open_split(args.cache, "test"))
-    size = tuple(n // f for n in train["image"].shape[1:])
-    if args.arch == "plain":
-        model = PlainCNN()
-    else:
-        model = DenseOnly("nano", size, layer_scale_init=0.1,
-                                 stem="decomposed" if args.arch == "published" else args.arch)
-    if args.init:
-        from safetensors.torch import load_file
-
-        model.load_state_dict(load_file(str(args.init)))
+    model = build_model(args, tuple(n // f for n in train["image"].shape[1:]))
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
     whole = Downsampled(train, f) if f > 1 else DenseDataset(train)
-    n = len(train["labels"])
-    start, step, compute = time.monotonic(), 0, 0.0
+    clock, step = TrainingClock(), 0  # the budget counts training only (training/clock.py)
     next_eval = 0.0 if args.init else args.eval_every * 60  # a started model is scored before it trains
     model.train()
     while True:
-        elapsed = time.monotonic() - start
+        elapsed = clock.elapsed()
         if elapsed >= next_eval or elapsed >= args.minutes * 60:
-            t0 = time.monotonic()
-            print(json.dumps({"arch": args.arch, "crop": args.crop, "step": step, "cases": step * args.batch,
-                              "train_minutes": round(compute / 60, 2), "case_auc": case_auc(model, test)}), flush=True)
-            start += time.monotonic() - t0  # evaluation time does not count
+            with clock.paused():
+                print(json.dumps({"arch": args.arch, "crop": args.crop, "step": step, "cases": step * args.batch,
+                                  "train_minutes": round(clock.minutes(), 2), "case_auc": case_auc(model, test)}),
+                      flush=True)
             next_eval += args.eval_every * 60
             if elapsed >= args.minutes * 60:
                 break
-        t0 = time.monotonic()
-        idx = rng.integers(n, size=args.batch)
-        if args.crop:
-            pairs = [crop_item(train, int(i), args.crop, rng) for i in idx]
-            images, target = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
-            organ = None  # crops train the balanced loss only (checked above)
-            case_target = (target.flatten(2).amax(2) > 0).float()  # what the crop shows
-        else:
-            items = [whole[int(i)] for i in idx]
-            images, target = torch.stack([it["images"] for it in items]), torch.stack([it["kind"] for it in items])
-            organ = torch.stack([it["organ"] for it in items])
-            case_target = torch.stack([it["case_kinds"] for it in items])
-        for group in optimizer.param_groups:
-            group["lr"] = args.lr * min(1.0, (step + 1) / 50)
-        logits = model(images)["kind"].float()
-        target = target.permute(0, 1, 3, 4, 2)
-        dense_loss = "host-balanced" if args.loss == "host" else "balanced"
-        loss = dense_kind_loss(logits, target, organ, dense_loss) + case_max_bce(logits, case_target)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        train_step(model, optimizer, args, step, draw_batch(args, train, whole, rng))
         step += 1
-        compute += time.monotonic() - t0
     if args.where:
         print(json.dumps({"where_max": where_max(model, test)}), flush=True)
     if args.out:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from napari_med3dvlm.inference import relevance  # noqa: E402
 from napari_med3dvlm.phantoms.case import FOCAL_KINDS  # noqa: E402
+from training.clock import TrainingClock  # noqa: E402
 from training.evaluation import pointing  # noqa: E402
 
 #: Sharpness of the log-sum-exp pooling of the evidence map (large: max pooling; small: mean).
@@ -97,9 +97,9 @@ def train_probe(images, ys, minutes: float, seed: int = 0, batch: int = 8) -> tu
     opt = torch.optim.AdamW(probe.parameters(), lr=3e-3, weight_decay=1e-4)
     pos = ys.mean(0).clamp(min=0.02)
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=(1 - pos) / pos)
-    started, steps, seen = time.time(), 0, 0
+    clock, steps, seen = TrainingClock(), 0, 0  # the budget counts training only (training/clock.py)
     order = torch.randperm(len(images))
-    while time.time() - started < minutes * 60:
+    while clock.elapsed() < minutes * 60:
         if seen + batch > len(order):
             order, seen = torch.randperm(len(images)), 0
         idx = order[seen : seen + batch]
@@ -111,9 +111,9 @@ def train_probe(images, ys, minutes: float, seed: int = 0, batch: int = 8) -> tu
         opt.step()
         steps += 1
         if steps % 100 == 0:
-            print(f"  step {steps} loss {loss.item():.3f} ({time.time() - started:.0f} s)", flush=True)
+            print(f"  step {steps} loss {loss.item():.3f} ({clock.elapsed():.0f} s)", flush=True)
     probe.eval()
-    return probe, {"steps": steps, "minutes": round((time.time() - started) / 60, 2), "batch": batch}
+    return probe, {"steps": steps, "minutes": round(clock.minutes(), 2), "batch": batch}
 
 
 def probe_pointing(probe: Probe, cases, methods) -> tuple[dict, dict]:

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from training.clock import TrainingClock
 from training.config import load_preset
 from training.data.instructions import pool_texts
 from training.data.m3d import CaptionDataset
@@ -74,7 +75,7 @@ def image_embeddings(model, root: Path, split: str, batch: int = 32) -> torch.Te
     return torch.cat(out)
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=Path("data/phantoms"))
     parser.add_argument("--preset", default="demo")
@@ -83,36 +84,32 @@ def main(argv=None) -> int:
     parser.add_argument("--text-trainable", choices=("head", "lora"), default="head")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--image-side", choices=("oracle", "embedded"), default="oracle")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
-    config = load_preset(args.preset)
-    if args.image_side == "embedded":
-        from napari_med3dvlm.model.loading import load_siglip
 
-        model, tokenizer = load_siglip(None, dtype=torch.float32)
-    else:
-        model, tokenizer = build_siglip(config)
-    model.eval()
-    torch.manual_seed(args.seed)  # after build_siglip, which seeds the vision tower's init
-    train_cases, train_texts = load_split(args.data, "train")
-    test_cases, test_texts = load_split(args.data, "test")
+def text_pooler(model, tokenizer, config: dict, args, texts: list[str]):
+    """``pooled(texts)``: the text encoder's pooled output, computed once per report when only the
+    head trains, else run every call (LoRA adapters train)."""
     max_length = int(config["model"].get("text_max_length", 512))
     if args.text_trainable == "head":
         start = time.perf_counter()
         with torch.no_grad():
-            table = pool_texts(model, tokenizer, train_texts + test_texts, max_length)
+            table = pool_texts(model, tokenizer, texts, max_length)
         print(f"{len(table)} reports pooled by {config['model']['text_encoder']} in {time.perf_counter() - start:.0f} s")
+        return lambda batch: torch.stack([table[t] for t in batch])
+    set_text_trainable(model, args.text_trainable)
+    model.language_encoder.train()
 
-        def pooled(texts):
-            return torch.stack([table[t] for t in texts])
-    else:
-        set_text_trainable(model, args.text_trainable)
-        model.language_encoder.train()
+    def pooled(batch):
+        tokens = tokenizer(list(batch), max_length=max_length, truncation=True, padding="longest", return_tensors="pt")
+        return model.pool_text(tokens["input_ids"], tokens["attention_mask"])
 
-        def pooled(texts):
-            tokens = tokenizer(list(texts), max_length=max_length, truncation=True, padding="longest", return_tensors="pt")
-            return model.pool_text(tokens["input_ids"], tokens["attention_mask"])
+    return pooled
 
+
+def oracle_side(model, config: dict, train_cases: list, test_cases: list):
+    """The oracle image side: a linear embedding of each case's ground-truth attributes (one-hot), with
+    the preset's initial temperature and bias. Returns (x_train, x_test, module, image_side, t', bias)."""
     vocab: dict[tuple, int] = {}
     for case in train_cases + test_cases:
         for item in case_attributes(case):
@@ -124,28 +121,42 @@ def main(argv=None) -> int:
             out[row, [vocab[item] for item in case_attributes(case)]] = 1.0
         return out
 
+    oracle = torch.nn.Linear(len(vocab), model.mm_language_proj.out_features)
+    t_prime = torch.tensor(float(config["model"].get("t_prime", 2.659)), requires_grad=True)
+    bias = torch.tensor(float(config["model"].get("bias", 0.0)), requires_grad=True)
+    return one_hot(train_cases), one_hot(test_cases), oracle, lambda rows, test=False: F.normalize(oracle(rows), dim=-1), t_prime, bias
+
+
+def embedded_side(model, data: Path):
+    """The shipped image tower's frozen embeddings of the split's volumes, with its temperature and bias.
+    Returns (x_train, x_test, module, image_side, t', bias) as `oracle_side` does."""
+    start = time.perf_counter()
+    fixed_train, fixed_test = image_embeddings(model, data, "train"), image_embeddings(model, data, "test")
+    print(f"{len(fixed_train) + len(fixed_test)} volumes embedded by the shipped image tower in {time.perf_counter() - start:.0f} s")
+    t_prime = model.t_prime.detach().clone().requires_grad_(True)
+    bias = model.bias.detach().clone().requires_grad_(True)
+    return (torch.arange(len(fixed_train)), torch.arange(len(fixed_test)), torch.nn.Module(),  # nothing to learn
+            lambda rows, test=False: (fixed_test if test else fixed_train)[rows], t_prime, bias)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    config = load_preset(args.preset)
     if args.image_side == "embedded":
-        start = time.perf_counter()
-        fixed_train = image_embeddings(model, args.data, "train")
-        fixed_test = image_embeddings(model, args.data, "test")
-        print(f"{len(fixed_train) + len(fixed_test)} volumes embedded by the shipped image tower in {time.perf_counter() - start:.0f} s")
-        x_train, x_test = torch.arange(len(fixed_train)), torch.arange(len(fixed_test))
-        oracle = torch.nn.Module()  # nothing to learn on the image side
+        from napari_med3dvlm.model.loading import load_siglip
 
-        def image_side(rows, test=False):
-            return (fixed_test if test else fixed_train)[rows]
-
-        t_prime = model.t_prime.detach().clone().requires_grad_(True)
-        bias = model.bias.detach().clone().requires_grad_(True)
+        model, tokenizer = load_siglip(None, dtype=torch.float32)
     else:
-        x_train, x_test = one_hot(train_cases), one_hot(test_cases)
-        oracle = torch.nn.Linear(len(vocab), model.mm_language_proj.out_features)
-
-        def image_side(rows, test=False):
-            return F.normalize(oracle(rows), dim=-1)
-
-        t_prime = torch.tensor(float(config["model"].get("t_prime", 2.659)), requires_grad=True)
-        bias = torch.tensor(float(config["model"].get("bias", 0.0)), requires_grad=True)
+        model, tokenizer = build_siglip(config)
+    model.eval()
+    torch.manual_seed(args.seed)  # after build_siglip, which seeds the vision tower's init
+    train_cases, train_texts = load_split(args.data, "train")
+    test_cases, test_texts = load_split(args.data, "test")
+    pooled = text_pooler(model, tokenizer, config, args, train_texts + test_texts)
+    if args.image_side == "embedded":
+        x_train, x_test, oracle, image_side, t_prime, bias = embedded_side(model, args.data)
+    else:
+        x_train, x_test, oracle, image_side, t_prime, bias = oracle_side(model, config, train_cases, test_cases)
     text_head = model.mm_language_proj
     if args.image_side == "embedded":
         with torch.no_grad():
@@ -154,7 +165,7 @@ def main(argv=None) -> int:
     encoder_params = [p for p in model.language_encoder.parameters() if p.requires_grad and args.text_trainable != "head"]
     params = [*oracle.parameters(), *text_head.parameters(), t_prime, bias, *encoder_params]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.05)
-    start = time.perf_counter()
+    clock = TrainingClock()
     batch = 32
     labels = 2 * torch.eye(batch) - 1
     for _ in range(args.steps):
@@ -166,7 +177,7 @@ def main(argv=None) -> int:
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    print(f"{args.steps} steps in {time.perf_counter() - start:.0f} s (text side: {args.text_trainable})")
+    print(f"{args.steps} steps in {clock.elapsed():.0f} s (text side: {args.text_trainable})")
     model.eval()
     with torch.no_grad():
         r = recall(F.normalize(text_head(pooled_all(pooled, test_texts)), dim=-1), image_side(x_test, True))

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from napari_med3dvlm.model.dcformer import feature_map_to_tokens
 from napari_med3dvlm.model.loading import load_siglip
+from training.clock import TrainingClock
 
 
 def finding_labels(case: dict) -> set:
@@ -98,7 +99,7 @@ def linear_probe(x_train, y_train, x_test, y_test, steps: int = 300, weight_deca
         return exact_match(layer(x_test), y_test)
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=Path("data/phantoms"))
     parser.add_argument("--model", default="embedded", help="SigLIP folder, or 'embedded' for the demo model")
@@ -107,12 +108,15 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     torch.manual_seed(args.seed)
 
     model, _ = load_siglip(None if args.model == "embedded" else args.model)
     model.eval()
-    encoder = model.vision_encoder.encoder
     start = time.perf_counter()
     train_volumes, train_cases = load_split(args.data, "train")
     test_volumes, test_cases = load_split(args.data, "test")
@@ -127,37 +131,52 @@ def main(argv=None) -> int:
           f"'no finding' for every case reads {none:.1%} of the test cases exactly")
 
     if args.tune_from is None:
-        y_train = targets(train_cases)
-        maps_train = _all_stages(model, train_volumes)
-        maps_test = _all_stages(model, test_volumes)
+        maps_train, maps_test = _all_stages(model, train_volumes), _all_stages(model, test_volumes)
         print(f"features in {time.perf_counter() - start:.0f} s")
-        for s in range(2, 5):
-            pooled = linear_probe(maps_train[s].mean(1), y_train, maps_test[s].mean(1), y_test)
-            flat = linear_probe(maps_train[s].flatten(1), y_train, maps_test[s].flatten(1), y_test)
-            print(f"stage s{s}: linear probe, test cases with every finding read: "
-                  f"{pooled:6.1%} (mean-pooled, {maps_train[s].shape[2]}-d)   {flat:6.1%} (all tokens, "
-                  f"{maps_train[s][0].numel()}-d)")
+        probe_stages(maps_train, targets(train_cases), maps_test, y_test)
         return 0
 
     k = args.tune_from
-    maps_train = stage_maps(encoder, train_volumes, k - 1)
-    maps_test = stage_maps(encoder, test_volumes, k - 1)
-    if args.extra_train:
-        extra, extra_cases = [], []
-        for tensor, case in rendered_cases(len(train_cases), args.extra_train):
-            extra.append(tensor.float())
-            extra_cases.append(case)
-            if len(extra) == 256:
-                maps_train = torch.cat([maps_train, stage_maps(encoder, extra, k - 1)])
-                extra.clear()
-        if extra:
-            maps_train = torch.cat([maps_train, stage_maps(encoder, extra, k - 1)])
-        train_cases = train_cases + extra_cases
-    y_train = targets(train_cases)
+    maps_train, train_cases = frozen_maps(model.vision_encoder.encoder, train_volumes, train_cases, k - 1, args.extra_train)
+    maps_test = stage_maps(model.vision_encoder.encoder, test_volumes, k - 1)
     print(f"frozen s0..s{k - 1} maps of {len(train_cases)} training cases in {time.perf_counter() - start:.0f} s")
+    tune_stages(model, k, (maps_train, targets(train_cases)), (maps_test, y_test), args)
+    return 0
 
+
+def probe_stages(maps_train, y_train, maps_test, y_test) -> None:
+    """Linear probes on the frozen s2..s4 features, mean-pooled and all tokens."""
+    for s in range(2, 5):
+        pooled = linear_probe(maps_train[s].mean(1), y_train, maps_test[s].mean(1), y_test)
+        flat = linear_probe(maps_train[s].flatten(1), y_train, maps_test[s].flatten(1), y_test)
+        print(f"stage s{s}: linear probe, test cases with every finding read: "
+              f"{pooled:6.1%} (mean-pooled, {maps_train[s].shape[2]}-d)   {flat:6.1%} (all tokens, "
+              f"{maps_train[s][0].numel()}-d)")
+
+
+def frozen_maps(encoder, volumes, cases, upto: int, extra_train: int):
+    """Maps after stage ``upto`` of the split's volumes, then of ``extra_train`` phantoms rendered in
+    memory (in chunks of 256); with the cases they belong to."""
+    maps = stage_maps(encoder, volumes, upto)
+    extra, extra_cases = [], []
+    for tensor, case in (rendered_cases(len(cases), extra_train) if extra_train else ()):
+        extra.append(tensor.float())
+        extra_cases.append(case)
+        if len(extra) == 256:
+            maps = torch.cat([maps, stage_maps(encoder, extra, upto)])
+            extra.clear()
+    if extra:
+        maps = torch.cat([maps, stage_maps(encoder, extra, upto)])
+    return maps, cases + extra_cases
+
+
+def tune_stages(model, k: int, train, test, args) -> None:
+    """Stages sK..s4 and a linear head trained supervised on the findings (batch 32), scored every 500
+    steps; the seconds printed are training seconds (training/clock.py: scoring does not count)."""
+    encoder = model.vision_encoder.encoder
+    (maps_train, y_train), (maps_test, y_test) = train, test
     stages = [getattr(encoder, f"s{s}") for s in range(k, 5)]
-    head = torch.nn.Linear(encoder_width(model), len(vocab))
+    head = torch.nn.Linear(encoder_width(model), y_train.shape[1])
     params = [p for s in stages for p in s.parameters()] + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=args.lr)
 
@@ -169,7 +188,7 @@ def main(argv=None) -> int:
             h = s(h)
         return head(feature_map_to_tokens(h).mean(1))
 
-    start = time.perf_counter()
+    clock = TrainingClock()
     for step in range(1, args.steps + 1):
         idx = torch.randint(0, len(maps_train), (32,))
         loss = F.binary_cross_entropy_with_logits(forward(maps_train[idx], True), y_train[idx])
@@ -177,12 +196,11 @@ def main(argv=None) -> int:
         loss.backward()
         optimizer.step()
         if step % 500 == 0 or step == args.steps:
-            with torch.no_grad():
+            with clock.paused(), torch.no_grad():
                 test = exact_match(torch.cat([forward(maps_test[i : i + 50], False) for i in range(0, len(maps_test), 50)]), y_test)
                 seen = exact_match(forward(maps_train[:200], False), y_train[:200])
-            print(f"step {step:5d} ({time.perf_counter() - start:4.0f} s): s{k}..s4 supervised on findings, "
-                  f"every finding read on {seen:6.1%} of 200 training / {test:6.1%} of test cases")
-    return 0
+                print(f"step {step:5d} ({clock.elapsed():4.0f} s): s{k}..s4 supervised on findings, "
+                      f"every finding read on {seen:6.1%} of 200 training / {test:6.1%} of test cases")
 
 
 def encoder_width(model) -> int:
