@@ -182,3 +182,21 @@ def test_list_series_reads_headers_only_and_agrees_with_the_reader():
         assert (info.shape, info.modality, info.description) == (volume.shape, volume.modality, volume.description)
     with pytest.raises(VolumeReadError, match="3-D"):
         list_series(NIBABEL_DATA / "example4d.nii.gz")
+
+
+@pytest.mark.parametrize("axcodes", ["RAS", "LPS", "PLS", "ASL", "PIR"])
+def test_a_volume_written_in_its_stored_orientation_matches_its_source_file(tmp_path, axcodes):
+    display = _landmark_volume()
+    display_affine = affine_from_scale_translate((3.0, 2.0, 1.5), (-40.0, 25.0, -10.0))
+    to_stored = ornt_transform(axcodes2ornt(("L", "P", "S")), axcodes2ornt(tuple(axcodes)))
+    stored = apply_orientation(display.transpose(2, 1, 0), to_stored)
+    stored_affine = display_affine @ inv_ornt_aff(to_stored, display.transpose(2, 1, 0).shape)
+    nib.save(nib.Nifti1Image(stored, stored_affine), tmp_path / "source.nii.gz")
+    volume = read_volume(tmp_path / "source.nii.gz")
+    assert volume.metadata["stored_orientation"] == axcodes
+
+    copy = nib.load(write_nifti_volume(volume, tmp_path / "copy.nii.gz", volume.metadata["stored_orientation"]))
+    np.testing.assert_array_equal(np.asarray(copy.dataobj), stored)
+    np.testing.assert_allclose(copy.affine, stored_affine, atol=1e-5)
+    display_copy = read_volume(write_nifti_volume(volume, tmp_path / "display.nii.gz"))  # default: display order
+    np.testing.assert_array_equal(display_copy.data, display)

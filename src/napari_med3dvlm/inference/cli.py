@@ -37,7 +37,8 @@ def register(subparsers) -> None:
     report.add_argument(
         "--relevance", action="store_true",
         help="also write where the model looked for each sentence: one NIfTI map per sentence beside the "
-        "report (report-NN-where-KK.nii.gz, the source's affine) and report-NN-where.json naming them",
+        "report (report-NN-where-KK.nii.gz, with a NIfTI input's own shape, affine and voxel order) and "
+        "report-NN-where.json naming them",
     )
     _add_common(report)
     add_dicomweb_options(report)  # --dicomweb URL --study UID, --sr, --stow

@@ -409,9 +409,13 @@ def layer_kwargs(result: RelevanceMap, scale, translate, prefix: str = "Where") 
 
 def write_sentence_maps(engine, volume, source, text: str, folder, stem: str, request: str | None = None,
                         method: str = DEFAULT_METHOD) -> list:
-    """One NIfTI map per sentence of the report ``text`` (``<stem>-where-NN.nii.gz``, with the
-    affine of ``source``, the `Volume` that ``volume`` came from), and ``<stem>-where.json`` naming
-    each file's sentence. The engine preprocesses the volume once for all sentences."""
+    """One NIfTI map per sentence of the report ``text`` (``<stem>-where-NN.nii.gz``), and
+    ``<stem>-where.json`` naming each file's sentence. The engine preprocesses the volume once for
+    all sentences.
+
+    Each map is on the grid of ``source``, the `Volume` that ``volume`` came from: for a NIfTI
+    source in that file's own voxel order, so it has the file's shape and affine; otherwise (DICOM)
+    as `write_nifti_volume` writes ``source`` itself."""
     import json
     from pathlib import Path
 
@@ -425,7 +429,8 @@ def write_sentence_maps(engine, volume, source, text: str, folder, stem: str, re
         result = engine.explain(volume, target, method)
         path = folder / f"{stem}-where-{number:02d}.nii.gz"
         write_nifti_volume(Volume(data=result.layer_map(), spacing=source.spacing, origin=source.origin,
-                                  affine=source.affine, modality="relevance", description=target.label), path)
+                                  affine=source.affine, modality="relevance", description=target.label), path,
+                           stored_orientation=source.metadata.get("stored_orientation"))
         written.append(path)
         index.append({"file": path.name, **result.to_dict()})
     (folder / f"{stem}-where.json").write_text(json.dumps({"method": method, "maps": index}, indent=1),

@@ -351,9 +351,14 @@ def read_nifti(path) -> Volume:
     )
 
 
-def write_nifti_volume(volume: Volume, path) -> str:
-    """Write a Volume as NIfTI; reading it back gives the same array, affine and modality."""
-    from .orientation import affine_from_scale_translate
+def write_nifti_volume(volume: Volume, path, stored_orientation: str | None = None) -> str:
+    """Write a Volume as NIfTI; reading it back gives the same array, affine and modality.
+
+    Voxels are written in display order (x to Left, y to Posterior, z to Superior) unless
+    ``stored_orientation`` names another (nibabel axis codes, such as the ``stored_orientation`` that
+    `read_nifti` records): then in that order, so the file has the shape and affine of the one the
+    volume was read from (a map over a volume then lines up with its source file in numpy too)."""
+    from .orientation import affine_from_scale_translate, stored_from_display
 
     path = Path(path)
     if not str(path).lower().endswith(NIFTI_SUFFIXES):
@@ -364,7 +369,11 @@ def write_nifti_volume(volume: Volume, path) -> str:
     data = np.asarray(volume.data)
     if data.dtype == np.float64:
         data = data.astype(np.float32)
-    image = nib.Nifti1Image(data.transpose(2, 1, 0), np.asarray(affine, dtype=float))
+    if stored_orientation:
+        array, affine = stored_from_display(data, affine, stored_orientation)
+    else:
+        array, affine = data.transpose(2, 1, 0), np.asarray(affine, dtype=float)
+    image = nib.Nifti1Image(array, affine)
     image.header.set_xyzt_units("mm")
     image.header["descrip"] = volume.modality.encode("ascii", "ignore")[:80]
     image.set_qform(affine, code=1)

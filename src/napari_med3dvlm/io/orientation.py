@@ -39,6 +39,19 @@ def reorient_xyz(array_xyz: np.ndarray, affine: np.ndarray):
     return reoriented.transpose(2, 1, 0), new_affine
 
 
+def stored_from_display(data_zyx: np.ndarray, display_affine: np.ndarray, axcodes):
+    """The inverse of `reorient_xyz`: a display-ordered (z, y, x) array (or a map over it) and its
+    affine back into the voxel order of a file stored with ``axcodes`` (nibabel's codes, e.g.
+    "RAS", as `read_nifti` records them), so that it lines up voxel for voxel with that file.
+
+    Returns the (x, y, z)-indexed array (a view: flips and axis swaps only) and its voxel -> RAS affine.
+    """
+    array_xyz = np.asarray(data_zyx).transpose(2, 1, 0)
+    transform = ornt_transform(axcodes2ornt(DISPLAY_AXCODES), axcodes2ornt(tuple(axcodes)))
+    stored = apply_orientation(array_xyz, transform)
+    return stored, np.asarray(display_affine, dtype=float) @ inv_ornt_aff(transform, array_xyz.shape)
+
+
 def spacing_from_affine(affine: np.ndarray) -> tuple[float, float, float]:
     """Voxel size (z, y, x) in mm: the lengths of the affine's columns."""
     sizes = np.sqrt((np.asarray(affine, dtype=float)[:3, :3] ** 2).sum(axis=0))
