@@ -72,5 +72,5 @@ def test_a_series_that_is_not_there_is_one_line_listing_the_series(engine, study
     missing = "1.2.826.0.1.3680043.8.498.1"
     assert main(["report", str(study), "--series", missing, "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
-    assert "the given series UID matches no series" in err and missing not in err
+    assert "the folder has no series with the given series UID (2 series: 0: Abdomen CT [" in err and missing not in err
     assert decoded == []

@@ -32,7 +32,7 @@ def test_every_accepted_way_of_naming_a_series(series, index):
     [(None, "the folder holds 2 series; choose one by index, hash or description: 0: Head CT axial [aaaa111111]"),
      (2, "the folder: series index 2 is out of range (2 series: 0: Head CT axial"),
      ("PD axial", "the folder: 'PD axial' matches no series: 0: Head CT axial"),
-     ("1.2.3.4", "the folder: the given series UID matches no series")],
+     ("1.2.3.4", "the folder has no series with the given series UID (2 series: 0: Head CT axial")],
 )
 def test_one_message_listing_the_series_without_identifiers(series, message):
     with pytest.raises(VolumeReadError) as error:

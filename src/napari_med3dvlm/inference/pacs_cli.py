@@ -131,13 +131,10 @@ def load_input(path, args, load_files):
     max_bytes = None if args.max_download_gb <= 0 else int(args.max_download_gb * 2**30)
     series = args.series
     if isinstance(series, int):  # the image series in order, picked by the readers' one rule
-        from types import SimpleNamespace
-
-        from napari_med3dvlm.io import select_series, short_hash
+        from napari_med3dvlm.io import select_series
 
         images = server.image_series(path.study)
-        listed = [SimpleNamespace(uid_hash=short_hash(s.series_uid), description=s.description) for s in images]
-        series = images[select_series(listed, series, "the study")].series_uid
+        series = images[select_series(images, series, "the study")].series_uid
     volumes = server.read_study(path.study, series, max_bytes)
     for volume in volumes:
         if min(volume.shape) < 2:

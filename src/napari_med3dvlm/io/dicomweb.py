@@ -26,8 +26,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pydicom
 
-from ._util import VolumeReadError, check_memory, format_bytes
+from ._util import VolumeReadError, check_memory, format_bytes, short_hash
 from .dicom import InstanceSet, read_dicom_volumes
+from .selection import select_series
 from .volume import Volume
 
 #: Default refusal threshold for one retrieval (decoded pixel bytes), above which a caller must
@@ -113,6 +114,11 @@ class RemoteSeries:
     @property
     def is_image(self) -> bool:
         return self.modality.upper() not in NON_IMAGE_MODALITIES
+
+    @property
+    def uid_hash(self) -> str:
+        """The short hash that names the series in messages (as `SeriesInfo.uid_hash` does)."""
+        return short_hash(self.series_uid)
 
 
 @dataclass(frozen=True)
@@ -341,10 +347,10 @@ class DicomWebServer:
         listed = self.list_series(study_uid)
         if series_uid:
             series_uid = check_uid(series_uid, "series UID")
-            chosen = [s for s in listed if s.series_uid == series_uid]
-            if not chosen:
-                raise DicomWebError(f"the study on {self.url} has no series with the given series UID")
-            return chosen
+            try:  # the readers' one rule (by SeriesInstanceUID here)
+                return [listed[select_series(listed, series_uid, f"the study on {self.url}")]]
+            except VolumeReadError as err:
+                raise DicomWebError(str(err)) from None
         images = [s for s in listed if s.is_image]
         if not images:
             kinds = ", ".join(sorted({s.modality or "?" for s in listed}))

@@ -48,9 +48,12 @@ def select_series(candidates: Sequence, series, label: str) -> int:
     series = str(series)
     matches = _matches(candidates, series)
     if len(matches) != 1:
-        shown = "the given series UID" if _UID.fullmatch(series) else repr(series)  # a UID is never echoed
+        names, uid = series_names(candidates), _UID.fullmatch(series)  # a UID is never echoed
+        if uid and not matches:
+            raise VolumeReadError(f"{label} has no series with the given series UID ({count} series: {names})")
+        shown = "the given series UID" if uid else repr(series)
         what = "matches no" if not matches else "matches several"
-        raise VolumeReadError(f"{label}: {shown} {what} series: {series_names(candidates)}")
+        raise VolumeReadError(f"{label}: {shown} {what} series: {names}")
     return matches[0]
 
 
