@@ -86,45 +86,11 @@ def build_report_sr(
     (``questions``: (question, answer) pairs) about the volume read from ``source`` (an
     `io.DicomSource`)."""
     import highdicom as hd
-    from pydicom.sr.codedict import codes
-    from pydicom.uid import generate_uid
 
     if source is None or not getattr(source, "headers", None):
         raise DicomSrError("a DICOM SR needs a DICOM source (a series read from DICOM files or a DICOMweb server)")
     evidence = _evidence(source.headers)
-    device = hd.sr.ObserverContext(
-        observer_type=codes.DCM.Device,
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=generate_uid(entropy_srcs=["napari-med3dvlm", model_id]),  # one UID per model
-            name=_short(model_id, 64),
-            manufacturer_name="napari-med3dvlm",
-            model_name=_short(model_id, 64),
-            serial_number=f"napari-med3dvlm {__version__}",
-        ),
-    )
-    root = hd.sr.ContainerContentItem(name=hd.sr.CodedConcept("18748-4", "LN", "Diagnostic imaging report"))
-    content = list(hd.sr.ObservationContext(observer_device_context=device))
-    if findings is not None:
-        section = hd.sr.ContainerContentItem(
-            name=codes.DCM.Findings, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
-        )
-        section.ContentSequence = hd.sr.ContentSequence(
-            [_text(codes.DCM.Finding, findings or "(no text generated)")], is_root=False, is_sr=True
-        )
-        content.append(section)
-    if questions:
-        section = hd.sr.ContainerContentItem(
-            name=hd.sr.CodedConcept("QA", CODING_SCHEME, "Questions and answers"),
-            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
-        )
-        turns = []
-        for question, answer in questions:
-            turns.append(_text(hd.sr.CodedConcept("Q", CODING_SCHEME, "Question"), question))
-            turns.append(_text(hd.sr.CodedConcept("A", CODING_SCHEME, "Answer"), answer or "(no answer)"))
-        section.ContentSequence = hd.sr.ContentSequence(turns, is_root=False, is_sr=True)
-        content.append(section)
-    content.append(_text(codes.DCM.Comment, DISCLAIMER))
-    root.ContentSequence = hd.sr.ContentSequence(content, is_root=False, is_sr=True)
+    root = _content_tree(findings, questions, model_id)
 
     created = created or datetime.now()
     try:
@@ -159,6 +125,49 @@ def build_report_sr(
         schemes.append(_coding_scheme_item())
         sr.CodingSchemeIdentificationSequence = schemes
     return sr
+
+
+def _content_tree(findings: str | None, questions: list[tuple[str, str]] | None, model_id: str):
+    """The SR's content: the observing device (the model), the findings section and/or the
+    question-and-answer section, and the research-use disclaimer."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+    from pydicom.uid import generate_uid
+
+    device = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=generate_uid(entropy_srcs=["napari-med3dvlm", model_id]),  # one UID per model
+            name=_short(model_id, 64),
+            manufacturer_name="napari-med3dvlm",
+            model_name=_short(model_id, 64),
+            serial_number=f"napari-med3dvlm {__version__}",
+        ),
+    )
+    root = hd.sr.ContainerContentItem(name=hd.sr.CodedConcept("18748-4", "LN", "Diagnostic imaging report"))
+    content = list(hd.sr.ObservationContext(observer_device_context=device))
+    if findings is not None:
+        section = hd.sr.ContainerContentItem(
+            name=codes.DCM.Findings, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+        )
+        section.ContentSequence = hd.sr.ContentSequence(
+            [_text(codes.DCM.Finding, findings or "(no text generated)")], is_root=False, is_sr=True
+        )
+        content.append(section)
+    if questions:
+        section = hd.sr.ContainerContentItem(
+            name=hd.sr.CodedConcept("QA", CODING_SCHEME, "Questions and answers"),
+            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+        )
+        turns = []
+        for question, answer in questions:
+            turns.append(_text(hd.sr.CodedConcept("Q", CODING_SCHEME, "Question"), question))
+            turns.append(_text(hd.sr.CodedConcept("A", CODING_SCHEME, "Answer"), answer or "(no answer)"))
+        section.ContentSequence = hd.sr.ContentSequence(turns, is_root=False, is_sr=True)
+        content.append(section)
+    content.append(_text(codes.DCM.Comment, DISCLAIMER))
+    root.ContentSequence = hd.sr.ContentSequence(content, is_root=False, is_sr=True)
+    return root
 
 
 def chat_questions(turns) -> list[tuple[str, str]]:

@@ -40,7 +40,12 @@ class ChatWidget(QWidget):
         self._answer_started = False
         self._pending_question = ""
         self.runner = StreamRunner(self)
+        self._build_widgets(napari_viewer)
+        self._build_layout()
+        self._connect(napari_viewer)
+        self._running_changed(False)
 
+    def _build_widgets(self, napari_viewer) -> None:
         self.layer_picker = LayerPicker(napari_viewer, self)
         self.scope_banner = ScopeBanner(self)  # "outside what this model knows", above the answers
         self.scope_banner.checked.connect(self._scope_checked)
@@ -70,6 +75,7 @@ class ChatWidget(QWidget):
         self.choices_box.setVisible(False)
         self.status = BusyIndicator()
 
+    def _build_layout(self) -> None:
         row = QHBoxLayout()
         row.addWidget(QLabel("Layer"))
         row.addWidget(self.layer_picker, 1)
@@ -95,6 +101,7 @@ class ChatWidget(QWidget):
         layout.addLayout(sr_buttons)
         layout.addWidget(self.status)
 
+    def _connect(self, napari_viewer) -> None:
         self.input.returnPressed.connect(self.send)
         self.send_button.clicked.connect(self.send)
         self.stop_button.clicked.connect(self.runner.stop)
@@ -111,7 +118,6 @@ class ChatWidget(QWidget):
         self.runner.done.connect(self._done)
         self.runner.failed.connect(self._failed)
         self.runner.running_changed.connect(self._running_changed)
-        self._running_changed(False)
 
     def conversation(self, layer=None) -> Conversation | None:
         layer = layer or self.layer_picker.layer()

@@ -30,7 +30,16 @@ class SettingsWidget(QWidget):
         super().__init__(parent)
         self.viewer = napari_viewer
         self.config_dir = config_dir
+        self._build_widgets()
+        self._build_layout()
+        self.backend.currentIndexChanged.connect(self._source_kind_changed)
+        self.source_kind.currentIndexChanged.connect(self._source_kind_changed)
+        self.llm.currentIndexChanged.connect(self._source_kind_changed)
+        self.browse_button.clicked.connect(self._browse)
+        self.apply_button.clicked.connect(self.apply)
+        self.show_settings(get_engine().settings)
 
+    def _build_widgets(self) -> None:
         self.backend = QComboBox()
         for label, kind in _BACKENDS:
             self.backend.addItem(label, kind)
@@ -81,6 +90,7 @@ class SettingsWidget(QWidget):
         self.status = QLabel("")
         self.status.setWordWrap(True)
 
+    def _build_layout(self) -> None:
         source_row = QHBoxLayout()
         source_row.addWidget(self.source_path, 1)
         source_row.addWidget(self.browse_button)
@@ -103,13 +113,6 @@ class SettingsWidget(QWidget):
         layout.addWidget(self.apply_button)
         layout.addWidget(self.status)
         layout.addStretch(1)
-
-        self.backend.currentIndexChanged.connect(self._source_kind_changed)
-        self.source_kind.currentIndexChanged.connect(self._source_kind_changed)
-        self.llm.currentIndexChanged.connect(self._source_kind_changed)
-        self.browse_button.clicked.connect(self._browse)
-        self.apply_button.clicked.connect(self.apply)
-        self.show_settings(get_engine().settings)
 
     def show_settings(self, settings: InferenceSettings) -> None:
         source = settings.model_source
