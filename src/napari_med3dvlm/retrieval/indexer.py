@@ -273,6 +273,13 @@ def _model_matches(index: VolumeIndex, embedder: Embedder) -> bool:
     return index.model_id == embedder.model_id and index.dim is not None
 
 
+def _embedder_device(embedder: Embedder) -> torch.device:
+    """Where ``embedder`` runs: its own device when it has one, else what ``auto`` gives."""
+    from napari_med3dvlm.model.device import get_device
+
+    return get_device(getattr(embedder, "device", None))
+
+
 def _embedding_dim(embedder: Embedder) -> int:
     """The embedding width, from the embedder if it says, else from one short text."""
     dim = getattr(embedder, "dim", None)
@@ -298,8 +305,9 @@ def index_folder_distributed(
     """
     from accelerate import PartialState
 
-    # On a CPU-only machine accelerate needs cpu=True to join the launcher's process group (gloo).
-    state = PartialState(cpu=not torch.cuda.is_available())
+    # The process group follows where the embedder runs, as the one device policy (`model.device`)
+    # resolves it: NCCL for CUDA, else gloo (accelerate's cpu=True), as on a CPU-only machine.
+    state = PartialState(cpu=_embedder_device(embedder).type != "cuda")
     start = time.perf_counter()
     db = index.path if isinstance(index, VolumeIndex) else Path(index)
     root = Path(root).expanduser().resolve()
