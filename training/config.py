@@ -57,7 +57,20 @@ def load_preset(name_or_path: str | Path) -> dict:
         config = _merge(load_preset(base), config)
     config["name"] = name
     _require(config, str(name_or_path))
+    _resolve_published_size(config)
     return config
+
+
+#: ``data.image_size: published``: the volumes are prepared at the published model's input size,
+#: which the plugin defines once (reading it imports the plugin's preprocessing, torch included).
+PUBLISHED = "published"
+
+
+def _resolve_published_size(config: dict) -> None:
+    if config["data"]["image_size"] == PUBLISHED:
+        from napari_med3dvlm.io import PUBLISHED_INPUT_SIZE
+
+        config["data"]["image_size"] = list(PUBLISHED_INPUT_SIZE)
 
 
 #: What every stage reads without a default: a preset without them cannot run at all.

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import platformdirs
 
+from napari_med3dvlm.model.sources import EMBEDDED
+
 CONFIG_DIR_ENV = "NAPARI_MED3DVLM_CONFIG_DIR"
 SETTINGS_FILE = "settings.json"
 
-#: The model packaged with the plugin.
-EMBEDDED = "embedded"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 #: How a closed question (choices A-D) is answered: rank the four choices by the model's

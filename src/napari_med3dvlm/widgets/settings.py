@@ -19,7 +19,8 @@ from qtpy.QtWidgets import (
 )
 
 from napari_med3dvlm.inference import InferenceSettings, get_engine, save_settings, use_settings
-from napari_med3dvlm.settings import DEVICES, DTYPES, EMBEDDED, SERVER_TOKEN, load_secret, save_secret
+from napari_med3dvlm.model.sources import EMBEDDED
+from napari_med3dvlm.settings import DEVICES, DTYPES, SERVER_TOKEN, load_secret, save_secret
 
 _SOURCES = (("Embedded demo model", "embedded"), ("Local folder", "folder"), ("Hub id (cached)", "hub"))
 _BACKENDS = (("This computer", "local"), ("Server (napari-med3dvlm serve)", "server"))
