@@ -4,7 +4,11 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
+
+# slow: the benchmark scripts end to end (model loads, encoder executions); not day-to-day work
+pytestmark = pytest.mark.slow
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 

@@ -73,6 +73,7 @@ def test_text_metrics_average_per_sample():
     assert out["bleu1"] == pytest.approx((1.0 + 0.75 * math.exp(-0.5)) / 2)
 
 
+@pytest.mark.slow
 def test_bertscore_with_the_local_minilm():
     out = text_metrics(["a cyst in the liver", "a cyst in the liver"],
                        ["a cyst in the liver", "the heart is normal"], metrics=("bertscore",))

@@ -9,6 +9,9 @@ import pytest
 
 from napari_med3dvlm.phantoms.writers import WriteOptions, write_split
 
+# slow: renders phantoms and tunes probes on every stage
+pytestmark = pytest.mark.slow
+
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 
 

@@ -16,6 +16,9 @@ from corpus import CASES, PATIENT_TAGS
 
 from napari_med3dvlm import cli
 
+# slow: the installed command in a subprocess for every refusing case (minutes)
+pytestmark = pytest.mark.slow
+
 BY_ID = {c.id: c for c in CASES}
 #: Cases the model commands must refuse: the reader refuses them, or they load with a single slice.
 REFUSED = [c for c in CASES if c.expect == "refuse" or not c.model]

@@ -8,6 +8,9 @@ import numpy as np
 import pytest
 from corpus import CASES, PATIENT_TAGS
 
+# slow: the whole corpus through the Volume dock
+pytestmark = pytest.mark.slow
+
 BY_ID = {c.id: c for c in CASES}
 SUBSET = [
     "gzip-crc", "nifti-complex-nii", "nifti-dim-huge-gz", "nifti-fifo", "dicom-file-frames-2g",

@@ -17,6 +17,9 @@ import npe2
 from napari_med3dvlm.io import VolumeReadError, read_volume
 from napari_med3dvlm.io._napari import get_reader
 
+# slow: ~280 cases, each read under tracemalloc after a full gc (minutes on 2 cores)
+pytestmark = pytest.mark.slow
+
 #: Peak memory any one case may take while being read (the corpus volumes are a few kB; the bombs
 #: and headers claiming terabytes must be refused before allocating).
 PEAK_LIMIT = 32 << 20

@@ -21,6 +21,9 @@ from hypothesis import strategies as st
 
 from napari_med3dvlm.io import VolumeReadError, list_series, read_volume
 
+# slow: hypothesis examples through the readers
+pytestmark = pytest.mark.slow
+
 FUZZ = settings(
     derandomize=True,
     database=None,

@@ -57,6 +57,7 @@ def test_closed_question_and_unavailable_model(engine, nifti_path, capsys, monke
     assert "Settings" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_the_command_line_process_exits_with_every_output_written(tiny_model_dir, nifti_path, tmp_path, config_dir):
     """`python -m napari_med3dvlm report` (the console script's path) leaves without the interpreter's
     teardown: the files, the piped standard output and the exit code must all still be there; and

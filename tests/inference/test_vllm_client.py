@@ -105,6 +105,7 @@ def stand_in(engine):
     vb.stop_all()
 
 
+@pytest.mark.slow
 def test_sent_embeddings_are_the_in_process_ones_and_text_matches(engine, ct_volume, stand_in):
     encoded = engine.encode(Volume(ct_volume))
     prompt = report_prompt(engine.proj_out_num)
@@ -126,6 +127,7 @@ def test_sampling_settings_reach_the_request(engine):
     assert vb.sampling_params(settings.updated(temperature=0.0), None, None)["temperature"] == 0.0
 
 
+@pytest.mark.slow
 def test_cancel_stops_between_tokens_and_closes_the_request(engine, ct_volume, stand_in):
     stand_in.delay = 0.05
     settings = engine.settings.updated(llm="vllm", vllm_url=stand_in.url, max_new_tokens=24)
@@ -173,6 +175,7 @@ def test_open_answers_through_the_client_equal_in_process(engine, ct_volume, sta
     assert remote == local
 
 
+@pytest.mark.slow
 def test_complete_many_keeps_the_order(engine, ct_volume, stand_in):
     model, tokenizer = engine.load()
     encoded = engine.encode(Volume(ct_volume))
@@ -250,6 +253,7 @@ def fake_vllm(tmp_path):
     return python, lm
 
 
+@pytest.mark.slow
 def test_process_starts_on_loopback_restarts_after_a_kill_and_stops(fake_vllm, tmp_path):
     import httpx
 
@@ -269,6 +273,7 @@ def test_process_starts_on_loopback_restarts_after_a_kill_and_stops(fake_vllm, t
     assert not process.is_running()
 
 
+@pytest.mark.slow
 def test_the_engine_starts_vllm_for_its_model_and_starts_it_again_after_a_kill(engine, ct_volume, fake_vllm,
                                                                                 monkeypatch, tmp_path):
     python, _ = fake_vllm

@@ -238,6 +238,7 @@ def test_siemens_mosaic_is_flagged_and_decimal_rescale_applied():
     np.testing.assert_array_equal(volume.data[0], expected)
 
 
+@pytest.mark.slow
 def test_series_is_held_in_memory_once(cranium_dicom):
     import gc
     import tracemalloc

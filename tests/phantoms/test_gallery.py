@@ -1,10 +1,14 @@
 """The documentation gallery renders phantom slices in napari (under Xvfb in tests)."""
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from napari_med3dvlm.phantoms.gallery import GALLERY, save_gallery
 from napari_med3dvlm.phantoms.report import write_report
+
+# slow: renders the gallery and takes a screenshot
+pytestmark = pytest.mark.slow
 
 
 def test_gallery_screenshot_shows_the_phantom(tmp_path, qapp):

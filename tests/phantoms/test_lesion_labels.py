@@ -5,6 +5,7 @@ import json
 
 import nibabel as nib
 import numpy as np
+import pytest
 
 from napari_med3dvlm.phantoms.case import Finding, PhantomCase
 from napari_med3dvlm.phantoms.writers import LESIONS_SUFFIX, SUBDIR, WriteOptions, series_name, write_case
@@ -30,6 +31,7 @@ def test_split_writes_a_lesion_label_map_on_the_volume_grid(tmp_path):
     assert np.median(hu[data == 1]) < np.median(hu[data == 2])
 
 
+@pytest.mark.slow
 def test_sample_opens_with_its_lesions_as_an_aligned_labels_layer(make_napari_viewer):
     viewer = make_napari_viewer()
     image, labels = viewer.open_sample("napari-med3dvlm", "phantom_ct_lesions")

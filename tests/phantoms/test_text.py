@@ -3,6 +3,8 @@
 import random
 from collections import Counter
 
+import pytest
+
 from napari_med3dvlm.phantoms import Finding, PhantomCase, sample_case, write_report
 from napari_med3dvlm.phantoms.vqa import CATEGORY, questions, yes_no_questions
 from training.evaluation.vqa import answer_prior_baseline
@@ -54,6 +56,7 @@ def test_closed_questions_have_four_distinct_choices_and_uniform_letters():
     assert {r["question_type"] for r in rows} == set(CATEGORY)
 
 
+@pytest.mark.slow
 def test_answer_prior_baseline_is_near_chance_in_every_category():
     train, test = _rows(range(0, 1500)), _rows(range(10_000, 10_400))
     result = answer_prior_baseline(train, test)

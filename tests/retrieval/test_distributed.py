@@ -8,9 +8,13 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 from retrieval_toys import CountingEmbedder, make_collection
 
 from napari_med3dvlm.retrieval import VolumeIndex, index_folder
+
+# slow: two processes under torchrun
+pytestmark = pytest.mark.slow
 
 HERE = Path(__file__).resolve().parent
 

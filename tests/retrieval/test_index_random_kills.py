@@ -15,9 +15,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from retrieval_toys import CountingEmbedder, index_rows, indexing_child, make_collection
 
 from napari_med3dvlm.retrieval import VolumeIndex, index_folder
+
+# slow: indexing killed at random points in subprocesses
+pytestmark = pytest.mark.slow
 
 HERE = Path(__file__).resolve().parent
 SEED = 1515

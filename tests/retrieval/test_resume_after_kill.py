@@ -8,9 +8,13 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from retrieval_toys import CountingEmbedder, index_rows, indexing_child, make_collection
 
 from napari_med3dvlm.retrieval import VolumeIndex, index_folder
+
+# slow: an indexing subprocess killed and resumed
+pytestmark = pytest.mark.slow
 
 HERE = Path(__file__).resolve().parent
 VOLUMES = 10

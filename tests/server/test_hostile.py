@@ -191,6 +191,7 @@ def test_openapi_docs_are_generated(client):
     assert client.get("/docs").status_code == 200
 
 
+@pytest.mark.slow
 def test_a_stalled_upload_is_dropped_and_the_server_goes_on(tiny_model_dir, tmp_path, good_upload):
     from serving import TOKEN as SERVER_TOKEN, start_server, stop_server
 

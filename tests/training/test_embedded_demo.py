@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -33,6 +34,7 @@ def _local_base(folder: Path) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_demo_recipe_writes_a_loadable_embedded_folder(tmp_path, tiny_data):
     base = _local_base(tmp_path / "base")
     cached = {"cache_vision_features": True}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from napari_med3dvlm.model import load_vlm
@@ -65,6 +66,7 @@ def _paper_on_tiny_models(tmp_path: Path, data: Path) -> dict:
     return config
 
 
+@pytest.mark.slow
 def test_paper_stage_wiring_runs_on_tiny_stand_ins(tmp_path, tiny_data):
     config = _paper_on_tiny_models(tmp_path, tiny_data)
     assert config["finetune"]["train_embeddings"] == "full" and config["finetune"]["train_vision"]

@@ -21,10 +21,14 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from tiny_setup import tiny_preset, write_preset
+
+# slow: training runs killed at random points and resumed
+pytestmark = pytest.mark.slow
 
 SEED = 1515
 KILLS = 5

@@ -9,10 +9,14 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from tiny_setup import tiny_preset, write_preset
+
+# slow: a training run killed with SIGKILL and resumed (minutes)
+pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS = {"max_steps": 24, "save_every": 3, "from_scratch": True}  # no projector stage before it

@@ -24,6 +24,9 @@ from safetensors.torch import load_file
 
 from tiny_setup import tiny_preset
 
+# slow: tiny training runs moved through a resume file and stopped with SIGTERM
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -220,6 +220,7 @@ def tiny_demo_overrides(tmp_path: Path, base: Path) -> list[str]:
     return overrides
 
 
+@pytest.mark.slow
 def test_all_demo_from_a_clean_folder_writes_its_phantom_split_and_runs_every_stage(tmp_path):
     from test_embedded_demo import _local_base
 

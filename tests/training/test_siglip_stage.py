@@ -25,6 +25,7 @@ def _reset(config: dict) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_pooled_reports_let_another_machine_train_without_the_text_encoder_weights(tmp_path, tiny_data):
     """A run that only has a stand-in text encoder (`require`) trains exactly like the run that pooled."""
     from training.run import run_stage

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from tiny_setup import IMAGE_SIZE, tiny_preset
@@ -38,6 +39,7 @@ def test_dense_targets_follow_the_model_input(tmp_path):
     assert DenseCache(tmp_path / "dense", DenseSpec(0, "train", 6, (32, 128, 128))).complete
 
 
+@pytest.mark.slow
 def test_vision_stage_trains_logs_a_learning_curve_and_seeds_siglip(tmp_path, tiny_data):
     from training.run import run_stage
     from training.stages.common import load_result, subset
@@ -186,6 +188,7 @@ def test_lesion_rich_training_cases_follow_the_generator_rules():
     assert DenseSpec(0, "train", 6, sampler="lesion-rich").signature()["sampler"] == "lesion-rich"
 
 
+@pytest.mark.slow
 def test_the_stem_the_vision_stage_trains_is_the_one_every_later_model_builds(tmp_path, tiny_data):
     """``model.vision_stem`` reaches the SigLIP model, the VLM and the config.json each one writes, and
     loading that config builds the same stem; configs without the key (the published checkpoints, the

@@ -3,7 +3,12 @@
 
 import json
 
+import pytest
+
 from napari_med3dvlm.widgets import ChatWidget, ReportWidget
+
+# slow: the embedded demo model writes reports and answers in the docks
+pytestmark = pytest.mark.slow
 
 
 def _open_sample(viewer):

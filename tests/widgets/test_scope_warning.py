@@ -27,6 +27,7 @@ def add_mr(viewer):
     return viewer.add_image(data, name="T1", metadata={"modality": "MR"})
 
 
+@pytest.mark.slow
 def test_report_dock_warns_above_the_report_and_still_writes_it(make_napari_viewer, ct_only_engine, qtbot):
     viewer = make_napari_viewer(show=True)
     dock = ReportWidget(viewer)

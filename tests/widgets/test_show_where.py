@@ -2,6 +2,7 @@
 over the source volume (same physical extent), computed in a worker that the button cancels."""
 
 import numpy as np
+import pytest
 from qtpy.QtGui import QTextCursor
 
 from napari_med3dvlm.inference.relevance import sentence_spans, short_label
@@ -87,6 +88,7 @@ def test_chat_answer_show_where(viewer_with_sample, engine, qtbot):
     assert where.metadata[RELEVANCE_KEY]["span"] == answer.strip()
 
 
+@pytest.mark.slow
 def test_demo_model_sentence_map_over_the_sample(make_napari_viewer, demo_engine, qtbot):
     """The shipped demo model on the sample: the map of the report's first finding sentence lies
     over the volume. Where its maximum falls is printed: the demo model does not read focal findings

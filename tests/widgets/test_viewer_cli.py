@@ -3,10 +3,13 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from napari_med3dvlm.cli import main
 from napari_med3dvlm.settings import CONFIG_DIR_ENV
 
 
+@pytest.mark.slow
 def test_headless_demo_writes_a_report_and_a_screenshot(tiny_model_dir, tmp_path):
     """As a user runs it: its own process (a fresh napari), on the X server pytest-xvfb started."""
     out = tmp_path / "demo"
@@ -33,6 +36,7 @@ def test_view_and_demo_are_registered(capsys):
     assert "--headless" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_view_opens_the_sample_with_every_dock(engine, make_napari_viewer):
     # make_napari_viewer is requested for its fresh napari app state, which open_viewer's Viewer uses.
     from napari_med3dvlm.viewer_cli import open_viewer

@@ -75,6 +75,7 @@ def test_a_folder_with_two_series_offers_a_choice(make_napari_viewer, engine, ct
     assert tuple(viewer.layers[0].scale) == pytest.approx((2.5, 1.6, 1.6))
 
 
+@pytest.mark.slow
 def test_an_unreadable_path_is_a_message(make_napari_viewer, engine, tmp_path, qtbot):
     (tmp_path / "notes.txt").write_text("not an image")
     viewer = make_napari_viewer()
