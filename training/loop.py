@@ -421,7 +421,7 @@ def _log(run: _Run, means: dict[str, float]) -> None:
         _append_metrics(run, record)
 
 
-def evaluate_and_log(run: _Run, evaluate: Callable[[torch.nn.Module], dict]) -> None:
+def evaluate_and_log(run: _Run, evaluate: Callable[[torch.nn.Module], dict]) -> dict:
     """A learning-curve point: ``evaluate(model)`` into ``metrics.jsonl`` as an ``eval`` record, off the
     training clock, the model back in training mode after."""
     state, cfg = run.state, run.cfg
@@ -433,12 +433,14 @@ def evaluate_and_log(run: _Run, evaluate: Callable[[torch.nn.Module], dict]) -> 
                                   "samples_seen": state.global_step * cfg.batch_size * cfg.gradient_accumulation_steps,
                                   "eval": scores})
             run.accelerator.print(f"[{run.name}] step {state.global_step}: {json.dumps(scores)}")
+    return scores
 
 
-def _after_step(run: _Run, averages: _Averages, evaluate, evaluate_every: int, requested: list[int]) -> str | None:
+def _after_step(run: _Run, averages: _Averages, evaluate, evaluate_every: int, requested: list[int],
+                stop_when=None) -> str | None:
     """Everything an optimizer step sets off: schedule, calibration, log line, evaluation, checkpoint
-    and the stop checks. Returns "cut" (``stop_after_steps``), "budget" (time budget used up) or None;
-    raises `TrainingStopped` after a signal."""
+    and the stop checks. Returns "cut" (``stop_after_steps``), "budget" (time budget used up), "target"
+    (``stop_when`` said the scores are good enough) or None; raises `TrainingStopped` after a signal."""
     cfg, state = run.cfg, run.state
     run.scheduler.step()
     state.global_step += 1
@@ -446,8 +448,12 @@ def _after_step(run: _Run, averages: _Averages, evaluate, evaluate_every: int, r
     _calibrate(run)
     if state.global_step % cfg.log_every == 0 or state.global_step == state.total_steps:
         _log(run, averages.take())
+    target = False
     if evaluate is not None and evaluate_every and state.global_step % evaluate_every == 0:
-        evaluate_and_log(run, evaluate)
+        scores = evaluate_and_log(run, evaluate)
+        target = [bool(stop_when is not None and stop_when(scores))]
+        broadcast_object_list(target)  # every process stops at the same step
+        target = target[0]
     if state.global_step % cfg.save_every == 0:
         save_checkpoint(run)
     if cfg.stop_after_steps is not None and state.global_step >= cfg.stop_after_steps:
@@ -462,6 +468,9 @@ def _after_step(run: _Run, averages: _Averages, evaluate, evaluate_every: int, r
     if flags[0]:
         run.accelerator.print(f"[{run.name}] time budget of {cfg.max_minutes} min reached")
         return "budget"
+    if target:
+        run.accelerator.print(f"[{run.name}] target scores reached at step {state.global_step}")
+        return "target"
     return None
 
 
@@ -481,7 +490,8 @@ def _epoch_batches(run: _Run, on_epoch_start: Callable[[int], None] | None):
     return run.loader
 
 
-def _run_epochs(run: _Run, compute_loss, on_epoch_start, evaluate, evaluate_every: int, requested: list[int]) -> bool:
+def _run_epochs(run: _Run, compute_loss, on_epoch_start, evaluate, evaluate_every: int, requested: list[int],
+                stop_when=None) -> bool:
     """Train until the schedule ends or the time budget is used up; False when ``stop_after_steps``
     cut the run short (a testing aid: as if killed)."""
     state, averages, stop = run.state, _Averages(), False
@@ -490,10 +500,10 @@ def _run_epochs(run: _Run, compute_loss, on_epoch_start, evaluate, evaluate_ever
             averages.add(train_step(run, batch, compute_loss))
             if not run.accelerator.sync_gradients:
                 continue
-            outcome = _after_step(run, averages, evaluate, evaluate_every, requested)
+            outcome = _after_step(run, averages, evaluate, evaluate_every, requested, stop_when)
             if outcome == "cut":
                 return False
-            stop = outcome == "budget"
+            stop = outcome in ("budget", "target")
             if stop or state.global_step >= state.total_steps:
                 break
         else:
@@ -518,6 +528,7 @@ def train(
     evaluate_every: int = 0,
     resume_file: Path | None = None,
     recipe: dict | None = None,
+    stop_when: Callable[[dict], bool] | None = None,
 ) -> tuple[torch.nn.Module, TrainState, Accelerator]:
     """Train ``model`` on ``dataset`` until epochs, max_steps or max_minutes run out.
 
@@ -531,6 +542,9 @@ def train(
     ``resume_file``: when there is no checkpoint yet, start from this resume file instead (checked
     against ``recipe``), writing it out as the first checkpoint and its learning curve as the first
     records of ``metrics.jsonl``. Raises `TrainingStopped` after a SIGTERM or SIGINT (checkpoint saved).
+
+    ``stop_when(scores)``, asked after each evaluation, ends the run early (finished, as when the
+    schedule ends) when it returns True: a target score instead of the remaining steps.
     """
     run = _prepare(name, model, dataset, collate_fn, cfg, Path(output_dir), accelerator, param_groups)
     unpacked = _restore(run, resume_file, recipe)
@@ -546,7 +560,7 @@ def train(
         run.model.train()
         run.progress = tqdm(total=run.state.total_steps, initial=run.state.global_step, desc=name,
                             disable=not run.accelerator.is_local_main_process, dynamic_ncols=True)
-        completed = _run_epochs(run, compute_loss, on_epoch_start, evaluate, evaluate_every, requested)
+        completed = _run_epochs(run, compute_loss, on_epoch_start, evaluate, evaluate_every, requested, stop_when)
         run.progress.close()
         if completed:
             run.state.finished = True

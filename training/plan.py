@@ -85,6 +85,8 @@ def schedule(config: dict, stage: str, samples: int | None) -> str:
         parts.append(f"time budget {float(cfg['max_minutes']):g} min (the schedule is fitted to it)")
     else:
         parts.append("no time budget: it runs every step")
+    if cfg.get("target_focal_auc") is not None:
+        parts[-1] += f" or until the test focal AUC is at least {float(cfg['target_focal_auc']):g} twice in a row"
     return "; ".join(parts)
 
 

@@ -41,6 +41,9 @@ class VisionConfig:
     dense_loss: Literal[DENSE_LOSSES] = "balanced"
     # learning curve and the move between machines
     evaluate_every: int = 100
+    # the stage ends early once the test focal case AUC (dense head) is at least this at two
+    # evaluations in a row of one session (null: run the whole schedule)
+    target_focal_auc: Optional[float] = None
     resume_file: Optional[str] = None            # training/checkpoints/*.resume.safetensors
     # from the preset's model section
     variant: str = "nano"
