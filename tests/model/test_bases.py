@@ -178,6 +178,14 @@ def test_embedded_language_model_is_cached_merged(smollm2, tmp_path, monkeypatch
     with torch.no_grad():
         torch.testing.assert_close(second(input_ids=ids, images=images).logits, first(input_ids=ids, images=images).logits, rtol=0, atol=0)
 
+    import shutil
+
+    copy = shutil.copytree(folder, tmp_path / "reinstalled" / folder.name, copy_function=shutil.copy)  # new times
+    assert (copy / "config.json").stat().st_mtime_ns != (folder / "config.json").stat().st_mtime_ns
+    copied, _ = embedded.load_embedded(copy)  # the same bytes elsewhere: still no merge
+    with torch.no_grad():
+        torch.testing.assert_close(copied(input_ids=ids, images=images).logits, first(input_ids=ids, images=images).logits, rtol=0, atol=0)
+
     monkeypatch.undo()
     monkeypatch.setattr(embedded, "cache_dir", lambda: tmp_path / "cache")
     adapter = folder / "adapter" / "adapter_model.safetensors"

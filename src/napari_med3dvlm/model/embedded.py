@@ -232,21 +232,23 @@ MERGED_CACHE_ENV = "NAPARI_MED3DVLM_MERGED_CACHE"
 
 
 def _merged_cache_folder(folder: Path, base: Path) -> Path | None:
-    """Where the ready (merged) language model of this folder and base is cached, keyed by a
-    signature of every input file (size and modification time) and the library versions."""
+    """Where the ready (merged) language model of this folder and base is cached, keyed by the content
+    fingerprint of every input file (`sources.content_fingerprint`: bytes and sizes, not times, so a
+    reinstall or a copy of the same files finds it) and the library versions."""
     if os.environ.get(MERGED_CACHE_ENV, "1").strip().lower() in {"0", "false", "no", "off"}:
         return None
     import hashlib
 
     import transformers
 
-    parts = [f"torch={torch.__version__}", f"transformers={transformers.__version__}", str(folder.resolve())]
+    from .sources import content_fingerprint
+
     inputs = [folder / "config.json", folder / WEIGHTS, folder / "generation_config.json", base / "config.json"]
     inputs += sorted(base.glob("*.safetensors")) + sorted((folder / ADAPTER_DIR).glob("*"))
-    for path in inputs:
-        if path.is_file():
-            stat = path.stat()
-            parts.append(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}")
+    model_files = [p for p in inputs if p.is_file() and p.is_relative_to(folder)]
+    base_files = [p for p in inputs if p.is_file() and not p.is_relative_to(folder)]
+    parts = [f"torch={torch.__version__}", f"transformers={transformers.__version__}",
+             content_fingerprint(model_files, root=folder), content_fingerprint(base_files, root=base)]
     key = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
     return cache_dir() / "merged" / f"{folder.name}-{key}"
 
