@@ -2,6 +2,7 @@
 published input size and the content fingerprint of a model's files."""
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -54,3 +55,30 @@ def test_the_fingerprint_is_contents_and_sizes_not_times(tmp_path):
     files[0].write_bytes(b"a" * 999 + b"c")  # same size, old time restored
     os.utime(files[0], ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert sources.content_fingerprint(files, root=folder) != before
+
+
+def test_large_file_digests_survive_the_process_not_a_change_of_bytes(tmp_path, monkeypatch):
+    """A weight file is hashed once per version and machine: a new process (the in-process memory
+    emptied) reads the digest from the user cache; new bytes at the same size are hashed again."""
+    from napari_med3dvlm.model import sources
+
+    monkeypatch.setenv("NAPARI_MED3DVLM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(sources, "PERSIST_DIGESTS_FROM", 0)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"a" * 1000)
+    first = sources.file_digest(weights)
+    assert (tmp_path / "cache" / "digests.json").is_file()
+
+    monkeypatch.setattr(sources, "_digests", {})  # a new process
+    real_open = open
+
+    def no_reading(path, *args, **kwargs):
+        assert Path(path) != weights, "hashed again"
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", no_reading)
+    assert sources.file_digest(weights) == first
+    monkeypatch.setattr("builtins.open", real_open)
+
+    weights.write_bytes(b"b" * 1000)  # same size, new bytes (and a new change time)
+    assert sources.file_digest(weights) != first

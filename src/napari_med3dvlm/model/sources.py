@@ -96,16 +96,24 @@ _digests: dict[tuple[str, int, int, int], str] = {}
 _digests_lock = threading.Lock()
 
 
+#: Files at least this large have their digest kept on disk too (the user cache's ``digests.json``), so
+#: a process start does not hash gigabytes of weights again: once per file version and machine.
+PERSIST_DIGESTS_FROM = 64 << 20
+
+
 def file_digest(path) -> str:
-    """sha256 of a file's bytes, read in chunks. Remembered in this process per (path, size,
-    modification and change times): the times only say when to hash again, they are never part of the
-    answer (the change time also moves when a rewrite restores the old modification time)."""
+    """sha256 of a file's bytes, read in chunks. Remembered per (path, size, modification and change
+    times), in this process and, for large files, on disk: the times only say when to hash again, they
+    are never part of the answer (the change time also moves when a rewrite restores the old
+    modification time)."""
     path = Path(path)
     stat = path.stat()
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+    persist = stat.st_size >= PERSIST_DIGESTS_FROM
     with _digests_lock:
-        known = _digests.get(key)
+        known = _digests.get(key) or (_stored_digests().get("|".join(map(str, key))) if persist else None)
     if known is not None:
+        _digests[key] = known
         return known
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -114,7 +122,41 @@ def file_digest(path) -> str:
     value = digest.hexdigest()
     with _digests_lock:
         _digests[key] = value
+        if persist:
+            _store_digest("|".join(map(str, key)), value)
     return value
+
+
+def _digests_file() -> Path:
+    from .bases import cache_dir
+
+    return cache_dir() / "digests.json"
+
+
+def _stored_digests() -> dict:
+    import json
+
+    try:
+        return json.loads(_digests_file().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}  # none yet, or unreadable: hash again
+
+
+def _store_digest(key: str, value: str) -> None:
+    """Add one digest to ``digests.json`` (atomic replace; a lost race only costs a hash later)."""
+    import json
+    import tempfile
+
+    target = _digests_file()
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        stored = {**_stored_digests(), key: value}
+        handle, temporary = tempfile.mkstemp(prefix=".digests-", dir=target.parent)
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            json.dump(stored, out)
+        os.replace(temporary, target)
+    except OSError:
+        pass  # a cache that cannot be written only costs the next process a hash
 
 
 def content_fingerprint(files, root=None) -> str:
