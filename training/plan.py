@@ -112,9 +112,12 @@ def _progress(config: dict, stage: str) -> str:
 
 def _reads(config: dict, stage: str, data: DataCheck, pending: set[str]) -> str:
     if stage == "vision":
-        cfg = stage_config(config, "vision")
-        return (f"renders {int(cfg.get('train_cases', 2000)):,} train + {int(cfg.get('test_cases', 200)):,} "
-                f"test phantoms (no data on disk)")
+        cfg = stage_config(config, "vision")  # its own cases, rendered once with their dense targets
+        root = Path(cfg.get("cache_dir") or Path(config["output_dir"]) / "vision_dense")
+        rendered = all((root / split / "meta.json").is_file() for split in ("train", "test"))
+        return (f"{int(cfg.get('train_cases', 2000)):,} {cfg.get('train_sampler', 'natural')} train + "
+                f"{int(cfg.get('test_cases', 200)):,} test phantoms with dense targets in {root} "
+                f"({'rendered' if rendered else 'rendered first'}; not data.root)")
     root = data_root(config, stage)
     if root.root in pending:
         return f"{root.root} ({root.spelled}, written first)"

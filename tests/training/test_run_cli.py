@@ -151,6 +151,9 @@ def test_dry_run_prints_the_demo_plan_quickly_from_a_clean_checkout(tmp_path):
     vision = preset["vision"]
     steps = math.ceil(vision["epochs"] * (vision["train_cases"] // vision["batch_size"]))
     assert f"{steps:,} steps of {vision['batch_size']}" in _stage_block(out, "vision")
+    # its own lesion-rich cases with dense targets, not the split at data.root; none rendered yet
+    assert (f"{vision['train_cases']:,} lesion-rich train + {vision['test_cases']:,} test phantoms with dense "
+            f"targets in runs/demo/vision_dense (rendered first; not data.root)") in _stage_block(out, "vision")
     for stage in ("siglip", "projector", "finetune"):
         block = _stage_block(out, stage)
         assert f"time budget {preset[stage]['max_minutes']:g} min" in block
