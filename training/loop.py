@@ -208,10 +208,10 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _trim_metrics(path: Path, step: int) -> None:
-    """Keep the records up to ``step`` (a resumed run logs the later ones again) and drop broken lines."""
+def _records(path: Path, step: int) -> list[tuple[str, dict]]:
+    """The records of ``metrics.jsonl`` up to ``step`` as (line, record); broken lines dropped."""
     if not path.exists():
-        return
+        return []
     kept = []
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
@@ -219,8 +219,20 @@ def _trim_metrics(path: Path, step: int) -> None:
         except json.JSONDecodeError:
             continue  # the line a kill cut short
         if isinstance(record, dict) and int(record.get("step", 0)) <= step:
-            kept.append(line)
-    write_atomic(path, "".join(f"{line}\n" for line in kept))
+            kept.append((line, record))
+    return kept
+
+
+def _trim_metrics(path: Path, step: int) -> None:
+    """Keep the records up to ``step`` (a resumed run logs the later ones again) and drop broken lines."""
+    if path.exists():
+        write_atomic(path, "".join(f"{line}\n" for line, _ in _records(path, step)))
+
+
+def _evaluations(path: Path, step: int) -> list[dict]:
+    """The scores of every evaluation up to ``step``, oldest first: the learning curve a resumed run
+    carries on (a target counted over evaluations in a row spans a stop and a resume)."""
+    return [record["eval"] for _, record in _records(path, step) if isinstance(record.get("eval"), dict)]
 
 
 def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
@@ -249,6 +261,7 @@ class _Run:
     output_dir: Path
     state: TrainState
     clock: TrainingClock = field(default_factory=TrainingClock)
+    evaluations: list = field(default_factory=list)  # every evaluation's scores so far, resumes included
     progress: tqdm | None = None
     calibrated: bool = True
     calibration: tuple[float, int] | None = None
@@ -450,8 +463,8 @@ def _after_step(run: _Run, averages: _Averages, evaluate, evaluate_every: int, r
         _log(run, averages.take())
     target = False
     if evaluate is not None and evaluate_every and state.global_step % evaluate_every == 0:
-        scores = evaluate_and_log(run, evaluate)
-        target = [bool(stop_when is not None and stop_when(scores))]
+        run.evaluations.append(evaluate_and_log(run, evaluate))
+        target = [bool(stop_when is not None and stop_when(run.evaluations))]
         broadcast_object_list(target)  # every process stops at the same step
         target = target[0]
     if state.global_step % cfg.save_every == 0:
@@ -528,7 +541,7 @@ def train(
     evaluate_every: int = 0,
     resume_file: Path | None = None,
     recipe: dict | None = None,
-    stop_when: Callable[[dict], bool] | None = None,
+    stop_when: Callable[[list[dict]], bool] | None = None,
 ) -> tuple[torch.nn.Module, TrainState, Accelerator]:
     """Train ``model`` on ``dataset`` until epochs, max_steps or max_minutes run out.
 
@@ -543,8 +556,9 @@ def train(
     against ``recipe``), writing it out as the first checkpoint and its learning curve as the first
     records of ``metrics.jsonl``. Raises `TrainingStopped` after a SIGTERM or SIGINT (checkpoint saved).
 
-    ``stop_when(scores)``, asked after each evaluation, ends the run early (finished, as when the
-    schedule ends) when it returns True: a target score instead of the remaining steps.
+    ``stop_when(evaluations)``, asked after each evaluation with the scores of every evaluation so far
+    (oldest first, those before a resume included), ends the run early (finished, as when the schedule
+    ends) when it returns True: a target score instead of the remaining steps.
     """
     run = _prepare(name, model, dataset, collate_fn, cfg, Path(output_dir), accelerator, param_groups)
     unpacked = _restore(run, resume_file, recipe)
@@ -552,6 +566,7 @@ def train(
         return run.result()
     if run.accelerator.is_main_process:
         _trim_metrics(run.metrics_path, run.state.global_step)
+    run.evaluations = _evaluations(run.metrics_path, run.state.global_step)
     run.calibrated = cfg.max_minutes is None or run.state.global_step >= cfg.calibrate_steps
     run.clock = TrainingClock(before=run.state.elapsed_s)
     if unpacked:

@@ -106,6 +106,9 @@ def _progress(config: dict, stage: str) -> str:
 
         with safe_open(str(resume), framework="numpy") as handle:  # the header only; no torch
             state = json.loads((handle.metadata() or {}).get("trainer_state", "{}"))
+        if state.get("finished"):
+            return (f"finished in its resume file {resume} (step {state.get('global_step', '?')}): "
+                    f"its result is written from it, no step trained")
         return f"to run, resumes from step {state.get('global_step', '?')} of its resume file {resume}"
     return "to run"
 

@@ -100,10 +100,30 @@ def test_a_run_moved_through_its_resume_file_ends_as_an_uninterrupted_one(recipe
     # second machine: an empty output folder and the file; the same command continues at step 3
     second = with_output(config, root / "second", resume_file=str(resume))
     summary = run_stage(second, "vision")
-    assert summary["steps"] == 6
+    assert summary["steps"] == 6 and summary["ended"] == "schedule"
     assert_same_weights(final_weights(second), final_weights(whole))
     assert eval_curve(second) == eval_curve(whole)  # the curve came along and went on
     assert (root / "second" / "vision" / "checkpoints" / "step-3" / "trainer_state.json").exists()
+
+
+def test_a_run_that_reached_its_target_moves_as_a_finished_stage(recipe):
+    """The repository keeps the resume file of a run that ended at its target: a new machine's
+    ``all`` then takes the stage's result from it and trains no step."""
+    from training.run import run_stage
+    from training.stages.vision import export_resume
+
+    root, config = recipe
+    done = with_output(config, root / "target", evaluate_every=1, target_focal_auc=0.0)  # met at every evaluation
+    summary = run_stage(done, "vision")
+    assert summary["steps"] == 2 and summary["ended"] == "target focal AUC reached"
+    resume = export_resume(done, root / "target.resume.safetensors")
+    moved = with_output(config, root / "target-moved", evaluate_every=1, target_focal_auc=0.0,
+                        resume_file=str(resume))
+    again = run_stage(moved, "vision")
+    assert again["steps"] == 2 and again["ended"] == "target focal AUC reached"
+    assert_same_weights(final_weights(moved), final_weights(done))
+    assert [r["step"] for r in eval_curve(moved)] == [1, 2]
+    assert not (root / "target-moved" / "vision" / "checkpoints").exists()  # not one step trained
 
 
 def test_a_resume_file_of_another_recipe_is_refused(recipe):
