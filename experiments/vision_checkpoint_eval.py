@@ -5,6 +5,12 @@ stage's evaluation records (per focal kind included), without training a step.
 
 Reads ``<output_dir>/vision/checkpoints/step-*`` (the newest complete one) and the stage's cached
 dense targets; prints one JSON line.
+
+    python experiments/vision_checkpoint_eval.py --preset demo --encoder-from siglip
+
+keeps the vision stage's heads and swaps in the image tower of a later stage (its newest checkpoint,
+else its result): what the dense and s3 token-kind heads still read from the encoder after SigLIP
+trained it, i.e. whether the lesion features the projector reads survived.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="demo")
+    parser.add_argument("--encoder-from", metavar="STAGE", default=None,
+                        help="swap in the image tower of this stage (e.g. siglip), heads kept")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
 
@@ -42,10 +50,24 @@ def main(argv=None) -> int:
     state = json.loads((checkpoint / STATE_FILE).read_text())
     model = build_model(vision)
     model.load_state_dict(load_file(str(checkpoint / "model.safetensors")), strict=True)
+    source = None
+    if args.encoder_from:
+        from training.stages.common import load_result, subset
+
+        later = latest_checkpoint(stage_dir(config, args.encoder_from) / "checkpoints")
+        if later is not None:
+            weights, source = load_file(str(later / "model.safetensors")), str(later)
+        else:
+            weights, source = load_result(config, args.encoder_from, required=False), f"{args.encoder_from} result"
+        tower = subset(weights, "vision_encoder.") or subset(weights, "vision_tower.")
+        if not tower:
+            print(f"error: no image tower in {source}", file=sys.stderr)
+            return 2
+        model.encoder.load_state_dict(tower, strict=True)
     _, test_cache = dense_caches(config, vision)
     scores = evaluate_findings(model, DenseDataset(test_cache.open()))
     print(json.dumps({"step": state["global_step"], "elapsed_h": round(state["elapsed_s"] / 3600, 2),
-                      "test": scores}))
+                      "encoder": source or "vision", "test": scores}))
     return 0
 
 
