@@ -154,7 +154,7 @@ SECTION_KEYS = {
 TOP_KEYS = {"name": "str", "output_dir": "str", **{section: "dict" for section in SECTION_KEYS}}
 _KIND_WORDS = {"int": "an integer", "number": "a number", "bool": "true or false", "str": "a string",
                "list": "a list ([a, b])", "dict": "a mapping ({key: value})",
-               "precision": "no, fp16, bf16 or fp8"}
+               "precision": "auto, no, fp16, bf16 or fp8"}
 
 
 def _kind_of(value: Any) -> str:
@@ -175,7 +175,7 @@ def _fits(value: Any, kind: str) -> bool:
     if value is None or kind == "any":
         return True  # null: the stage's default
     if kind == "precision":
-        return value is False or value in ("no", "fp16", "bf16", "fp8")
+        return value is False or value in ("auto", "no", "fp16", "bf16", "fp8")
     actual = _kind_of(value)
     return actual == kind or (kind == "number" and actual == "int")
 

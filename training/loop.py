@@ -171,6 +171,27 @@ class TrainState:
     history: list = field(default_factory=list)
 
 
+def native_bf16() -> bool:
+    """Whether the device the accelerator will pick multiplies bf16 matrices natively."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def resolve_precision(value: str) -> str:
+    """``mixed_precision`` as the accelerator takes it. ``auto``: bf16 where the device multiplies bf16
+    matrices natively (CUDA with bf16; a CPU with oneDNN bf16 support, i.e. AVX-512 BF16 or AMX),
+    else fp32 ("no"): on a CPU without it, bf16 matrix products take a scalar fallback, about 50 times
+    slower than fp32 (measured on an AVX2-only CPU: 0.59 s against 0.012 s for 1536x576 @ 576x576)."""
+    native = native_bf16()
+    if value == "auto":
+        return "bf16" if native else "no"
+    if value == "bf16" and not native and not torch.cuda.is_available():
+        print("[train] warning: mixed_precision bf16 on a CPU without native bf16 matrix products "
+              "(no AVX-512 BF16 or AMX): steps run many times slower than fp32; use auto or no")
+    return value
+
+
 def make_accelerator(cfg: LoopConfig, project_dir: Path) -> Accelerator:
     # `all` runs stages with different precision in one process; the process group (PartialState)
     # stays, only the per-stage state is rebuilt.
@@ -179,7 +200,7 @@ def make_accelerator(cfg: LoopConfig, project_dir: Path) -> Accelerator:
     AcceleratorState._reset_state()
     GradientState._reset_state()
     return Accelerator(
-        mixed_precision=cfg.mixed_precision,
+        mixed_precision=resolve_precision(cfg.mixed_precision),
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         project_dir=str(project_dir),
         step_scheduler_with_optimizer=False,

@@ -88,6 +88,15 @@ def random_starts(config: dict) -> str:
     return "\n\nStarted from scratch (`--from-scratch`):\n" + "\n".join(f"- {note}" for note in notes)
 
 
+def _precision(config: dict) -> str:
+    value = config.get("train", {}).get("mixed_precision")
+    if value != "auto":
+        return str(value)
+    from .loop import resolve_precision
+
+    return f"auto ({'bf16' if resolve_precision(value) == 'bf16' else 'fp32'} on the machine that wrote this card)"
+
+
 def render_model_card(config: dict, results: dict) -> str:
     model = config["model"]
     stages = []
@@ -139,7 +148,7 @@ contradict left/right and plane statements in the texts).
 |---|---|---|---|---|---|
 {chr(10).join(stages)}
 
-Mixed precision: {config.get('train', {}).get('mixed_precision')}; AdamW, warmup + cosine; each stage's schedule
+Mixed precision: {_precision(config)}; AdamW, warmup + cosine; each stage's schedule
 fitted to its time budget{_hardware(config)}.{random_starts(config)}
 
 ## Results on the phantom test split
