@@ -85,7 +85,7 @@ def test_wrong_m3d_layout_for_paper_is_found_before_any_model_is_loaded(tmp_path
     ("finetune.max_step=5", ["unknown key finetune.max_step in preset demo", "did you mean finetune.max_steps?"]),
     ("finetune.max_steps=ten", ["finetune.max_steps in preset demo takes an integer", "'ten'"]),
     ("siglip.lr=[1,2]", ["siglip.lr in preset demo takes a number"]),
-    ("train.mixed_precision=fp32", ["train.mixed_precision in preset demo takes no, fp16, bf16 or fp8"]),
+    ("train.mixed_precision=fp32", ["train.mixed_precision in preset demo takes auto, no, fp16, bf16 or fp8"]),
     ("finetun.max_steps=5", ["unknown section finetun in preset demo", "did you mean finetune?"]),
     ("data.image_size=[32,128", ["not valid YAML"]),
     ("max_steps", ["not of the form key=value"]),
