@@ -52,18 +52,18 @@ def main(argv=None) -> int:
     model.load_state_dict(load_file(str(checkpoint / "model.safetensors")), strict=True)
     source = None
     if args.encoder_from:
-        from training.stages.common import load_result, subset
+        from training.stages.common import load_vision_tower, subset
 
         later = latest_checkpoint(stage_dir(config, args.encoder_from) / "checkpoints")
-        if later is not None:
-            weights, source = load_file(str(later / "model.safetensors")), str(later)
+        if later is not None:  # a running or stopped stage: its newest checkpoint's image tower
+            source = str(later)
+            model.encoder.load_state_dict(subset(load_file(str(later / "model.safetensors")), "vision_encoder."),
+                                          strict=True)
+        elif load_vision_tower(model.encoder, config, args.encoder_from):  # a finished stage's result
+            source = f"{args.encoder_from} result"
         else:
-            weights, source = load_result(config, args.encoder_from, required=False), f"{args.encoder_from} result"
-        tower = subset(weights, "vision_encoder.") or subset(weights, "vision_tower.")
-        if not tower:
-            print(f"error: no image tower in {source}", file=sys.stderr)
+            print(f"error: {args.encoder_from} has neither a checkpoint nor a result", file=sys.stderr)
             return 2
-        model.encoder.load_state_dict(tower, strict=True)
     _, test_cache = dense_caches(config, vision)
     scores = evaluate_findings(model, DenseDataset(test_cache.open()))
     print(json.dumps({"step": state["global_step"], "elapsed_h": round(state["elapsed_s"] / 3600, 2),

@@ -259,6 +259,12 @@ def apply_overrides(config: dict, overrides: list[str]) -> dict:
     return config
 
 
+def vision_cache_root(cache_dir: str | None, output_dir) -> Path:
+    """Where the vision stage renders its own cases and dense targets (``vision.cache_dir``, else
+    ``<output_dir>/vision_dense``); torch-free, so the plan can look there too."""
+    return Path(cache_dir) if cache_dir else Path(output_dir) / "vision_dense"
+
+
 def stage_config(config: dict, stage: str) -> dict:
     """The ``train`` defaults merged with one stage's section."""
     merged = copy.deepcopy(config.get("train", {}))

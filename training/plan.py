@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .checks import (TASK_FILES, DataCheck, InputError, check_choices, check_earlier, check_weights, data_root,
                      stage_reads, stage_tasks)
-from .config import stage_config
+from .config import stage_config, vision_cache_root
 from .phantom_split import counts_of, missing_roots
 
 
@@ -116,7 +116,7 @@ def _progress(config: dict, stage: str) -> str:
 def _reads(config: dict, stage: str, data: DataCheck, pending: set[str]) -> str:
     if stage == "vision":
         cfg = stage_config(config, "vision")  # its own cases, rendered once with their dense targets
-        root = Path(cfg.get("cache_dir") or Path(config["output_dir"]) / "vision_dense")
+        root = vision_cache_root(cfg.get("cache_dir"), config["output_dir"])
         rendered = all((root / split / "meta.json").is_file() for split in ("train", "test"))
         return (f"{int(cfg.get('train_cases', 2000)):,} {cfg.get('train_sampler', 'natural')} train + "
                 f"{int(cfg.get('test_cases', 200)):,} test phantoms with dense targets in {root} "

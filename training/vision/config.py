@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
+from ..config import vision_cache_root
 from ..loop import LoopConfig
 from .losses import DENSE_LOSSES
 
@@ -42,7 +43,7 @@ class VisionConfig:
     # learning curve and the move between machines
     evaluate_every: int = 100
     # the stage ends early once the test focal case AUC (dense head) is at least this at two
-    # evaluations in a row of one session (null: run the whole schedule)
+    # evaluations in a row, counted over the whole learning curve (null: run the whole schedule)
     target_focal_auc: Optional[float] = None
     resume_file: Optional[str] = None            # training/checkpoints/*.resume.safetensors
     # from the preset's model section
@@ -82,7 +83,7 @@ class VisionConfig:
                    window=str(data.get("window", "soft tissue")), loop=loop)
 
     def cache_root(self, output_dir) -> Path:
-        return Path(self.cache_dir) if self.cache_dir else Path(output_dir) / "vision_dense"
+        return vision_cache_root(self.cache_dir, output_dir)
 
     def recipe(self) -> dict:
         """What a resume file must agree on with the preset that imports it: the data order, the model's

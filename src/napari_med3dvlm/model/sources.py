@@ -112,8 +112,9 @@ def file_digest(path) -> str:
     persist = stat.st_size >= PERSIST_DIGESTS_FROM
     with _digests_lock:
         known = _digests.get(key) or (_stored_digests().get("|".join(map(str, key))) if persist else None)
+        if known is not None:
+            _digests[key] = known
     if known is not None:
-        _digests[key] = known
         return known
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
