@@ -116,7 +116,7 @@ LOOP_KEYS = {
     "lr": "number", "weight_decay": "number", "warmup_ratio": "number", "max_grad_norm": "number",
     "mixed_precision": "precision", "seed": "int", "save_every": "int", "keep_checkpoints": "int",
     "log_every": "int", "max_minutes": "number", "calibrate_steps": "int", "num_workers": "int",
-    "stop_after_steps": "int", "from_scratch": "bool",
+    "stop_after_steps": "int", "from_scratch": "bool", "batch_by_task": "bool",
 }
 STAGE_KEYS = {
     # The vision stage checks its own section strictly too (training/vision/config.py).
@@ -134,7 +134,8 @@ STAGE_KEYS = {
 SECTION_KEYS = {
     "train": {**LOOP_KEYS, "num_threads": "int"},
     **{stage: {**LOOP_KEYS, **keys} for stage, keys in STAGE_KEYS.items()},
-    "vision": {**{k: v for k, v in LOOP_KEYS.items() if k != "from_scratch"}, **STAGE_KEYS["vision"]},
+    "vision": {**{k: v for k, v in LOOP_KEYS.items() if k not in ("from_scratch", "batch_by_task")},
+               **STAGE_KEYS["vision"]},
     "merge": {"output": "str", "embedded_output": "str", "adapter_dtype": "str"},
     "eval": {"retrieval_sizes": "list", "caption_samples": "int", "vqa_samples": "int", "yn_samples": "int",
              "max_new_tokens": "int", "blank_baseline": "bool", "tasks": "list", "update": "bool",

@@ -14,7 +14,7 @@ from training.config import apply_overrides, load_preset, stage_config
 from training.data.augment import AugmentConfig, AugmentedDataset, augment_volume
 from training.data.instructions import InstructionDataset, VLMCollator, to_example
 from training.image_token import attach_image_token_rows, detach_image_token_rows
-from training.loop import EpochSampler, WarmupCosine
+from training.loop import EpochSampler, GroupedBatchSampler, WarmupCosine
 
 
 def test_overrides_keep_yaml_types_and_reach_nested_keys():
@@ -96,6 +96,29 @@ def test_sampler_order_depends_only_on_seed_and_epoch():
     assert list(a) == list(b)
     a.set_epoch(1)
     assert list(a) != list(b) and sorted(a) == list(range(10))
+
+
+def test_batches_by_task_hold_one_task_each_and_follow_seed_and_epoch():
+    tasks = ["caption"] * 13 + ["closed"] * 30 + ["open"] * 21
+    sampler = GroupedBatchSampler(tasks, batch_size=4, seed=7)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 13 // 4 + 30 // 4 + 21 // 4
+    assert all(len(batch) == 4 and len({tasks[i] for i in batch}) == 1 for batch in batches)
+    used = [i for batch in batches for i in batch]
+    assert len(used) == len(set(used))  # no sample twice in an epoch
+    order = [tasks[batch[0]] for batch in batches]
+    assert order != sorted(order)  # the tasks stay interleaved as they are mixed
+    assert list(GroupedBatchSampler(tasks, batch_size=4, seed=7)) == batches
+    sampler.set_epoch(1)
+    assert list(sampler) != batches
+
+
+def test_a_mixed_dataset_names_the_task_of_each_sample():
+    from training.data.instructions import InstructionDataset, MixedDataset
+
+    captions, questions = InstructionDataset(list(range(3)), "caption", 4), InstructionDataset(list(range(2)), "yn", 4)
+    mixed = MixedDataset([captions, captions, questions])
+    assert mixed.task_of_each_sample() == ["caption"] * 6 + ["open"] * 2
 
 
 def test_warmup_cosine_schedule():

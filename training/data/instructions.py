@@ -90,6 +90,10 @@ class InstructionDataset(Dataset):
 class MixedDataset(ConcatDataset):
     """ConcatDataset that forwards ``set_epoch`` to its parts (templates and augmentation)."""
 
+    def task_of_each_sample(self) -> list[str]:
+        """The sample kind (caption, closed, open) of every index, for batches of one task."""
+        return [kind for part in self.datasets for kind in [getattr(part, "kind", "sample")] * len(part)]
+
     def set_epoch(self, epoch: int) -> None:
         for part in self.datasets:
             if hasattr(part, "set_epoch"):
