@@ -1,5 +1,6 @@
-"""Does the projector pass the lesions on? Linear probes of focal lesion kinds, per case, on the tokens
-the projector reads (DCFormer stage 3 and 4) and on the image embeddings it hands the language model.
+"""Does the projector pass the lesions on? Linear probes of focal lesion kinds (and of region, phase and
+plane), per case, on the tokens the projector reads (DCFormer stages 3 and 4) and on the image
+embeddings it hands the language model.
 
     python experiments/projector_probe.py --preset demo --stage finetune --stage projector --stage random
 
@@ -23,16 +24,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 FOCAL = ("cyst", "mass", "calcification", "haemorrhage")
 
 
-def case_labels(dataset) -> list[list[int]]:
-    rows = []
+TECHNIQUE = ("region", "phase", "plane")
+
+
+def case_labels(dataset) -> tuple[list[list[int]], list[list[str]]]:
+    """Per case: focal kinds present (0/1 each) and its region, phase and plane."""
+    rows, technique = [], []
     for entry in dataset.entries:
         case = json.loads((Path(dataset.root) / entry["image"]).parent.joinpath("case.json").read_text())
         kinds = {finding["kind"] for finding in case["findings"]}
         rows.append([int(kind in kinds) for kind in FOCAL])
-    return rows
+        technique.append([str(case[key]) for key in TECHNIQUE])
+    return rows, technique
 
 
-def probe_auc(train_x, train_y, test_x, test_y) -> dict:
+def probe_auc(train_x, train_y, train_t, test_x, test_y, test_t) -> dict:
     import numpy as np
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
@@ -45,6 +51,10 @@ def probe_auc(train_x, train_y, test_x, test_y) -> dict:
         probe.fit(train_x, train_y[:, k])
         scores[kind] = round(float(roc_auc_score(test_y[:, k], probe.predict_proba(test_x)[:, 1])), 4)
     scores["mean"] = round(float(np.mean([scores[kind] for kind in FOCAL])), 4)
+    for k, key in enumerate(TECHNIQUE):  # accuracy of one multinomial probe per technique attribute
+        probe = make_pipeline(StandardScaler(), LogisticRegression(C=0.05, max_iter=3000))
+        probe.fit(train_x, train_t[:, k])
+        scores[f"{key}_accuracy"] = round(float((probe.predict(test_x) == test_t[:, k]).mean()), 4)
     return scores
 
 
@@ -74,24 +84,26 @@ def main(argv=None) -> int:
     model.eval()
     splits = {split: sources.caption_dataset(config, split) for split in ("train", "test")}
     cache_dir = Path(config["output_dir"]) / "vision_cache"  # the LLM stages' cache: same tower, same key
-    tokens, labels = {}, {}
+    tokens, labels, techniques = {}, {}, {}
     for split, dataset in splits.items():
         cache = build_cache(model, [dataset], cache_dir)
         paths = [entry["image"] for entry in dataset.entries]
         low = torch.stack([cache[f"{p}::low"] for p in paths]).float()
         high = torch.stack([cache[f"{p}::high"] for p in paths]).float()
         tokens[split] = (low, high)
-        labels[split] = np.asarray(case_labels(dataset))
+        kinds, technique = case_labels(dataset)
+        labels[split], techniques[split] = np.asarray(kinds), np.asarray(technique)
 
     def flat(t):
         return t.reshape(len(t), -1).numpy()
 
     results = {"train_cases": len(labels["train"]), "test_cases": len(labels["test"]),
                "test_positives": dict(zip(FOCAL, labels["test"].sum(0).tolist()))}
-    results["s3_tokens"] = probe_auc(flat(tokens["train"][0]), labels["train"], flat(tokens["test"][0]), labels["test"])
+    train_l, test_l = (labels["train"], techniques["train"]), (labels["test"], techniques["test"])
+    results["s3_tokens"] = probe_auc(flat(tokens["train"][0]), *train_l, flat(tokens["test"][0]), *test_l)
     results["s3_s4_tokens"] = probe_auc(
-        np.concatenate([flat(tokens["train"][0]), flat(tokens["train"][1])], 1), labels["train"],
-        np.concatenate([flat(tokens["test"][0]), flat(tokens["test"][1])], 1), labels["test"])
+        np.concatenate([flat(tokens["train"][0]), flat(tokens["train"][1])], 1), *train_l,
+        np.concatenate([flat(tokens["test"][0]), flat(tokens["test"][1])], 1), *test_l)
     initial = {k: v.clone() for k, v in model.mm_projector.state_dict().items()}
     for stage in args.stage or ["finetune", "projector", "random"]:
         if stage == "random":
@@ -104,8 +116,7 @@ def main(argv=None) -> int:
             model.mm_projector.load_state_dict(subset(state, "mm_projector."), strict=True)
         with torch.no_grad():
             embedded = {split: model.mm_projector(*tokens[split]) for split in tokens}
-        results[f"projector_{stage}"] = probe_auc(flat(embedded["train"]), labels["train"],
-                                                  flat(embedded["test"]), labels["test"])
+        results[f"projector_{stage}"] = probe_auc(flat(embedded["train"]), *train_l, flat(embedded["test"]), *test_l)
     print(json.dumps(results))
     return 0
 

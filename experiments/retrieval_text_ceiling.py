@@ -84,6 +84,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--text-trainable", choices=("head", "lora"), default="head")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--image-side", choices=("oracle", "embedded"), default="oracle")
+    parser.add_argument("--model", default=None,
+                        help="with --image-side embedded: a model folder with siglip/ (default: the shipped demo)")
     return parser.parse_args(argv)
 
 
@@ -145,7 +147,7 @@ def main(argv=None) -> int:
     if args.image_side == "embedded":
         from napari_med3dvlm.model.loading import load_siglip
 
-        model, tokenizer = load_siglip(None, dtype=torch.float32)
+        model, tokenizer = load_siglip(args.model, dtype=torch.float32)
     else:
         model, tokenizer = build_siglip(config)
     model.eval()

@@ -25,7 +25,10 @@ STAGES = ("vision", "siglip", "projector", "finetune", "merge", "eval")
 
 
 def stages_of(config: dict) -> list[str]:
-    """The stages ``all`` runs for this preset."""
+    """The stages ``all`` runs for this preset. A fine-tuning round (``finetune.init_from``) takes the
+    image encoder, projector and SigLIP from the folder it continues from: only its own stages run."""
+    if (config.get("finetune") or {}).get("init_from"):
+        return ["finetune", "merge", "eval"]
     return [s for s in STAGES if s != "vision" or "vision" in config]
 
 

@@ -139,7 +139,7 @@ def _outputs(config: dict, stage: str) -> str:
         merge = config.get("merge", {})
         extra = [str(merge.get("output") or Path(config["output_dir"]) / "merged")]
         if merge.get("embedded_output"):
-            extra.append(f"{merge['embedded_output']} (the plugin's embedded model)")
+            extra.append(f"{merge['embedded_output']} (an embedded model folder, as the plugin ships it)")
         return f"{folder}/, " + ", ".join(extra)
     return f"{folder}/"
 

@@ -95,7 +95,7 @@ def test_bad_overrides_name_the_key_and_the_preset(tmp_path, override, fragments
 
 
 def test_unknown_preset_and_stage_are_one_line_errors(tmp_path):
-    assert_user_error(run_cli("all", "--preset", "demo_cpu", cwd=tmp_path), "no preset 'demo_cpu'", "demo, demo_gpu, paper")
+    assert_user_error(run_cli("all", "--preset", "demo_cpu", cwd=tmp_path), "no preset 'demo_cpu'", "demo, demo_gpu, demo_round, paper")
     assert_user_error(run_cli("finetuning", cwd=tmp_path), "invalid choice: 'finetuning'")
     assert_user_error(run_cli("all", "--data", tmp_path / "nowhere", cwd=tmp_path), "no such folder")
 
@@ -163,6 +163,20 @@ def test_dry_run_prints_the_demo_plan_quickly_from_a_clean_checkout(tmp_path):
     assert f"{spec['train']:,} samples, {siglip['epochs']:g} epochs: {steps:,} steps" in _stage_block(out, "siglip")
     assert preset["merge"]["embedded_output"] in _stage_block(out, "merge")
     assert not (tmp_path / "data").exists() and not (tmp_path / "runs").exists()  # nothing written
+
+
+def test_a_round_runs_only_its_own_stages_from_the_committed_candidate():
+    """`all --preset demo_round` continues from the committed candidate folder: fine-tuning, merge and
+    eval, none of the stages whose results that folder already holds."""
+    result = run_cli("all", "--preset", "demo_round", "--dry-run", cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    numbered = [line.split(". ", 1)[1].split(":")[0] for line in out.splitlines() if line.startswith("  ") and ". " in line
+                and line.strip()[0].isdigit()]
+    assert numbered == ["finetune", "merge", "eval"]
+    assert ("continues from training/checkpoints/demo-candidate (an embedded model folder)"
+            in _stage_block(out, "finetune"))
+    assert "checks: ok" in out
 
 
 def test_dry_run_counts_the_data_each_stage_reads(tmp_path, tiny_data):
