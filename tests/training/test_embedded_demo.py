@@ -34,6 +34,17 @@ def _local_base(folder: Path) -> Path:
     return folder
 
 
+def _assert_same_logits(folder: Path, other: Path) -> None:
+    """Both model folders give the same logits for one image-and-question input."""
+    model, tokenizer = load_vlm(str(folder))
+    reference, _ = load_vlm(str(other))
+    ids = tokenizer("<im_patch>" * 8 + " which organ?", add_special_tokens=False, return_tensors="pt")["input_ids"]
+    image = torch.rand(1, 1, *IMAGE_SIZE)
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids, images=image).logits,
+                                   reference(input_ids=ids, images=image).logits, atol=1e-4, rtol=1e-4)
+
+
 def _demo_config(tmp_path: Path, tiny_data: Path, base: Path, embedded: Path, **finetune) -> dict:
     cached = {"cache_vision_features": True}
     config = tiny_preset(tmp_path, tiny_data, projector=cached,
@@ -63,13 +74,7 @@ def test_demo_recipe_writes_a_loadable_embedded_folder(tmp_path, tiny_data):
     assert not any(n.startswith("language_model.") for n in names)  # no base LLM weights shipped
     assert "new_token_embeddings" in names and any(n.startswith("mm_projector.") for n in names)
 
-    model, tokenizer = load_vlm(str(embedded))
-    merged, _ = load_vlm(str(tmp_path / "merged"))
-    ids = tokenizer("<im_patch>" * 8 + " which organ?", add_special_tokens=False, return_tensors="pt")["input_ids"]
-    image = torch.rand(1, 1, *IMAGE_SIZE)
-    with torch.no_grad():
-        torch.testing.assert_close(model(input_ids=ids, images=image).logits,
-                                   merged(input_ids=ids, images=image).logits, atol=1e-4, rtol=1e-4)
+    _assert_same_logits(embedded, tmp_path / "merged")
 
     results = run_stage(config, "eval")
     assert {"retrieval", "retrieval/blank", "closed", "closed/blank", "caption", "caption/blank"} <= set(results)
@@ -96,13 +101,7 @@ def test_a_fine_tuning_round_continues_from_the_shipped_folder_on_a_machine_with
     assert {"siglip", "projector", "finetune"} <= set(record)  # carried over from the shipped folder
     assert record["finetune"]["continued_from"]["steps"] == 6
     assert (tmp_path / "next" / "siglip" / "config.json").is_file()
-    shipped, _ = load_vlm(str(tmp_path / "shipped"))
-    continued, tokenizer = load_vlm(str(tmp_path / "next"))
-    ids = tokenizer("<im_patch>" * 8 + " which organ?", add_special_tokens=False, return_tensors="pt")["input_ids"]
-    image = torch.rand(1, 1, *IMAGE_SIZE)
-    with torch.no_grad():
-        torch.testing.assert_close(continued(input_ids=ids, images=image).logits,
-                                   shipped(input_ids=ids, images=image).logits, atol=1e-4, rtol=1e-4)
+    _assert_same_logits(tmp_path / "next", tmp_path / "shipped")
     from training.model_card import render_model_card
 
     card = render_model_card(second, {})
