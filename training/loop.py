@@ -35,6 +35,7 @@ import os
 import shutil
 import signal
 import threading
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -125,10 +126,7 @@ class GroupedBatchSampler(Sampler[list[int]]):
         self.groups = list(groups)
         self.batch_size = int(batch_size)
         self.order = EpochSampler(len(self.groups), seed=seed)
-        counts: dict[Any, int] = {}
-        for group in self.groups:
-            counts[group] = counts.get(group, 0) + 1
-        self.length = sum(count // self.batch_size for count in counts.values())
+        self.length = sum(count // self.batch_size for count in Counter(self.groups).values())
 
     def set_epoch(self, epoch: int) -> None:
         self.order.set_epoch(epoch)

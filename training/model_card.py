@@ -32,16 +32,21 @@ def _stage_info(config: dict, stage: str) -> dict:
     return carried_over(config).get(stage) or {}
 
 
-def carried_over(config: dict) -> dict:
-    """The stage infos of the embedded folder ``finetune.init_from`` names (empty when it names none)."""
-    source = config.get("finetune", {}).get("init_from")
-    path = Path(source) / TRAINING_FILE if source else None
-    if path is None or not path.is_file():
+def recorded_stages(folder) -> dict:
+    """The stage infos `TRAINING_FILE` in ``folder`` holds (empty when it has none)."""
+    path = Path(folder) / TRAINING_FILE
+    if not path.is_file():
         return {}
     try:
         return json.loads(path.read_text()).get("stages", {})
     except ValueError:
         return {}
+
+
+def carried_over(config: dict) -> dict:
+    """The stage infos of the embedded folder ``finetune.init_from`` names (empty when it names none)."""
+    source = config.get("finetune", {}).get("init_from")
+    return recorded_stages(source) if source else {}
 
 
 def training_record(config: dict) -> dict:

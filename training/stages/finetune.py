@@ -20,7 +20,7 @@ from ..config import stage_config
 from ..data.instructions import VLMCollator
 from ..image_token import attach_image_token_rows
 from ..loop import train
-from ..model_card import TRAINING_FILE
+from ..model_card import recorded_stages
 from .common import (
     RESULT_FILE,
     count_parameters,
@@ -140,9 +140,7 @@ def earlier_rounds(folder: Path) -> dict | None:
     folder = Path(folder)
     if (folder / "info.json").exists():
         return json.loads((folder / "info.json").read_text())
-    if (folder / TRAINING_FILE).exists():
-        return json.loads((folder / TRAINING_FILE).read_text()).get("stages", {}).get("finetune")
-    return None
+    return recorded_stages(folder).get("finetune")
 
 
 def run(config: dict) -> dict:
@@ -168,8 +166,9 @@ def run(config: dict) -> dict:
         "restored_projector_stage": restored,
     }
     init_from = stage_config(config, "finetune").get("init_from")
-    if init_from and earlier_rounds(Path(init_from)):
-        info["continued_from"] = earlier_rounds(Path(init_from))
+    earlier = earlier_rounds(Path(init_from)) if init_from else None
+    if earlier:
+        info["continued_from"] = earlier
     if accelerator.is_main_process:
         save_finetune_result(config, model, info)
     return info
