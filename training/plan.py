@@ -180,7 +180,7 @@ def render_plan(config: dict, stages: list[str], command: str, writes_data: bool
         if state == "done, skipped":
             continue
         lines.append(f"     input: {_reads(config, stage, data, pending_roots)}")
-        if stage in ("vision", "siglip", "projector", "finetune"):
+        if stage in ("vision", "siglip", "lit", "projector", "finetune"):
             lines.append(f"     {schedule(config, stage, stage_samples(config, stage, data))}")
             budget += float(stage_config(config, stage).get("max_minutes") or 0)
             if not stage_config(config, stage).get("max_minutes"):
@@ -196,6 +196,11 @@ def render_plan(config: dict, stages: list[str], command: str, writes_data: bool
                 finetune_start(Path(source)), "not a result or model folder (see checks)")
             lines.append(f"     continues from {source} ({kind}): encoder, projector and adapter from there, "
                          "a fresh schedule")
+        if stage == "lit":
+            source = "the SigLIP stage's" if "siglip" in stages or not stage_config(config, "finetune").get("init_from") \
+                else f"{stage_config(config, 'finetune')['init_from']}'s"
+            lines.append(f"     locks {source} image tower (each volume embedded once); LoRA, projection, temperature "
+                         "and bias of the text side learn")
         lines.append(f"     writes {_outputs(config, stage)}")
     if budget or unbounded:
         lines.append(f"time: {budget:g} min of stage budgets, plus data writing, model loading"

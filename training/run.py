@@ -1,8 +1,8 @@
 """``python -m training.run STAGE --preset NAME [key=value ...]``
 
-Stages: vision (demo presets), siglip, projector, finetune, merge, eval, or all (in that order). Each stage writes into
-``<output_dir>/<stage>/`` and is resumable: run the same command again after an interruption and it
-continues from the last checkpoint; a finished stage is skipped by ``all``. Multi-GPU:
+Stages: vision (demo presets), siglip, lit (demo presets), projector, finetune, merge, eval, or all (in that
+order). Each stage writes into ``<output_dir>/<stage>/`` and is resumable: run the same command again
+after an interruption and it continues from the last checkpoint; a finished stage is skipped by ``all``. Multi-GPU:
 ``accelerate launch -m training.run STAGE --preset paper``.
 
 Before any model is loaded every stage checks its inputs (`training.checks`): a missing data file or

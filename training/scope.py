@@ -25,7 +25,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from napari_med3dvlm.model.scope import ScopeProfile, fit_feature_stats, siglip_feature, vlm_feature, weight_files

@@ -143,7 +143,7 @@ def test_dry_run_prints_the_demo_plan_quickly_from_a_clean_checkout(tmp_path):
     # the stages in order, none done
     numbered = [line.split(". ", 1)[1].split(":")[0] for line in out.splitlines() if line.startswith("  ") and ". " in line
                 and line.strip()[0].isdigit()]
-    assert numbered == ["vision", "siglip", "projector", "finetune", "merge", "eval"]
+    assert numbered == ["vision", "siglip", "lit", "projector", "finetune", "merge", "eval"]
     # the data it will write first, as the preset describes it
     spec = preset["data"]["phantoms"]
     assert f"data/phantoms (data.root): missing; written first, {spec['train']:,} train + {spec['test']:,} test" in out
@@ -154,7 +154,7 @@ def test_dry_run_prints_the_demo_plan_quickly_from_a_clean_checkout(tmp_path):
     # its own lesion-rich cases with dense targets, not the split at data.root; none rendered yet
     assert (f"{vision['train_cases']:,} lesion-rich train + {vision['test_cases']:,} test phantoms with dense "
             f"targets in runs/demo/vision_dense (rendered first; not data.root)") in _stage_block(out, "vision")
-    for stage in ("siglip", "projector", "finetune"):
+    for stage in ("siglip", "lit", "projector", "finetune"):
         block = _stage_block(out, stage)
         assert f"time budget {preset[stage]['max_minutes']:g} min" in block
         assert f"writes runs/demo/{stage}/" in block
@@ -166,14 +166,16 @@ def test_dry_run_prints_the_demo_plan_quickly_from_a_clean_checkout(tmp_path):
 
 
 def test_a_round_runs_only_its_own_stages_from_the_committed_candidate():
-    """`all --preset demo_round` continues from the committed candidate folder: fine-tuning, merge and
-    eval, none of the stages whose results that folder already holds."""
+    """`all --preset demo_round` continues from the committed candidate folder: text-side tuning against
+    its locked image tower, fine-tuning, merge and eval, none of the stages whose results that folder
+    already holds."""
     result = run_cli("all", "--preset", "demo_round", "--dry-run", cwd=REPO)
     assert result.returncode == 0, result.stderr
     out = result.stdout
     numbered = [line.split(". ", 1)[1].split(":")[0] for line in out.splitlines() if line.startswith("  ") and ". " in line
                 and line.strip()[0].isdigit()]
-    assert numbered == ["finetune", "merge", "eval"]
+    assert numbered == ["lit", "finetune", "merge", "eval"]
+    assert "locks training/checkpoints/demo-candidate's image tower" in _stage_block(out, "lit")
     assert ("continues from training/checkpoints/demo-candidate (an embedded model folder)"
             in _stage_block(out, "finetune"))
     assert "checks: ok" in out
@@ -232,7 +234,7 @@ def tiny_demo_overrides(tmp_path: Path, base: Path) -> list[str]:
     ]
     if "resume_file" in load_preset("demo").get("vision", {}):
         overrides.append("vision.resume_file=null")
-    for stage in ("vision", "siglip", "projector", "finetune"):
+    for stage in ("vision", "siglip", "lit", "projector", "finetune"):
         overrides += [f"{stage}.{key}={value}" for key, value in steps.items()]
     return overrides
 
@@ -251,15 +253,17 @@ def test_all_demo_from_a_clean_folder_writes_its_phantom_split_and_runs_every_st
     cap = json.loads((work / "phantoms" / "M3D_Cap.json").read_text())
     assert len(cap["train"]) == 4 and len(cap["test"]) == 2
     runs = tmp_path / "runs"
-    for stage in ("vision", "siglip", "projector", "finetune", "merge", "eval"):
+    for stage in ("vision", "siglip", "lit", "projector", "finetune", "merge", "eval"):
         assert (runs / stage / "DONE").is_file(), stage
     assert json.loads((runs / "siglip" / "final" / "info.json").read_text())["vision_init"] == "vision stage"
     assert json.loads((runs / "projector" / "final" / "info.json").read_text())["vision_from_siglip"]
+    assert json.loads((runs / "lit" / "final" / "info.json").read_text())["image_tower"] == "the siglip stage"
+    assert "then tuned against the locked image tower" in (tmp_path / "embedded" / "model_card.md").read_text()
     card = (tmp_path / "embedded" / "model_card.md").read_text()
     assert "Started from scratch" not in card
     # Again: every stage is done and the data is there; nothing is rewritten.
     again = run_cli("all", "--preset", "demo", *overrides, "--dry-run", cwd=work)
-    assert again.returncode == 0 and again.stdout.count("done, skipped") == 6, again.stdout
+    assert again.returncode == 0 and again.stdout.count("done, skipped") == 7, again.stdout
 
 
 def test_the_model_card_says_which_stage_started_from_random_weights(tmp_path):

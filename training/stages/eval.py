@@ -23,12 +23,11 @@ from pathlib import Path
 import torch
 
 from napari_med3dvlm.model import prompts
-from napari_med3dvlm.model.sources import SIGLIP_SUBFOLDER
 
 from ..config import stage_config
 from ..data import sources
 from ..data.instructions import _get, choices_of
-from .common import result_dir, stage_dir
+from .common import stage_dir
 
 
 def _sample_indices(length: int, count: int | None, seed: int = 42) -> list[int]:
@@ -228,13 +227,12 @@ def run(config: dict) -> dict:
         # Re-score some parts (e.g. ``eval.tasks=[]`` for retrieval only) and keep the others.
         results = json.loads(previous.read_text())
 
-    from .merge import _load_siglip
+    from .siglip import trained_siglip
 
-    siglip = _load_siglip(config)
-    if siglip is not None:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(str(result_dir(config, "siglip") / SIGLIP_SUBFOLDER))
+    found = trained_siglip(config)
+    if found is not None:
+        siglip, tokenizer, source = found
+        print(f"[eval] retrieval with the SigLIP of {source}")
         captions = sources.caption_dataset(config, "test")
         max_length = int(config["model"].get("text_max_length", 512))
         from ..evaluation import retrieval_metrics

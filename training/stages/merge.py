@@ -16,7 +16,6 @@ import torch
 from peft import PeftModel
 
 from napari_med3dvlm.model.loading import save_pretrained
-from napari_med3dvlm.model.sources import SIGLIP_SUBFOLDER
 
 from ..builders import build_vlm, is_local_base
 from ..image_token import attach_image_token_rows, detach_image_token_rows
@@ -54,7 +53,10 @@ def run(config: dict) -> dict:
         base = config["model"]["language_model"]
         if not is_local_base(base):
             raise ValueError("merge.embedded_output needs a PyPI-shipped (or local) base language model")
-        siglip = _load_siglip(config)
+        from .siglip import trained_siglip
+
+        found = trained_siglip(config)
+        siglip = found[0] if found else None
         record = training_record(config)  # read before the folder is written: init_from may be this folder
         save_embedded(model, tokenizer, embedded, base_language_model=base, siglip=siglip)
         (Path(embedded) / TRAINING_FILE).write_text(json.dumps(record, indent=2) + "\n")
@@ -81,29 +83,6 @@ def _write_scope(config: dict, model, siglip, folders) -> dict:
     except ValueError as err:
         print(f"[merge] scope statistics skipped: {err}")
         return {"skipped": str(err)}
-
-
-def _load_siglip(config: dict):
-    """The SigLIP stage's dual encoder; when this output folder has none, the one of the embedded
-    folder fine-tuning continued from (``finetune.init_from``), so a round keeps the retrieval side."""
-    folder = result_dir(config, "siglip") / SIGLIP_SUBFOLDER
-    if not folder.exists():
-        source = config.get("finetune", {}).get("init_from")
-        if source and (Path(source) / SIGLIP_SUBFOLDER / "config.json").is_file():
-            from napari_med3dvlm.model.loading import load_siglip
-
-            siglip, _ = load_siglip(str(Path(source) / SIGLIP_SUBFOLDER), dtype=torch.float32)
-            return siglip.eval()
-        return None
-    from .siglip import build_siglip
-
-    siglip, _ = build_siglip(config)
-    state = load_result(config, "siglip")
-    own = {k.replace("vision_tower.", "vision_encoder.", 1): v for k, v in state.items()}
-    missing, unexpected = siglip.load_state_dict(own, strict=False)
-    if unexpected or any(not k.startswith("language_encoder.") for k in missing):
-        raise RuntimeError(f"SigLIP result does not match the model: {missing} {unexpected}")
-    return siglip.eval()
 
 
 def _cast_adapter(folder: Path, dtype: str) -> None:

@@ -9,6 +9,8 @@ contrasts its images against the global batch.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from transformers import AutoModel, AutoTokenizer
 
@@ -24,8 +26,10 @@ from ..loop import train
 from .common import (
     count_parameters,
     keep_in_eval_mode,
+    load_result,
     load_vision_tower,
     loop_config,
+    result_dir,
     save_result,
     stage_dir,
     trainable_parameters,
@@ -67,12 +71,17 @@ def set_text_trainable(model: SigLIPModel, mode: str) -> None:
         keep_in_eval_mode(model.language_encoder)
         return
     if mode == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["query", "value", "q_lin", "v_lin"])
-        model.language_encoder = get_peft_model(model.language_encoder, lora)
+        add_text_adapters(model, r=8, alpha=16)
         return
     raise ValueError(f"model.text_trainable must be full, lora or head, got {mode!r}")
+
+
+def add_text_adapters(model: SigLIPModel, r: int, alpha: int) -> None:
+    """LoRA on the text encoder's query and value projections (BERT and DistilBERT names)."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=["query", "value", "q_lin", "v_lin"])
+    model.language_encoder = get_peft_model(model.language_encoder, lora)
 
 
 def siglip_loss(model, batch):
@@ -161,3 +170,32 @@ def save_siglip_result(config: dict, model: SigLIPModel, tokenizer, info: dict) 
     folder = save_result(config, "siglip", tensors, info)
     model.save_pretrained(str(folder / SIGLIP_SUBFOLDER))
     tokenizer.save_pretrained(str(folder / SIGLIP_SUBFOLDER))
+
+
+def trained_siglip(config: dict, after_lit: bool = True):
+    """(SigLIPModel, tokenizer, where it came from) that this run trained, or None; in eval mode.
+
+    In order: the text side the ``lit`` stage tuned (``after_lit``), the SigLIP stage's result, and the
+    ``siglip/`` folder of the embedded model a fine-tuning round continues from (``finetune.init_from``),
+    so a round keeps, and scores, the retrieval side it started from.
+    """
+    from napari_med3dvlm.model.loading import load_siglip
+
+    from ..checks import has_result
+
+    lit = result_dir(config, "lit") / SIGLIP_SUBFOLDER
+    if after_lit and (lit / "config.json").is_file():
+        model, tokenizer = load_siglip(str(lit), dtype=torch.float32)
+        return model.eval(), tokenizer, "the lit stage"
+    if has_result(config, "siglip"):
+        model, tokenizer = build_siglip(config)
+        own = {k.replace("vision_tower.", "vision_encoder.", 1): v for k, v in load_result(config, "siglip").items()}
+        missing, unexpected = model.load_state_dict(own, strict=False)
+        if unexpected or any(not k.startswith("language_encoder.") for k in missing):
+            raise RuntimeError(f"SigLIP result does not match the model: {missing} {unexpected}")
+        return model.eval(), tokenizer, "the siglip stage"
+    source = (config.get("finetune") or {}).get("init_from")
+    if source and (Path(source) / SIGLIP_SUBFOLDER / "config.json").is_file():
+        model, tokenizer = load_siglip(str(Path(source) / SIGLIP_SUBFOLDER), dtype=torch.float32)
+        return model.eval(), tokenizer, str(source)
+    return None
