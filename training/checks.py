@@ -267,6 +267,10 @@ def finetune_start(folder: Path) -> str | None:
 def check_earlier(config: dict, stage: str, coming: set[str]) -> None:
     """The earlier stage ``stage`` builds on must have its result (or run before it, ``coming``)."""
     name = preset_name(config)
+    start = stage_config(config, "vision").get("init_from") if stage == "vision" else None
+    if start and not Path(start).is_file():
+        raise InputError(f"vision: vision.init_from: {start} is not a file (a vision resume file or a vision "
+                         f"result's trainable.safetensors) (preset {name})")
     needs = {"siglip": "vision" if "vision" in config else None, "lit": "siglip", "projector": "siglip",
              "finetune": "projector"}
     earlier = needs.get(stage)

@@ -196,6 +196,12 @@ def render_plan(config: dict, stages: list[str], command: str, writes_data: bool
                 finetune_start(Path(source)), "not a result or model folder (see checks)")
             lines.append(f"     continues from {source} ({kind}): encoder, projector and adapter from there, "
                          "a fresh schedule")
+        if stage == "vision" and stage_config(config, "vision").get("init_from"):
+            lines.append(f"     starts from {stage_config(config, 'vision')['init_from']} (its encoder and the heads of "
+                         "the same shape), a fresh schedule")
+        if stage == "vision" and stage_config(config, "vision").get("technique_weight"):
+            lines.append(f"     technique target (region, phase, plane) at weight "
+                         f"{float(stage_config(config, 'vision')['technique_weight']):g}")
         if stage == "lit":
             source = "the SigLIP stage's" if "siglip" in stages or not stage_config(config, "finetune").get("init_from") \
                 else f"{stage_config(config, 'finetune')['init_from']}'s"

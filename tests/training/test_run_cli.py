@@ -95,7 +95,7 @@ def test_bad_overrides_name_the_key_and_the_preset(tmp_path, override, fragments
 
 
 def test_unknown_preset_and_stage_are_one_line_errors(tmp_path):
-    assert_user_error(run_cli("all", "--preset", "demo_cpu", cwd=tmp_path), "no preset 'demo_cpu'", "demo, demo_gpu, demo_round, paper")
+    assert_user_error(run_cli("all", "--preset", "demo_cpu", cwd=tmp_path), "no preset 'demo_cpu'", "demo, demo_gpu, demo_phase, demo_round, paper")
     assert_user_error(run_cli("finetuning", cwd=tmp_path), "invalid choice: 'finetuning'")
     assert_user_error(run_cli("all", "--data", tmp_path / "nowhere", cwd=tmp_path), "no such folder")
 
@@ -179,6 +179,17 @@ def test_a_round_runs_only_its_own_stages_from_the_committed_candidate():
     assert ("continues from training/checkpoints/demo-candidate (an embedded model folder)"
             in _stage_block(out, "finetune"))
     assert "checks: ok" in out
+
+
+def test_the_phase_continuation_starts_from_the_committed_lesion_run():
+    """`vision --preset demo_phase` continues the finished lesion run (its committed resume file) with the
+    technique target, into a resume file of its own."""
+    result = run_cli("vision", "--preset", "demo_phase", "--dry-run", cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    block = _stage_block(result.stdout, "vision")
+    assert "starts from training/checkpoints/demo-vision.resume.safetensors" in block
+    assert "technique target (region, phase, plane) at weight 1" in block and "800 steps of 16" in block
+    assert "checks: ok" in result.stdout
 
 
 def test_dry_run_counts_the_data_each_stage_reads(tmp_path, tiny_data):

@@ -240,3 +240,61 @@ def test_the_vision_section_is_read_strictly():
         with pytest.raises(VisionConfigError, match=message.replace(".", r"\.")) as err:
             VisionConfig.from_preset(config)
         assert "'demo'" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_technique_head_learns_region_phase_and_plane_from_the_case(tmp_path):
+    """With ``technique_weight`` a head on the tokens the projector reads is trained on each case's
+    technique (from the generator's case record, never from the input)."""
+    from training.data.dense import TECHNIQUE, DenseCache, DenseDataset, DenseSpec, collate_dense, technique_targets
+    from training.vision.losses import vision_loss
+    from training.vision.metrics import evaluate_findings
+    from training.vision.model import DenseVisionModel
+
+    cache = DenseCache(tmp_path / "dense", DenseSpec(0, "train", 3, (32, 128, 128))).build(workers=1, progress=None)
+    arrays, cases = cache.open(), cache.cases()
+    arrays["technique"] = technique_targets(cases)
+    for row, case in zip(arrays["technique"], cases):
+        assert [values[i] for i, (_, values) in zip(row, TECHNIQUE)] == [case["region"], case["phase"], case["plane"]]
+    dataset = DenseDataset(arrays)
+    torch.manual_seed(0)
+    model = DenseVisionModel("nano", (32, 128, 128), technique=True)
+    batch = collate_dense([dataset[i] for i in range(3)])
+    loss, parts = vision_loss(model, batch, technique_weight=1.0)
+    without, _ = vision_loss(model, batch)
+    assert parts["technique_loss"] > 0 and torch.isclose(loss, without + parts["technique_loss"], rtol=1e-4)
+    loss.backward()
+    assert model.technique_head.weight.grad.abs().sum() > 0
+    scores = evaluate_findings(model, dataset)
+    assert {"region_accuracy", "phase_accuracy", "plane_accuracy"} <= set(scores)
+    assert "phase_accuracy" not in evaluate_findings(DenseVisionModel("nano", (32, 128, 128)), dataset)
+
+
+@pytest.mark.slow
+def test_a_vision_run_starts_from_another_runs_encoder_and_adds_the_technique_head(tmp_path, tiny_data):
+    """``vision.init_from`` takes the encoder (and heads of the same shape) of a finished run, from its
+    result or its resume file; with the learning rate at 0 the encoder's weights stay exactly those."""
+    from training.run import run_stage
+    from training.stages.common import load_result, subset
+    from training.stages.vision import export_resume
+
+    vision = {"epochs": 50, "max_steps": 2, "batch_size": 2, "lr": 1e-3, "save_every": 2, "evaluate_every": 2,
+              "train_cases": 4, "test_cases": 2, "render_workers": 1, "cache_dir": str(tmp_path / "dense")}
+    first = tiny_preset(tmp_path / "first", tiny_data, vision=vision)
+    run_stage(first, "vision")
+    source = subset(load_result(first, "vision"), "vision_tower.")
+    resume = export_resume(first, tmp_path / "first.resume.safetensors")
+    result = Path(first["output_dir"]) / "vision" / "final" / "trainable.safetensors"
+    for name, start in (("from-result", result), ("from-resume", resume)):
+        config = tiny_preset(tmp_path / name, tiny_data, vision={**vision, "lr": 0.0, "weight_decay": 0.0,
+                                                                 "technique_weight": 1.0, "init_from": str(start)})
+        summary = run_stage(config, "vision")
+        assert summary["started_from"] == str(start)
+        assert {"region_accuracy", "phase_accuracy", "plane_accuracy"} <= set(summary["test_findings"])
+        encoder = subset(load_result(config, "vision"), "vision_tower.")
+        weights = [k for k in source if "running_" not in k and "num_batches" not in k]  # BatchNorm stats move in train mode
+        assert weights and all(torch.equal(encoder[k], source[k]) for k in weights), name
+    missing = tiny_preset(tmp_path / "missing", tiny_data, vision={**vision, "init_from": str(tmp_path / "nothing")})
+    from training.checks import InputError, check_stages
+
+    with pytest.raises(InputError, match="vision.init_from: .*nothing is not a file"):
+        check_stages(missing, ["vision"])

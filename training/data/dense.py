@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_med3dvlm.phantoms.anatomy import LABEL
-from napari_med3dvlm.phantoms.case import FOCAL_KINDS, KINDS, REGIONS, PhantomCase
+from napari_med3dvlm.phantoms.case import FOCAL_KINDS, KINDS, PHASES, PLANES, REGIONS, PhantomCase
 from napari_med3dvlm.phantoms.sampling import CATALOGUE, compatible, draw_finding, draw_technique, sample_case
 
 #: Every (kind, site) the generator can draw, in a fixed order: the global label vector.
@@ -39,6 +39,13 @@ NUM_KINDS = len(KINDS)
 NUM_ORGANS = max(LABEL.values()) + 1
 #: The label maps are stored at half the model resolution on every axis.
 LABEL_STRIDE = 2
+#: A case's technique as the technique head predicts it: one class per attribute, in this order.
+TECHNIQUE = (("region", REGIONS), ("phase", PHASES), ("plane", PLANES))
+
+
+def technique_targets(cases: list[dict]) -> np.ndarray:
+    """(N, 3) int64: each case's region, contrast phase and plane as indices into `TECHNIQUE`."""
+    return np.array([[values.index(case[name]) for name, values in TECHNIQUE] for case in cases], dtype=np.int64)
 
 
 def case_labels(case: PhantomCase) -> np.ndarray:
@@ -262,6 +269,7 @@ class DenseDataset:
             "organ": torch.from_numpy(organ.astype(np.int64)),
             "labels": torch.from_numpy(np.asarray(a["labels"][index], dtype=np.float32)),
             "case_kinds": torch.from_numpy(case_kinds(a["labels"][index])),
+            **({"technique": torch.from_numpy(np.asarray(a["technique"][index]))} if "technique" in a else {}),
         }
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ..data.dense import DenseCache, DenseDataset, DenseSpec, collate_dense
+from ..data.dense import DenseCache, DenseDataset, DenseSpec, collate_dense, technique_targets
 from ..loop import latest_checkpoint, train
 from ..vision.config import VisionConfig
 from ..vision.losses import vision_loss
@@ -46,7 +46,30 @@ def build_model(vision: VisionConfig) -> DenseVisionModel:
     """The stage's model, seeded: a fresh run and the export of a resume file build the same one."""
     torch.manual_seed(vision.loop.seed)
     return DenseVisionModel(vision.variant, vision.image_size, layer_scale_init=vision.layer_scale_init,
-                            stem=vision.stem)
+                            stem=vision.stem, technique=vision.technique_weight > 0)
+
+
+def start_from(model: DenseVisionModel, path: str | Path) -> list[str]:
+    """Load another vision run's weights into ``model``: the encoder entirely, every head whose name and
+    shape match. ``path`` is a resume file (``model/<name>`` tensors) or a stage result
+    (``vision_tower.<name>``: the encoder alone). Returns the names of the heads left as initialised."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"vision.init_from: {path} is not a file (a vision resume file or result)")
+    tensors = load_file(str(path))
+    if any(k.startswith("model/") for k in tensors):
+        state = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
+    else:
+        state = {"encoder." + k[len("vision_tower."):]: v for k, v in tensors.items() if k.startswith("vision_tower.")}
+    own = model.state_dict()
+    encoder = {k for k in own if k.startswith("encoder.")}
+    if not encoder <= set(state) or any(state[k].shape != own[k].shape for k in encoder):
+        raise ValueError(f"vision.init_from: {path} holds no encoder of this variant and stem")
+    usable = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
+    model.load_state_dict(usable, strict=False)
+    return sorted({k.split(".")[0] for k in own if k not in usable})
 
 
 def target_reached(target: float):
@@ -66,9 +89,15 @@ def target_reached(target: float):
 def run(config: dict) -> dict:
     vision = VisionConfig.from_preset(config)
     train_cache, test_cache = dense_caches(config, vision)
-    dataset = DenseDataset(train_cache.open())
-    test = DenseDataset(test_cache.open())
+    arrays, test_arrays = train_cache.open(), test_cache.open()
+    if vision.technique_weight:
+        arrays["technique"], test_arrays["technique"] = (technique_targets(c.cases()) for c in (train_cache, test_cache))
+    dataset = DenseDataset(arrays)
+    test = DenseDataset(test_arrays)
     model = build_model(vision)
+    if vision.init_from:  # a checkpoint of this run, when there is one, replaces these weights
+        fresh = start_from(model, vision.init_from)
+        print(f"[vision] started from {vision.init_from}" + (f"; new: {', '.join(fresh)}" if fresh else ""))
     cfg = vision.loop
     train_eval = DenseDataset({k: v[: len(test)] for k, v in dataset.arrays.items()})
 
@@ -82,7 +111,7 @@ def run(config: dict) -> dict:
         model=model,
         dataset=dataset,
         collate_fn=collate_dense,
-        compute_loss=lambda m, b: vision_loss(m, b, vision.dense_loss),
+        compute_loss=lambda m, b: vision_loss(m, b, vision.dense_loss, vision.technique_weight),
         cfg=cfg,
         output_dir=stage_dir(config, "vision"),
         evaluate=evaluate,
@@ -101,6 +130,7 @@ def run(config: dict) -> dict:
         "cases_seen": state.global_step * cfg.batch_size * cfg.gradient_accumulation_steps,
         "train_cases": len(dataset),
         "stem": vision.stem,
+        **({"started_from": vision.init_from} if vision.init_from else {}),
         "trainable_parameters": count_parameters(model.encoder.parameters()),
         "test_findings": scores,
     }

@@ -40,6 +40,13 @@ class VisionConfig:
     # model and loss
     layer_scale_init: Optional[float] = 0.1
     dense_loss: Literal[DENSE_LOSSES] = "balanced"
+    # > 0: a head on the s3 and s4 tokens also learns each case's region, contrast phase and plane
+    # (cross-entropy at this weight); the lesion targets alone leave the phase weak (docs/training.md)
+    technique_weight: float = 0.0
+    # start the encoder, and every head of the same shape, from another vision run: its resume file
+    # (training/checkpoints/*.resume.safetensors) or its result (vision/final/trainable.safetensors);
+    # a new schedule and optimizer, as a warm restart
+    init_from: Optional[str] = None
     # learning curve and the move between machines
     evaluate_every: int = 100
     # the stage ends early once the test focal case AUC (dense head) is at least this at two
@@ -92,7 +99,10 @@ class VisionConfig:
                 "train_sampler": self.train_sampler, "variant": self.variant, "stem": self.stem,
                 "image_size": list(self.image_size), "batch_size": self.loop.batch_size,
                 "gradient_accumulation_steps": self.loop.gradient_accumulation_steps, "seed": self.loop.seed,
-                "dense_loss": self.dense_loss}
+                "dense_loss": self.dense_loss,
+                # only when set, so resume files written before these options still match
+                **({"technique_weight": self.technique_weight} if self.technique_weight else {}),
+                **({"init_from": self.init_from} if self.init_from else {})}
 
 
 def _checked(preset: str, key: str, value, annotation):

@@ -94,8 +94,21 @@ def dense_kind_loss(logits: torch.Tensor, kind_target: torch.Tensor, organ: torc
     raise ValueError(f"dense_loss must be one of {DENSE_LOSSES}, got {dense_loss!r}")
 
 
-def vision_loss(model, batch: dict, dense_loss: str = "balanced") -> tuple[torch.Tensor, dict]:
-    """The vision stage's loss for one batch of `training.data.dense.DenseDataset` items, and its parts."""
+def technique_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of each technique attribute (region, phase, plane: `TECHNIQUE`), summed: logits
+    (B, classes of all three), target (B, 3) class indices."""
+    from ..data.dense import TECHNIQUE
+
+    loss, start = logits.new_zeros(()), 0
+    for column, (_name, values) in enumerate(TECHNIQUE):
+        loss = loss + F.cross_entropy(logits[:, start : start + len(values)], target[:, column])
+        start += len(values)
+    return loss
+
+
+def vision_loss(model, batch: dict, dense_loss: str = "balanced", technique_weight: float = 0.0) -> tuple[torch.Tensor, dict]:
+    """The vision stage's loss for one batch of `training.data.dense.DenseDataset` items, and its parts;
+    with ``technique_weight`` (and a model with the technique head) also the case technique's."""
     out = model(batch["images"])
     # targets come as (B, [K,] D, H, W); the encoder's maps are depth-last (B, [K,] H, W, D)
     kind_target = batch["kind"].permute(0, 1, 3, 4, 2)
@@ -113,8 +126,13 @@ def vision_loss(model, batch: dict, dense_loss: str = "balanced") -> tuple[torch
     case_loss = 0.5 * (case_max_bce(out["kind"].float(), batch["case_kinds"])
                        + case_max_bce(out["token_kind"].float(), batch["case_kinds"]))
     loss = kind_loss + 0.5 * organ_loss + finding_loss + pooled_loss + token_loss + case_loss
+    parts = {}
+    if technique_weight and "technique" in out:
+        tech = technique_loss(out["technique"].float(), batch["technique"])
+        loss = loss + technique_weight * tech
+        parts["technique_loss"] = tech.item()
     with torch.no_grad():
         exact = ((out["findings"] > 0) == (labels > 0.5)).all(dim=1).float().mean()
     return loss, {"kind_loss": kind_loss.item(), "organ_loss": organ_loss.item(), "token_loss": token_loss.item(),
                   "case_loss": case_loss.item(),
-                  "finding_loss": finding_loss.item(), "batch_exact": exact.item()}
+                  "finding_loss": finding_loss.item(), "batch_exact": exact.item(), **parts}

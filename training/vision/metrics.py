@@ -13,7 +13,7 @@ import torch
 
 from napari_med3dvlm.phantoms.case import FOCAL_KINDS, KINDS
 
-from ..data.dense import FINDING_LABELS, DenseDataset, collate_dense
+from ..data.dense import FINDING_LABELS, TECHNIQUE, DenseDataset, collate_dense
 
 #: Which entries of `FINDING_LABELS` are focal findings.
 FOCAL = np.array([kind in FOCAL_KINDS for kind, _ in FINDING_LABELS])
@@ -74,6 +74,7 @@ def evaluate_findings(model, dataset: DenseDataset, batch_size: int = 32) -> dic
     was_training = model.training
     model.eval()
     preds, pooled, truth, dense_max, token_max, kinds_true = [], [], [], [], [], []
+    technique, technique_true = [], []
     for start in range(0, len(dataset), batch_size):
         batch = collate_dense([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
         out = model(batch["images"])
@@ -83,6 +84,9 @@ def evaluate_findings(model, dataset: DenseDataset, batch_size: int = 32) -> dic
         dense_max.append(out["kind"].flatten(2).amax(2).numpy())
         token_max.append(out["token_kind"].flatten(2).amax(2).numpy())
         kinds_true.append(batch["case_kinds"].numpy() > 0.5)
+        if "technique" in out and "technique" in batch:
+            technique.append(out["technique"].numpy())
+            technique_true.append(batch["technique"].numpy())
     model.train(was_training)
     truth = np.concatenate(truth)
     scores = set_scores(np.concatenate(preds), truth)
@@ -94,4 +98,10 @@ def evaluate_findings(model, dataset: DenseDataset, batch_size: int = 32) -> dic
         scores[f"focal_case_auc_{name}"] = mean_or_nan(per_kind.values())
         if name == "dense":  # the learning curve shows each kind (docs/training.md)
             scores.update({f"focal_case_auc_{kind}": auc for kind, auc in per_kind.items()})
+    if technique:  # accuracy of the technique head per attribute
+        logits, target, start = np.concatenate(technique), np.concatenate(technique_true), 0
+        for column, (name, values) in enumerate(TECHNIQUE):
+            predicted = logits[:, start : start + len(values)].argmax(1)
+            scores[f"{name}_accuracy"] = float((predicted == target[:, column]).mean())
+            start += len(values)
     return {k: round(v, 4) for k, v in scores.items()}

@@ -1,7 +1,8 @@
 """DCFormer plus the vision stage's training-only heads.
 
 The module and parameter names are the keys of every vision checkpoint and resume file
-(``encoder.*``, ``lateral.*``, ``dense.*``, ``token_head.*``, ``token_kind.*``, ``pooled_head.*``):
+(``encoder.*``, ``lateral.*``, ``dense.*``, ``token_head.*``, ``token_kind.*``, ``pooled_head.*``, and
+``technique_head.*`` when the stage trains it):
 renaming one makes earlier runs impossible to resume.
 """
 
@@ -13,7 +14,7 @@ from torch import nn
 
 from napari_med3dvlm.model.dcformer import DCFormer, DCFormerConfig, feature_map_to_tokens
 
-from ..data.dense import FINDING_LABELS, NUM_KINDS, NUM_ORGANS
+from ..data.dense import FINDING_LABELS, NUM_KINDS, NUM_ORGANS, TECHNIQUE
 
 
 class DenseVisionModel(nn.Module):
@@ -23,11 +24,13 @@ class DenseVisionModel(nn.Module):
       are present in each cell and which organ it shows;
     * a head on the flattened s3 and s4 tokens (what the VLM's projector reads) predicts the case's
       set of (kind, site) findings, and one on the mean-pooled s4 tokens (what SigLIP reads) too;
-    * a 1x1 head on each s3 token names the kinds in its block.
+    * a 1x1 head on each s3 token names the kinds in its block;
+    * with ``technique``, a head on the same flattened s3 and s4 tokens names the case's region, contrast
+      phase and plane (what every report states first, and what lesion targets alone do not teach).
     """
 
     def __init__(self, variant: str, input_size, width: int = 64, layer_scale_init: float | None = None,
-                 stem: str = "decomposed"):
+                 stem: str = "decomposed", technique: bool = False):
         super().__init__()
         self.encoder = DCFormer(DCFormerConfig(variant=variant, stem=stem))
         if layer_scale_init is not None:  # a larger start lets the residual branches learn sooner
@@ -46,6 +49,8 @@ class DenseVisionModel(nn.Module):
         # per s3 token: which finding kinds lie in its block (located targets on what the projector reads)
         self.token_kind = nn.Conv3d(channels[3], NUM_KINDS, 1)
         self.pooled_head = nn.Linear(channels[4], len(FINDING_LABELS))
+        if technique:
+            self.technique_head = nn.Linear(n3 * channels[3] + n4 * channels[4], sum(len(v) for _, v in TECHNIQUE))
 
     def stage_maps(self, images: torch.Tensor) -> list[torch.Tensor]:
         """The encoder's stage maps, depth-last (B, C, H, W, D), for (B, 1, D, H, W) images."""
@@ -70,7 +75,9 @@ class DenseVisionModel(nn.Module):
         dense = self.dense_logits(maps)
         s3, s4 = feature_map_to_tokens(maps[3]), feature_map_to_tokens(maps[4])
         tokens = torch.cat([s3.flatten(1), s4.flatten(1)], dim=1)
+        out = {"technique": self.technique_head(tokens)} if hasattr(self, "technique_head") else {}
         return {
+            **out,
             "kind": dense[:, :NUM_KINDS],
             "organ": dense[:, NUM_KINDS:],
             "findings": self.token_head(tokens),
