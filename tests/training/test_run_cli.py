@@ -165,11 +165,12 @@ def test_dry_run_prints_the_demo_plan_quickly_from_a_clean_checkout(tmp_path):
     assert not (tmp_path / "data").exists() and not (tmp_path / "runs").exists()  # nothing written
 
 
-def test_a_round_runs_only_its_own_stages_from_the_committed_candidate():
+def test_a_round_runs_only_its_own_stages_from_the_committed_candidate(tmp_path):
     """`all --preset demo_round` continues from the committed candidate folder: text-side tuning against
     its locked image tower, fine-tuning, merge and eval, none of the stages whose results that folder
     already holds."""
-    result = run_cli("all", "--preset", "demo_round", "--dry-run", cwd=REPO)
+    # its own output folder: a round already run in this checkout would show as done
+    result = run_cli("all", "--preset", "demo_round", f"output_dir={tmp_path / 'runs'}", "--dry-run", cwd=REPO)
     assert result.returncode == 0, result.stderr
     out = result.stdout
     numbered = [line.split(". ", 1)[1].split(":")[0] for line in out.splitlines() if line.startswith("  ") and ". " in line
@@ -181,10 +182,10 @@ def test_a_round_runs_only_its_own_stages_from_the_committed_candidate():
     assert "checks: ok" in out
 
 
-def test_the_phase_continuation_starts_from_the_committed_lesion_run():
+def test_the_phase_continuation_starts_from_the_committed_lesion_run(tmp_path):
     """`vision --preset demo_phase` continues the finished lesion run (its committed resume file) with the
     technique target, into a resume file of its own."""
-    result = run_cli("vision", "--preset", "demo_phase", "--dry-run", cwd=REPO)
+    result = run_cli("vision", "--preset", "demo_phase", f"output_dir={tmp_path / 'runs'}", "--dry-run", cwd=REPO)
     assert result.returncode == 0, result.stderr
     block = _stage_block(result.stdout, "vision")
     assert "starts from training/checkpoints/demo-vision.resume.safetensors" in block
