@@ -23,7 +23,7 @@ from napari_med3dvlm.model.sources import SIGLIP_SUBFOLDER
 from ..config import stage_config
 from ..data import sources
 from ..loop import train
-from .common import count_parameters, keep_in_eval_mode, loop_config, save_result, stage_dir
+from .common import count_parameters, keep_in_eval_mode, loop_config, save_result, stage_dir, trainable_parameters
 from .siglip import add_text_adapters, trained_siglip
 
 #: Defaults of the stage's own options (``lit.lora_r`` ...).
@@ -145,7 +145,7 @@ def run(config: dict) -> dict:
         evaluate=evaluate,
         evaluate_every=int(stage.get("evaluate_every", 0)) if evaluate else 0,
     )
-    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    trainable = trainable_parameters(model)
     info = {
         "steps": state.global_step,
         "minutes": round(state.elapsed_s / 60, 2),
