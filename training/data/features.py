@@ -86,15 +86,3 @@ class CachedImageDataset(Dataset):
         item["vision_low"] = self.cache[f"{path}::low"]
         item["vision_high"] = self.cache[f"{path}::high"]
         return item
-
-
-class CachedFeatureVLM(nn.Module):
-    """The VLM fed with cached encoder tokens; one module so DDP sees the projector in ``forward``."""
-
-    def __init__(self, vlm: nn.Module):
-        super().__init__()
-        self.vlm = vlm
-
-    def forward(self, vision_low, vision_high, input_ids, attention_mask=None, labels=None):
-        features = self.vlm.mm_projector(vision_low, vision_high)
-        return self.vlm(input_ids=input_ids, image_features=features, attention_mask=attention_mask, labels=labels)

@@ -15,6 +15,7 @@ from ..data import sources
 from ..data.augment import AugmentConfig, AugmentedDataset
 from ..data.instructions import InstructionDataset, MixedDataset
 from ..loop import LoopConfig
+from .lm_loss import LabelledLossVLM
 
 RESULT_FILE = "trainable.safetensors"
 
@@ -51,7 +52,7 @@ def instruction_dataset(config: dict, stage: str, model, split: str = "train"):
     """Caption / closed / open / yes-no samples mixed as listed in the stage's ``tasks``.
 
     With ``cache_vision_features`` (frozen encoder only) the items carry cached encoder tokens
-    instead of volumes, and the returned model is wrapped to take them (`CachedFeatureVLM`).
+    instead of volumes. The returned model is the VLM wrapped to give its loss (`LabelledLossVLM`).
     """
     stage_cfg = stage_config(config, stage)
     seed = int(stage_cfg.get("seed", 0))
@@ -60,11 +61,10 @@ def instruction_dataset(config: dict, stage: str, model, split: str = "train"):
     bases = [sources.caption_dataset(config, split) if t == "caption" else sources.vqa_dataset(config, split, t) for t in tasks]
     cache = None
     if stage_cfg.get("cache_vision_features") and not any(p.requires_grad for p in model.vision_tower.parameters()):
-        from ..data.features import CachedFeatureVLM, CachedImageDataset, build_cache
+        from ..data.features import CachedImageDataset, build_cache
 
         cache = build_cache(model, bases, Path(config["output_dir"]) / "vision_cache")
         bases = [CachedImageDataset(base, cache) for base in bases]
-        model = CachedFeatureVLM(model)
     elif augment is not None:
         bases = [AugmentedDataset(base, augment, seed=seed) for base in bases]
     repeats = stage_cfg.get("task_repeats") or {}
@@ -72,7 +72,7 @@ def instruction_dataset(config: dict, stage: str, model, split: str = "train"):
     for base, task in zip(bases, tasks):
         # Repeating a small task (one report per case, a dozen questions) balances the mix.
         parts.extend([InstructionDataset(base, task, model_proj_out_num(model), seed=seed)] * int(repeats.get(task, 1)))
-    return MixedDataset(parts), model
+    return MixedDataset(parts), LabelledLossVLM(model)
 
 
 def model_proj_out_num(model) -> int:
@@ -80,27 +80,14 @@ def model_proj_out_num(model) -> int:
 
 
 def unwrap_vlm(model):
-    """The Med3DVLMForCausalLM inside a `CachedFeatureVLM` (or the model itself)."""
+    """The Med3DVLMForCausalLM inside a `LabelledLossVLM` (or the model itself)."""
     return getattr(model, "vlm", model)
 
 
 def vlm_loss(model, batch):
-    if "vision_low" in batch:
-        out = model(
-            vision_low=batch["vision_low"],
-            vision_high=batch["vision_high"],
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            labels=batch["labels"],
-        )
-    else:
-        out = model(
-            input_ids=batch["input_ids"],
-            images=batch["images"],
-            attention_mask=batch["attention_mask"],
-            labels=batch["labels"],
-        )
-    return out.loss, {}
+    """``model`` is a `LabelledLossVLM`: volumes or cached encoder tokens, whichever the batch holds."""
+    inputs = ("input_ids", "attention_mask", "labels", "images", "vision_low", "vision_high")
+    return model(**{key: batch[key] for key in inputs if key in batch}), {}
 
 
 def save_result(config: dict, stage: str, tensors: dict[str, torch.Tensor], info: dict) -> Path:
