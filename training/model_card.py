@@ -120,6 +120,16 @@ def random_starts(config: dict) -> str:
     return "\n\nStarted from scratch (`--from-scratch`):\n" + "\n".join(f"- {note}" for note in notes)
 
 
+def _vision_start(config: dict) -> str:
+    """A vision stage that continued another run's weights (``vision.init_from``) says so: its step
+    count is only the part this run trained."""
+    start = _stage_info(config, "vision").get("started_from")
+    if not start:
+        return ""
+    return (f" The vision stage continued the weights in `{start}` (an earlier vision run): its steps "
+            "and minutes above are this run's alone.")
+
+
 def _precision(config: dict) -> str:
     value = config.get("train", {}).get("mixed_precision")
     if value != "auto":
@@ -189,7 +199,7 @@ contradict left/right and plane statements in the texts).
 {chr(10).join(stages)}
 
 Mixed precision: {_precision(config)}; AdamW, warmup + cosine; each stage's schedule
-fitted to its time budget{_hardware(config)}.{random_starts(config)}
+fitted to its time budget{_hardware(config)}.{_vision_start(config)}{random_starts(config)}
 
 ## Results on the phantom test split
 Greedy decoding. "Blanked image" is the same model given an all-zero volume: the gap is what it reads

@@ -293,6 +293,9 @@ def test_a_vision_run_starts_from_another_runs_encoder_and_adds_the_technique_he
         encoder = subset(load_result(config, "vision"), "vision_tower.")
         weights = [k for k in source if "running_" not in k and "num_batches" not in k]  # BatchNorm stats move in train mode
         assert weights and all(torch.equal(encoder[k], source[k]) for k in weights), name
+        from training.model_card import render_model_card
+
+        assert f"The vision stage continued the weights in `{start}`" in render_model_card(config, {})
     missing = tiny_preset(tmp_path / "missing", tiny_data, vision={**vision, "init_from": str(tmp_path / "nothing")})
     from training.checks import InputError, check_stages
 
