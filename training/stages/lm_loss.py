@@ -5,8 +5,7 @@ Only the answer tokens of a sample carry a label (the prompt, the image position
 (576 x 49,152 for SmolLM2), at every position and then throws most of it away. Here the decoder runs
 as usual and the head runs only at the positions whose next token is labelled: the same loss and the
 same gradients (mean cross-entropy over the labelled tokens, logits in fp32), in 0.83-0.85 of the
-step time over the demo's task mix on two CPU cores (`benchmarks/lm_loss.py`; the short answers of
-questions gain most).
+step time over the demo's task mix on two CPU cores (`benchmarks/lm_loss.py`).
 """
 
 from __future__ import annotations
