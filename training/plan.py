@@ -90,8 +90,10 @@ def schedule(config: dict, stage: str, samples: int | None) -> str:
     return "; ".join(parts)
 
 
-def _progress(config: dict, stage: str) -> str:
+def _progress(config: dict, stage: str, force: bool = False) -> str:
     folder = Path(config["output_dir"]) / stage
+    if force and folder.is_dir() and any(folder.iterdir()):
+        return f"to run again from its start (--force): {folder}, its earlier result and checkpoints, is deleted first"
     if (folder / "DONE").is_file():
         return "done, skipped"
     steps = [int(p.name.split("-")[1]) for p in (folder / "checkpoints").glob("step-*")
@@ -144,10 +146,11 @@ def _outputs(config: dict, stage: str) -> str:
     return f"{folder}/"
 
 
-def render_plan(config: dict, stages: list[str], command: str, writes_data: bool) -> tuple[str, list[str]]:
+def render_plan(config: dict, stages: list[str], command: str, writes_data: bool,
+                force: bool = False) -> tuple[str, list[str]]:
     """(the plan as text, the problems the checks found, one line each)."""
     name = config.get("name", "?")
-    to_run = [s for s in stages if _progress(config, s) != "done, skipped"]
+    to_run = [s for s in stages if _progress(config, s, force) != "done, skipped"]
     pending = missing_roots(config, to_run) if writes_data else []
     lines = [f"plan: {command} (preset {name})", f"device: {device_line(config)}", "data:"]
     for root in pending:
@@ -175,7 +178,7 @@ def render_plan(config: dict, stages: list[str], command: str, writes_data: bool
     lines.append("stages:")
     budget, unbounded = 0.0, []
     for number, stage in enumerate(stages, start=1):
-        state = _progress(config, stage)
+        state = _progress(config, stage, force)
         lines.append(f"  {number}. {stage}: {state}")
         if state == "done, skipped":
             continue

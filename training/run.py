@@ -37,8 +37,14 @@ def stage_dir(config: dict, stage: str) -> Path:
 
 
 def run_stage(config: dict, stage: str, force: bool = False) -> dict:
-    """Run one stage unless it already finished; returns its summary (also written to DONE)."""
+    """Run one stage unless it already finished; returns its summary (also written to DONE). ``force``
+    runs it again from its start: its folder (result, checkpoints, log) is deleted first, because a
+    checkpoint left there would be resumed with weights trained from another start."""
     done = stage_dir(config, stage) / "DONE"
+    if force and stage_dir(config, stage).exists():
+        import shutil
+
+        shutil.rmtree(stage_dir(config, stage))
     if done.exists() and not force:
         print(f"[{stage}] already done ({done}); skipping")
         return json.loads(done.read_text() or "{}")
@@ -74,7 +80,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = _Parser(prog="python -m training.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("stage", choices=[*STAGES, "all"])
     parser.add_argument("--preset", default="demo", help=f"one of {available_presets()} or a YAML path")
-    parser.add_argument("--force", action="store_true", help="re-run a stage that already finished")
+    parser.add_argument("--force", action="store_true",
+                        help="run the stages again from their start: their earlier results and checkpoints are deleted")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the plan (stages, data, steps, budgets, outputs, device) and the checks; train nothing")
     parser.add_argument("--data", metavar="DIR",
@@ -128,7 +135,7 @@ def _main(args: argparse.Namespace) -> int:
     if args.dry_run:
         from .plan import render_plan
 
-        text, problems = render_plan(config, stages, _command_line(args), writes_data)
+        text, problems = render_plan(config, stages, _command_line(args), writes_data, force=args.force)
         print(text)
         if problems:
             print(f"python -m training.run: error: {problems[0]}", file=sys.stderr)
@@ -139,6 +146,11 @@ def _main(args: argparse.Namespace) -> int:
     from .phantom_split import missing_roots, write_phantom_split
 
     to_run = [s for s in stages if args.force or not (stage_dir(config, s) / "DONE").exists()]
+    if args.force and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        present = [str(stage_dir(config, s)) for s in to_run if stage_dir(config, s).exists()]
+        if present:  # every process would delete it at once, while the others look for checkpoints
+            raise ConfigError(f"--force under `accelerate launch` would delete {present[0]} in every process: "
+                              "delete it first, then launch without --force")
     pending = missing_roots(config, to_run) if writes_data else []
     check_stages(config, to_run, {root.root for root in pending})  # all of them, before any model is loaded
     if pending and int(os.environ.get("WORLD_SIZE", "1")) > 1:

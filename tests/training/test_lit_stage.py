@@ -88,7 +88,8 @@ def test_an_interrupted_lit_run_resumes_to_the_same_weights(after_siglip):
     cut = _copy(config, root, "cut", stop_after_steps=3)
     run_stage(cut, "lit")
     cut["lit"].pop("stop_after_steps")
-    run_stage(cut, "lit", force=True)  # the same command again: it continues from step 3
+    (Path(cut["output_dir"]) / "lit" / "DONE").unlink()  # as a kill leaves it: no DONE
+    run_stage(cut, "lit")  # the same command again: it continues from step 3
 
     a = load_file(Path(whole["output_dir"]) / "lit" / "final" / "trainable.safetensors")
     b = load_file(Path(cut["output_dir"]) / "lit" / "final" / "trainable.safetensors")

@@ -182,6 +182,37 @@ def test_a_round_runs_only_its_own_stages_from_the_committed_candidate(tmp_path)
     assert "checks: ok" in out
 
 
+def test_force_starts_a_stage_over_instead_of_resuming_checkpoints_of_another_start(tmp_path, monkeypatch):
+    """A round run again with --force must not resume the checkpoints of the round before (trained from
+    another candidate): the plan says the folder goes, and the stage starts with none of it left."""
+    runs = tmp_path / "runs"
+    old = runs / "finetune" / "checkpoints" / "step-1565"
+    old.mkdir(parents=True)
+    (old / "trainer_state.json").write_text("{}")
+    (runs / "finetune" / "DONE").write_text("{}")
+    args = ("finetune", "--preset", "demo_round", f"output_dir={runs}", "--dry-run")
+    plain = run_cli(*args, cwd=REPO)
+    assert plain.returncode == 0, plain.stderr
+    assert "1. finetune: done, skipped" in plain.stdout
+    forced = run_cli(*args, "--force", cwd=REPO)
+    assert forced.returncode == 0, forced.stderr
+    assert f"1. finetune: to run again from its start (--force): {runs / 'finetune'}" in forced.stdout
+    assert "is deleted first" in forced.stdout and old.exists()  # a plan deletes nothing
+
+    import training.run as run
+
+    seen = {}
+    monkeypatch.setattr(run, "_stage_runner", lambda stage: lambda config: seen.update(
+        left=sorted(p.name for p in (runs / stage).rglob("*"))) or {"steps": 0})
+    monkeypatch.setattr("training.checks.check_stages", lambda config, stages: None)
+    config = {"output_dir": str(runs), "name": "demo_round"}
+    assert run.run_stage(config, "finetune") == {}  # DONE holds "{}": skipped, nothing deleted
+    assert old.exists() and seen == {}
+    run.run_stage(config, "finetune", force=True)
+    assert seen["left"] == [] and not old.exists()
+    assert json.loads((runs / "finetune" / "DONE").read_text())["steps"] == 0
+
+
 def test_the_phase_continuation_starts_from_the_committed_lesion_run(tmp_path):
     """`vision --preset demo_phase` continues the finished lesion run (its committed resume file) with the
     technique target, into a resume file of its own."""
