@@ -138,7 +138,7 @@ STAGE_KEYS = {
     "projector": {"tasks": "list", "task_repeats": "dict", "cache_vision_features": "bool"},
     "finetune": {"tasks": "list", "task_repeats": "dict", "cache_vision_features": "bool", "lora_r": "int",
                  "lora_alpha": "int", "lora_dropout": "number", "train_vision": "bool",
-                 "train_embeddings": "str", "init_from": "str"},
+                 "train_embeddings": "str", "init_from": "str", "evaluate_every": "int", "evaluate_cases": "int"},
 }
 SECTION_KEYS = {
     "train": {**LOOP_KEYS, "num_threads": "int"},

@@ -143,11 +143,38 @@ def earlier_rounds(folder: Path) -> dict | None:
     return recorded_stages(folder).get("finetune")
 
 
+def findings_test_entries(config: dict) -> list[dict] | None:
+    """The test reports of the stage's learning curve (``finetune.evaluate_every``: lesion reading,
+    `training.evaluation.finding_tokens`), None when it is off. Phantom cases only: their truth is
+    in a case.json beside each report, which M3D data does not have."""
+    from ..checks import InputError
+    from ..data import sources
+    from ..evaluation.finding_tokens import has_truth
+
+    stage = stage_config(config, "finetune")
+    if not int(stage.get("evaluate_every", 0)):
+        return None
+    test = sources.caption_dataset(config, "test")
+    entries = test.entries[: int(stage.get("evaluate_cases", 40))]
+    if not has_truth(test.root, entries):
+        raise InputError(f"finetune: evaluate_every needs phantom test cases (a case.json beside each report) "
+                         f"in {test.root}; set finetune.evaluate_every=0 for other data "
+                         f"(preset {config.get('name', '?')})")
+    return entries
+
+
 def run(config: dict) -> dict:
+    curve_entries = findings_test_entries(config)  # before the model is built: a wrong setting is one line
     model, tokenizer, restored = prepare_finetune_model(config)
     trainable = trainable_parameters(model)
     dataset, wrapped = instruction_dataset(config, "finetune", model)
     collate = VLMCollator(tokenizer, max_length=int(config["model"].get("max_length", 512)))
+    evaluate = None
+    if curve_entries is not None:
+        from ..data import sources
+        from ..evaluation.finding_tokens import finding_curve
+
+        evaluate = finding_curve(tokenizer, sources.caption_dataset(config, "test").root, curve_entries)
     wrapped, state, accelerator = train(
         name="finetune",
         model=wrapped,
@@ -156,6 +183,8 @@ def run(config: dict) -> dict:
         compute_loss=vlm_loss,
         cfg=loop_config(config, "finetune"),
         output_dir=stage_dir(config, "finetune"),
+        evaluate=evaluate,
+        evaluate_every=int(stage_config(config, "finetune").get("evaluate_every", 0)) if evaluate else 0,
     )
     model = unwrap_vlm(wrapped)
     info = {
@@ -169,6 +198,8 @@ def run(config: dict) -> dict:
     earlier = earlier_rounds(Path(init_from)) if init_from else None
     if earlier:
         info["continued_from"] = earlier
+    if evaluate is not None and accelerator.is_main_process:
+        info["findings_test"] = evaluate(model)
     if accelerator.is_main_process:
         save_finetune_result(config, model, info)
     return info
