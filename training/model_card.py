@@ -112,7 +112,9 @@ def random_starts(config: dict) -> str:
         notes.append("SigLIP: the image encoder started from random weights (no vision-stage result)")
     if _stage_info(config, "projector").get("vision_from_siglip") is False:
         notes.append("projector: the image encoder started from random weights (no SigLIP result)")
-    if _stage_info(config, "finetune").get("restored_projector_stage") is False:
+    finetune = _stage_info(config, "finetune")
+    continued = finetune.get("continued_from") or config.get("finetune", {}).get("init_from")
+    if finetune.get("restored_projector_stage") is False and not continued:  # a round takes them from init_from
         notes.append("fine-tuning: the projector and image encoder started from random weights "
                      "(no projector-stage result)")
     if not notes:
@@ -145,6 +147,14 @@ def _lit_line(config: dict) -> str:
         return ""
     return (f"; then tuned against the locked image tower (LoRA in the text encoder, its projection, temperature "
             f"and bias; {info.get('steps', 'n/a')} steps)")
+
+
+def _results_section(config: dict, results: dict) -> str:
+    if not results:  # merge writes the card before eval has scored this build
+        return (f"Not evaluated yet: `python -m training.run eval --preset {config.get('name', 'demo')}` "
+                "scores this build and writes its numbers here.\n")
+    return (f"{metrics_table(results)}{findings_table(results)}{_pointing_table(results)}\n\n"
+            f"Evaluation took {results.get('minutes', 'n/a')} minutes.\n")
 
 
 def render_model_card(config: dict, results: dict) -> str:
@@ -205,9 +215,7 @@ fitted to its time budget{_hardware(config)}.{_vision_start(config)}{random_star
 Greedy decoding. "Blanked image" is the same model given an all-zero volume: the gap is what it reads
 from the image rather than from question priors.
 
-{metrics_table(results)}{findings_table(results)}{_pointing_table(results)}
-
-Evaluation took {results.get('minutes', 'n/a')} minutes.
+{_results_section(config, results)}
 
 ## Limitations
 - Synthetic data only: shapes, textures and reports are generated; results do not transfer to real CT/MR.

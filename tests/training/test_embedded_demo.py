@@ -96,6 +96,10 @@ def test_a_fine_tuning_round_continues_from_the_shipped_folder_on_a_machine_with
     info = run_stage(second, "finetune")  # no siglip or projector result in this output folder
     assert info["continued_from"]["steps"] == 6 and not info["restored_projector_stage"]
     run_stage(second, "merge")
+    # merge writes the card of the new weights: this round's steps, and no numbers of the build before
+    merged_card = (tmp_path / "next" / "model_card.md").read_text()
+    assert "| finetune (round 2) | 2 |" in merged_card and "Not evaluated yet" in merged_card
+    assert "random weights" not in merged_card  # the round's projector came from the folder it continued
 
     record = json.loads((tmp_path / "next" / "training.json").read_text())["stages"]
     assert {"siglip", "projector", "finetune"} <= set(record)  # carried over from the shipped folder

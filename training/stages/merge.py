@@ -19,7 +19,7 @@ from napari_med3dvlm.model.loading import save_pretrained
 
 from ..builders import build_vlm, is_local_base
 from ..image_token import attach_image_token_rows, detach_image_token_rows
-from ..model_card import TRAINING_FILE, training_record
+from ..model_card import TRAINING_FILE, render_model_card, training_record
 from .common import load_result, result_dir, subset
 
 
@@ -60,6 +60,8 @@ def run(config: dict) -> dict:
         record = training_record(config)  # read before the folder is written: init_from may be this folder
         save_embedded(model, tokenizer, embedded, base_language_model=base, siglip=siglip)
         (Path(embedded) / TRAINING_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        # the card of these weights, its results left to eval: the earlier build's numbers must not stay
+        (Path(embedded) / "model_card.md").write_text(render_model_card(config, {}))
         if config["merge"].get("adapter_dtype"):
             _cast_adapter(Path(embedded) / "adapter", config["merge"]["adapter_dtype"])
         info["embedded_output"] = str(embedded)
