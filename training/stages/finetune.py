@@ -143,8 +143,8 @@ def earlier_rounds(folder: Path) -> dict | None:
     return recorded_stages(folder).get("finetune")
 
 
-def findings_test_entries(config: dict) -> list[dict] | None:
-    """The test reports of the stage's learning curve (``finetune.evaluate_every``: lesion reading,
+def findings_test_entries(config: dict) -> tuple[Path, list[dict]] | None:
+    """(data root, test reports) of the stage's learning curve (``finetune.evaluate_every``: lesion reading,
     `training.evaluation.finding_tokens`), None when it is off. Phantom cases only: their truth is
     in a case.json beside each report, which M3D data does not have."""
     from ..checks import InputError
@@ -160,21 +160,20 @@ def findings_test_entries(config: dict) -> list[dict] | None:
         raise InputError(f"finetune: evaluate_every needs phantom test cases (a case.json beside each report) "
                          f"in {test.root}; set finetune.evaluate_every=0 for other data "
                          f"(preset {config.get('name', '?')})")
-    return entries
+    return Path(test.root), entries
 
 
 def run(config: dict) -> dict:
-    curve_entries = findings_test_entries(config)  # before the model is built: a wrong setting is one line
+    curve = findings_test_entries(config)  # before the model is built: a wrong setting is one line
     model, tokenizer, restored = prepare_finetune_model(config)
     trainable = trainable_parameters(model)
     dataset, wrapped = instruction_dataset(config, "finetune", model)
     collate = VLMCollator(tokenizer, max_length=int(config["model"].get("max_length", 512)))
     evaluate = None
-    if curve_entries is not None:
-        from ..data import sources
+    if curve is not None:
         from ..evaluation.finding_tokens import finding_curve
 
-        evaluate = finding_curve(tokenizer, sources.caption_dataset(config, "test").root, curve_entries)
+        evaluate = finding_curve(tokenizer, *curve)
     wrapped, state, accelerator = train(
         name="finetune",
         model=wrapped,
