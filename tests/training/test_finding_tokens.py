@@ -42,11 +42,13 @@ def phantom_data(tmp_path_factory) -> Path:
     return root
 
 
-def test_fine_tuning_logs_its_lesion_reading_curve_on_phantom_test_cases(tmp_path, phantom_data):
+@pytest.mark.parametrize("train_vision", [True, False])  # the tower's tokens recomputed, or encoded once
+def test_fine_tuning_logs_its_lesion_reading_curve_on_phantom_test_cases(tmp_path, phantom_data, train_vision):
     from training.run import run_stage
 
     config = tiny_preset(tmp_path, phantom_data,
-                         finetune={"from_scratch": True, "evaluate_every": 2, "evaluate_cases": 3, "max_steps": 4})
+                         finetune={"from_scratch": True, "evaluate_every": 2, "evaluate_cases": 3, "max_steps": 4,
+                                   "train_vision": train_vision})
     info = run_stage(config, "finetune")
     records = [json.loads(line) for line in (tmp_path / "runs" / "finetune" / "metrics.jsonl").read_text().splitlines()]
     curve = [(r["step"], r["eval"]) for r in records if "eval" in r]

@@ -147,7 +147,6 @@ def finding_curve(tokenizer, root: Path, entries: list[dict], distractors: int =
     from ..data.m3d import load_image
 
     reports = phantom_reports(root, entries)
-    volumes = None
     tokens: dict[str, list] | None = None
 
     def tower_tokens(vlm, volume: torch.Tensor):
@@ -159,14 +158,12 @@ def finding_curve(tokenizer, root: Path, entries: list[dict], distractors: int =
     @torch.no_grad()
     def evaluate(model) -> dict:
         nonlocal tokens
-        nonlocal volumes
         vlm = getattr(model, "vlm", model)  # the loop hands over the LabelledLossVLM wrapper
         trained = [m for m in (vlm.vision_tower, vlm.mm_projector, vlm.language_model) if m.training]
         for module in trained:
             module.eval()
-        if volumes is None:
-            volumes = [load_image(Path(root) / image)[None] for image, _, _ in reports]
         if tokens is None or any(p.requires_grad for p in vlm.vision_tower.parameters()):
+            volumes = [load_image(Path(root) / image)[None] for image, _, _ in reports]
             tokens = {"real": [tower_tokens(vlm, v) for v in volumes],
                       "blank": [tower_tokens(vlm, torch.zeros_like(volumes[0]))]}
         dtype = vlm.mm_projector_dtype
