@@ -182,7 +182,7 @@ def test_a_round_runs_only_its_own_stages_from_the_committed_candidate(tmp_path)
     assert "checks: ok" in out
 
 
-def test_force_starts_a_stage_over_instead_of_resuming_checkpoints_of_another_start(tmp_path, monkeypatch):
+def test_force_starts_a_stage_over_instead_of_resuming_checkpoints_of_another_start(tmp_path, tiny_data, monkeypatch):
     """A round run again with --force must not resume the checkpoints of the round before (trained from
     another candidate): the plan says the folder goes, and the stage starts with none of it left."""
     runs = tmp_path / "runs"
@@ -190,7 +190,9 @@ def test_force_starts_a_stage_over_instead_of_resuming_checkpoints_of_another_st
     old.mkdir(parents=True)
     (old / "trainer_state.json").write_text("{}")
     (runs / "finetune" / "DONE").write_text("{}")
-    args = ("finetune", "--preset", "demo_round", f"output_dir={runs}", "--dry-run")
+    # its own data (a fresh clone has no data/phantoms); from the checkout, where demo_round's candidate is
+    args = ("finetune", "--preset", "demo_round", "--data", tiny_data, f"data.image_size={list(IMAGE_SIZE)}",
+            f"output_dir={runs}", "--dry-run")
     plain = run_cli(*args, cwd=REPO)
     assert plain.returncode == 0, plain.stderr
     assert "1. finetune: done, skipped" in plain.stdout
