@@ -352,6 +352,11 @@ def check_choices(config: dict, stage: str) -> None:
     if stage == "siglip" and config["model"].get("text_trainable", "full") not in ("full", "lora", "head"):
         raise InputError(f"siglip: model.text_trainable is {config['model']['text_trainable']!r}; "
                          f"use full, lora or head (preset {name})")
+    section = stage_config(config, stage)
+    if stage in ("projector", "finetune") and section.get("lesion_share_weight") and (
+            section.get("train_vision") or not section.get("cache_vision_features")):
+        raise InputError(f"{stage}: lesion_share_weight reads the frozen encoder's cached tokens; it needs "
+                         f"{stage}.cache_vision_features: true and no train_vision (preset {name})")
     unknown = [t for t in stage_tasks(config, stage) if t not in TASK_FILES]
     if stage in ("projector", "finetune", "eval") and unknown:
         raise InputError(f"{stage}: unknown task {unknown[0]!r} in {stage}.tasks; use {', '.join(TASK_FILES)} "

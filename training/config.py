@@ -135,10 +135,12 @@ STAGE_KEYS = {
                "technique_weight": "number", "init_from": "str"},
     "siglip": {"data_root": "str", "data_phantoms": "dict", "vision_lr": "number", "cache_text_features": "any"},
     "lit": {"lora_r": "int", "lora_alpha": "int", "evaluate_every": "int"},
-    "projector": {"tasks": "list", "task_repeats": "dict", "cache_vision_features": "bool"},
+    "projector": {"tasks": "list", "task_repeats": "dict", "cache_vision_features": "bool",
+                  "lesion_share_weight": "number", "lesion_share_batch": "int"},
     "finetune": {"tasks": "list", "task_repeats": "dict", "cache_vision_features": "bool", "lora_r": "int",
                  "lora_alpha": "int", "lora_dropout": "number", "train_vision": "bool",
-                 "train_embeddings": "str", "init_from": "str", "evaluate_every": "int", "evaluate_cases": "int"},
+                 "train_embeddings": "str", "init_from": "str", "evaluate_every": "int", "evaluate_cases": "int",
+                 "lesion_share_weight": "number", "lesion_share_batch": "int"},
 }
 SECTION_KEYS = {
     "train": {**LOOP_KEYS, "num_threads": "int"},

@@ -199,6 +199,9 @@ def render_plan(config: dict, stages: list[str], command: str, writes_data: bool
                 finetune_start(Path(source)), "not a result or model folder (see checks)")
             lines.append(f"     continues from {source} ({kind}): encoder, projector and adapter from there, "
                          "a fresh schedule")
+        if stage in ("projector", "finetune") and stage_config(config, stage).get("lesion_share_weight"):
+            lines.append(f"     auxiliary lesion-share loss on the projector at weight "
+                         f"{float(stage_config(config, stage)['lesion_share_weight']):g} (training cases' findings)")
         if stage == "vision" and stage_config(config, "vision").get("init_from"):
             lines.append(f"     starts from {stage_config(config, 'vision')['init_from']} (its encoder and the heads of "
                          "the same shape), a fresh schedule")

@@ -87,7 +87,22 @@ def unwrap_vlm(model):
 def vlm_loss(model, batch):
     """``model`` is a `LabelledLossVLM`: volumes or cached encoder tokens, whichever the batch holds."""
     inputs = ("input_ids", "attention_mask", "labels", "images", "vision_low", "vision_high")
-    return model(**{key: batch[key] for key in inputs if key in batch}), {}
+    loss = model(**{key: batch[key] for key in inputs if key in batch})
+    inner = getattr(model, "module", model)  # DDP wraps the module
+    auxiliary = getattr(inner, "last_lesion_share", None)
+    if auxiliary is None:
+        return loss, {}
+    return loss, {"lesion_share": float(auxiliary),
+                  "lm_loss": float(loss.detach()) - inner.lesion_share_weight * float(auxiliary)}
+
+
+def attach_lesion_share(config: dict, stage: str, model, wrapped) -> None:
+    """The auxiliary lesion-share loss (`training.stages.lesion_share`) when ``{stage}.lesion_share_weight`` is set."""
+    weight = float(stage_config(config, stage).get("lesion_share_weight", 0) or 0)
+    if weight:
+        from .lesion_share import lesion_share_for
+
+        wrapped.attach_lesion_share(lesion_share_for(config, model, stage), weight)
 
 
 def save_result(config: dict, stage: str, tensors: dict[str, torch.Tensor], info: dict) -> Path:

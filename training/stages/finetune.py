@@ -22,6 +22,7 @@ from ..image_token import attach_image_token_rows
 from ..loop import train
 from ..model_card import recorded_stages
 from .common import (
+    attach_lesion_share,
     RESULT_FILE,
     count_parameters,
     instruction_dataset,
@@ -168,6 +169,7 @@ def run(config: dict) -> dict:
     model, tokenizer, restored = prepare_finetune_model(config)
     trainable = trainable_parameters(model)
     dataset, wrapped = instruction_dataset(config, "finetune", model)
+    attach_lesion_share(config, "finetune", model, wrapped)
     collate = VLMCollator(tokenizer, max_length=int(config["model"].get("max_length", 512)))
     evaluate = None
     if curve is not None:

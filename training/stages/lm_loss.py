@@ -41,6 +41,13 @@ class LabelledLossVLM(nn.Module):
     def __init__(self, vlm: nn.Module):
         super().__init__()
         self.vlm = vlm
+        self.lesion_share = None  # the optional auxiliary loss on the projector (`lesion_share`)
+        self.lesion_share_weight = 0.0
+        self.last_lesion_share = None
+
+    def attach_lesion_share(self, loss: nn.Module, weight: float) -> None:
+        """Add ``weight`` x ``loss(projector)`` to every training batch's loss (`training.stages.lesion_share`)."""
+        self.lesion_share, self.lesion_share_weight = loss, float(weight)
 
     def forward(self, input_ids, attention_mask, labels, images=None, vision_low=None, vision_high=None):
         if vision_low is not None:
@@ -50,4 +57,9 @@ class LabelledLossVLM(nn.Module):
         else:
             features = None
         inputs_embeds = self.vlm.prepare_inputs_embeds(input_ids, features)
-        return labelled_token_loss(self.vlm.language_model, inputs_embeds, attention_mask, labels)
+        loss = labelled_token_loss(self.vlm.language_model, inputs_embeds, attention_mask, labels)
+        if self.lesion_share is not None and self.training:
+            auxiliary = self.lesion_share(self.vlm.mm_projector)
+            self.last_lesion_share = auxiliary.detach()
+            loss = loss + self.lesion_share_weight * auxiliary
+        return loss

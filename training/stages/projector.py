@@ -12,6 +12,7 @@ from ..data.instructions import VLMCollator
 from ..image_token import attach_image_token_rows
 from ..loop import train
 from .common import (
+    attach_lesion_share,
     count_parameters,
     instruction_dataset,
     keep_in_eval_mode,
@@ -44,6 +45,7 @@ def run(config: dict) -> dict:
 
     trainable = trainable_parameters(model)
     dataset, wrapped = instruction_dataset(config, "projector", model)
+    attach_lesion_share(config, "projector", model, wrapped)
     collate = VLMCollator(tokenizer, max_length=int(config["model"].get("max_length", 512)))
     cfg = loop_config(config, "projector")
     wrapped, state, accelerator = train(
