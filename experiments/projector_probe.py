@@ -3,6 +3,7 @@ plane), per case, on the tokens the projector reads (DCFormer stages 3 and 4) an
 embeddings it hands the language model.
 
     python experiments/projector_probe.py --preset demo --stage finetune --stage projector --stage random
+    python experiments/projector_probe.py --preset demo_phase --projector runs/X/finetune/checkpoints/step-800/model.safetensors
 
 The image tower is the SigLIP stage's (what the LLM stages freeze). For each ``--stage`` the projector
 comes from that stage's result (``random``: a freshly initialised one, the control). Features of the
@@ -83,6 +84,9 @@ def main(argv=None) -> int:
     parser.add_argument("--preset", default="demo")
     parser.add_argument("--stage", action="append", default=None,
                         help="projector source: projector, finetune or random (repeatable)")
+    parser.add_argument("--projector", action="append", default=[], metavar="SAFETENSORS",
+                        help="also probe the projector in this file: a training checkpoint's model.safetensors "
+                             "or an embedded model folder's weights (repeatable)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
 
@@ -125,7 +129,19 @@ def main(argv=None) -> int:
         np.concatenate([flat(tokens["train"][0]), flat(tokens["train"][1])], 1), *train_l,
         np.concatenate([flat(tokens["test"][0]), flat(tokens["test"][1])], 1), *test_l)
     initial = {k: v.clone() for k, v in model.mm_projector.state_dict().items()}
-    for stage in args.stage or ["finetune", "projector", "random"]:
+    for path in args.projector:
+        from safetensors.torch import load_file
+
+        state = load_file(path)
+        prefix = next((p for p in ("vlm.mm_projector.", "mm_projector.") if any(k.startswith(p) for k in state)), None)
+        if prefix is None:
+            print(f"error: {path} holds no projector weights", file=sys.stderr)
+            return 2
+        model.mm_projector.load_state_dict(subset(state, prefix), strict=True)
+        with torch.no_grad():
+            embedded = {split: model.mm_projector(*tokens[split]) for split in tokens}
+        results[f"projector {path}"] = probe_auc(flat(embedded["train"]), *train_l, flat(embedded["test"]), *test_l)
+    for stage in args.stage or (["finetune", "projector", "random"] if not args.projector else []):
         if stage == "random":
             model.mm_projector.load_state_dict(initial)
         else:
